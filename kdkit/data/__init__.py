@@ -1,0 +1,116 @@
+"""Datasets, looked up by name (``kdkit list datasets``), and the loaders built from them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..config import DataConfig
+from ..registry import Registry
+from .base import Dataset, ImageSet
+from .loader import BatchLoader
+
+DATASETS: Registry[Callable[[DataConfig], Dataset]] = Registry("dataset")
+
+
+def register_dataset(name: str):
+    return DATASETS.register(name)
+
+
+@register_dataset("digits")
+def _digits(cfg: DataConfig) -> Dataset:
+    """scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes); ships with scikit-learn."""
+    from .digits import load_digits_dataset
+
+    return load_digits_dataset(cfg)
+
+
+@register_dataset("mnist")
+def _mnist(cfg: DataConfig) -> Dataset:
+    """MNIST handwritten digits (28x28 grey, 60k/10k), IDX files."""
+    from .idx import load_idx_dataset
+
+    return load_idx_dataset("mnist", cfg)
+
+
+@register_dataset("fashion_mnist")
+def _fashion(cfg: DataConfig) -> Dataset:
+    """Fashion-MNIST clothing images (28x28 grey, 60k/10k), IDX files; Debian: dataset-fashion-mnist."""
+    from .idx import load_idx_dataset
+
+    return load_idx_dataset("fashion_mnist", cfg)
+
+
+@register_dataset("cifar10")
+def _cifar10(cfg: DataConfig) -> Dataset:
+    """CIFAR-10 (32x32 RGB, 50k/10k, 10 classes), official python batches."""
+    from .cifar import load_cifar
+
+    return load_cifar("cifar10", cfg)
+
+
+@register_dataset("cifar100")
+def _cifar100(cfg: DataConfig) -> Dataset:
+    """CIFAR-100 (32x32 RGB, 50k/10k, 100 fine classes), official python batches."""
+    from .cifar import load_cifar
+
+    return load_cifar("cifar100", cfg)
+
+
+@register_dataset("folder")
+def _folder(cfg: DataConfig) -> Dataset:
+    """Your own images: data.root with one sub-folder per class (optionally under train/ and test/)."""
+    from .folder import load_folder_dataset
+
+    return load_folder_dataset(cfg)
+
+
+def load_dataset(cfg: DataConfig) -> Dataset:
+    return DATASETS.get(cfg.name)(cfg)
+
+
+def list_datasets(pattern: str = "*") -> list[str]:
+    return DATASETS.names(pattern)
+
+
+@dataclass
+class Loaders:
+    dataset: Dataset
+    train: BatchLoader
+    val: BatchLoader | None
+    test: BatchLoader
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.dataset.in_channels, *self.dataset.image_size)
+
+
+def split_train_val(data: ImageSet, val_fraction: float, seed: int) -> tuple[ImageSet, ImageSet | None]:
+    """Deterministic split of a training set: the same seed always gives the same validation set."""
+    n_val = int(round(val_fraction * len(data)))
+    if n_val == 0:
+        return data, None
+    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(10_007 + seed))
+    return data.subset(perm[n_val:].sort().values), data.subset(perm[:n_val].sort().values)
+
+
+def build_loaders(cfg: DataConfig, seed: int, device: torch.device | str = "cpu",
+                  dataset: Dataset | None = None) -> Loaders:
+    ds = dataset or load_dataset(cfg)
+    train, val = split_train_val(ds.train, cfg.val_fraction, seed)
+    if cfg.limit_train is not None:
+        train = train.subset(torch.arange(min(cfg.limit_train, len(train))))
+    common = {"mean": ds.mean, "std": ds.std, "device": device, "num_workers": cfg.num_workers}
+    aug = {"crop_padding": ds.crop_padding, "flip": ds.flip} if cfg.augment else {}
+    return Loaders(
+        ds,
+        BatchLoader(train, cfg.batch_size, shuffle=True, seed=seed, drop_last=True, **aug, **common),
+        BatchLoader(val, cfg.eval_batch_size, **common) if val is not None else None,
+        BatchLoader(ds.test, cfg.eval_batch_size, **common),
+    )
+
+
+__all__ = ["DATASETS", "Dataset", "ImageSet", "BatchLoader", "Loaders", "build_loaders", "load_dataset",
+           "list_datasets", "register_dataset", "split_train_val"]

@@ -1,0 +1,52 @@
+"""Exceptions raised by kdkit. The CLI turns any :class:`KdkitError` into a one-line message."""
+
+from __future__ import annotations
+
+
+class KdkitError(Exception):
+    """Base class of every error kdkit reports to a user. ``exit_code`` is the CLI's exit status."""
+
+    exit_code = 2
+
+
+class ConfigError(KdkitError, ValueError):
+    """A configuration value, key or name is invalid."""
+
+
+class RegistryError(ConfigError, KeyError):
+    """An unknown or duplicate name in a registry."""
+
+    def __str__(self) -> str:  # KeyError quotes its message otherwise
+        return str(self.args[0]) if self.args else ""
+
+
+class LayerPathError(ConfigError, KeyError):
+    """A module path that does not exist in a model."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class DatasetError(KdkitError):
+    """A dataset is missing, truncated, malformed or fails its checksum."""
+
+    exit_code = 3
+
+
+class CheckpointError(KdkitError):
+    """A checkpoint is not a kdkit checkpoint, or does not match the model it is loaded into."""
+
+    exit_code = 4
+
+
+class NonFiniteLossError(KdkitError):
+    """A loss term became NaN or infinite; training stopped and the last good checkpoint was kept."""
+
+    exit_code = 5
+
+    def __init__(self, term: str, value: float, epoch: int, step: int):
+        self.term, self.value, self.epoch, self.step = term, value, epoch, step
+        super().__init__(
+            f"loss term '{term}' became {value} at epoch {epoch + 1}, step {step}; training stopped, "
+            "the last good checkpoint is kept (try a lower learning rate or loss weight)"
+        )

@@ -1,0 +1,241 @@
+"""Capture intermediate features of any ``nn.Module`` by dotted module path.
+
+A path names a submodule as in ``model.named_modules()`` (``"layer3"``, ``"layer3.2.conv2"``). By default
+the module's *output* is captured; append ``":input"`` to capture its first positional input instead
+(``"fc:input"`` is the penultimate feature vector of most classifiers).
+
+Wrapped models work: ``DistributedDataParallel`` (``.module``) and ``torch.compile`` (``._orig_mod``)
+wrappers are looked through, and paths may be given with or without the wrapper's prefix.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .errors import LayerPathError
+
+_WRAPPER_ATTRS = ("_orig_mod", "module")  # torch.compile, DDP / DataParallel
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside DDP / DataParallel / torch.compile wrappers."""
+    while True:
+        for attr in _WRAPPER_ATTRS:
+            inner = getattr(model, attr, None)
+            if isinstance(inner, nn.Module) and _is_wrapper(model, attr):
+                model = inner
+                break
+        else:
+            return model
+
+
+def _is_wrapper(model: nn.Module, attr: str) -> bool:
+    if attr == "_orig_mod":
+        return True
+    return isinstance(model, nn.parallel.DistributedDataParallel | nn.DataParallel)
+
+
+def _strip_prefix(path: str) -> str:
+    for prefix in ("_orig_mod.", "module."):
+        while path.startswith(prefix):
+            path = path[len(prefix):]
+    return path
+
+
+def split_spec(spec: str) -> tuple[str, str]:
+    """``"layer3:input"`` -> ``("layer3", "input")``; ``"layer3"`` -> ``("layer3", "output")``."""
+    path, _, where = spec.partition(":")
+    where = where or "output"
+    if where not in ("input", "output"):
+        raise LayerPathError(f"feature spec '{spec}': the part after ':' must be 'input' or 'output'")
+    return _strip_prefix(path), where
+
+
+def resolve_module(model: nn.Module, path: str) -> nn.Module:
+    """The submodule at ``path`` or a :class:`LayerPathError` listing the closest valid paths."""
+    base = unwrap(model)
+    modules = dict(base.named_modules())
+    path = _strip_prefix(path)
+    if path in modules:
+        return modules[path]
+    names = [n for n in modules if n]
+    close = difflib.get_close_matches(path, names, n=5, cutoff=0.4)
+    if not close:  # fall back to the siblings of the deepest existing parent
+        parent = path.rsplit(".", 1)[0] if "." in path else ""
+        close = [n for n in names if n.startswith(parent) and n.count(".") == path.count(".")][:5]
+    hint = f"; closest valid paths: {', '.join(close)}" if close else ""
+    raise LayerPathError(
+        f"no module '{path}' in {type(base).__name__}{hint} (`kdkit inspect` lists every path)"
+    )
+
+
+class FeatureTap:
+    """Forward hooks that record features by module path; always removed afterwards.
+
+    Use as a context manager (hooks live only inside the ``with`` block)::
+
+        with FeatureTap(model, ["layer2", "layer3", "fc:input"]) as tap:
+            logits = model(x)
+        f2, f3, emb = tap["layer2"], tap["layer3"], tap["fc:input"]
+
+    or keep it attached (``tap.attach()`` ... ``tap.remove()``) for a whole training run. Features are
+    stored without detaching, so gradients flow through them; ``tap.clear()`` drops them. A module that
+    runs several times in one forward keeps its last call.
+    """
+
+    def __init__(self, model: nn.Module, specs: Iterable[str]):
+        self.model = model
+        self.specs = list(dict.fromkeys(specs))
+        self.features: dict[str, Tensor] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._targets = [(spec, resolve_module(model, split_spec(spec)[0]), split_spec(spec)[1])
+                         for spec in self.specs]
+
+    def attach(self) -> FeatureTap:
+        if self._handles:
+            return self
+        for spec, module, where in self._targets:
+            self._handles.append(module.register_forward_hook(self._make_hook(spec, where)))
+        return self
+
+    def _make_hook(self, spec: str, where: str):
+        def hook(_module: nn.Module, inputs: tuple, output: object) -> None:
+            value = inputs[0] if where == "input" else output
+            if isinstance(value, tuple | list):
+                value = value[0]
+            self.features[spec] = value
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    def clear(self) -> None:
+        self.features = {}
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._handles)
+
+    def __enter__(self) -> FeatureTap:
+        self.clear()
+        return self.attach()
+
+    def __exit__(self, *exc: object) -> None:
+        self.remove()
+
+    def __getitem__(self, spec: str) -> Tensor:
+        if spec not in self.features:
+            raise KeyError(f"feature '{spec}' was not captured (did the forward pass reach it?)")
+        return self.features[spec]
+
+    def __del__(self) -> None:
+        self.remove()
+
+
+# ----------------------------------------------------------------------------- probing
+
+
+@dataclass
+class LayerInfo:
+    path: str
+    type: str
+    shape: tuple[int, ...] | None  # output shape without the batch dimension; None if not a tensor
+    params: int  # parameters owned by this module and its children
+    order: int  # position at which the module's forward finished
+
+
+@dataclass
+class ModelInfo:
+    """What one probing forward pass learned about a model."""
+
+    layers: dict[str, LayerInfo]
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...] | None
+
+    def shape(self, spec: str) -> tuple[int, ...]:
+        path, where = split_spec(spec)
+        if where == "input":
+            raise LayerPathError("input shapes are not probed; use the shape of the previous module")
+        info = self.layers.get(path)
+        if info is None or info.shape is None:
+            raise LayerPathError(f"no tensor output recorded at '{path}'")
+        return info.shape
+
+    def stages(self) -> list[str]:
+        """Last module of each spatial stage, in execution order.
+
+        Among modules with a 4-D output (``[C, H, W]``, H*W > 1), groups them by spatial size and keeps,
+        for each size, the module whose forward finished last (an enclosing block rather than its last
+        layer). This finds ``layer1..layer3`` of a CIFAR ResNet and the last layer before each pooling of
+        a VGG, without any per-model table.
+        """
+        last: dict[tuple[int, int], LayerInfo] = {}
+        for info in sorted(self.layers.values(), key=lambda i: i.order):
+            if info.path and info.shape is not None and len(info.shape) == 3:
+                hw = info.shape[1:]
+                if hw[0] * hw[1] > 1:
+                    last[hw] = info
+        return [i.path for i in sorted(last.values(), key=lambda i: i.order)]
+
+
+@torch.no_grad()
+def probe(model: nn.Module, input_shape: Sequence[int], device: torch.device | str | None = None) -> ModelInfo:
+    """Run one no-grad forward on zeros of ``[2, *input_shape]`` and record every module's output shape.
+
+    The model's train/eval mode is restored afterwards; batch-norm statistics are not touched (eval mode).
+    """
+    base = unwrap(model)
+    if device is None:
+        p = next(base.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+    layers: dict[str, LayerInfo] = {}
+    counter = [0]
+    handles = []
+    names = {m: n for n, m in base.named_modules()}
+
+    def hook(module: nn.Module, _inputs: tuple, output: object) -> None:
+        path = names[module]
+        shape = tuple(output.shape[1:]) if isinstance(output, Tensor) else None
+        layers[path] = LayerInfo(path, type(module).__name__, shape,
+                                 sum(p.numel() for p in module.parameters()), counter[0])
+        counter[0] += 1
+
+    for module in names:
+        handles.append(module.register_forward_hook(hook))
+    was_training = base.training
+    base.eval()
+    try:
+        out = base(torch.zeros(2, *input_shape, device=device))
+    finally:
+        base.train(was_training)
+        for h in handles:
+            h.remove()
+    out_shape = tuple(out.shape[1:]) if isinstance(out, Tensor) else None
+    return ModelInfo(layers, tuple(input_shape), out_shape)
+
+
+def format_inspect(model: nn.Module, info: ModelInfo) -> str:
+    """Table of every module path with its type, output shape and parameter count."""
+    base = unwrap(model)
+    rows = [("path", "type", "output shape", "params")]
+    for path, module in base.named_modules():
+        li = info.layers.get(path)
+        shape = "-" if li is None or li.shape is None else "x".join(map(str, li.shape))
+        params = sum(p.numel() for p in module.parameters())
+        rows.append((path or "(model)", type(module).__name__, shape, f"{params:,}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    lines = ["  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    stages = info.stages()
+    lines.append("")
+    lines.append(f"stages (default feature layers): {', '.join(stages) if stages else '(none found)'}")
+    return "\n".join(lines)

@@ -1,0 +1,54 @@
+"""Zagoruyko & Komodakis, "Paying More Attention to Attention: Improving the Performance of
+Convolutional Neural Networks via Attention Transfer", ICLR 2017 (activation-based)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from ..errors import ConfigError
+from ..features import ModelInfo
+from ..losses import attention_transfer
+from .base import Method, MethodConfig, Outputs, pair_layers, register_method
+
+
+@dataclass
+class ATConfig(MethodConfig):
+    student_layers: list[str] | None = None  # default: the last stages of each model, paired
+    teacher_layers: list[str] | None = None
+    beta: float = 1000.0
+    p: float = 2.0
+
+
+@register_method
+class AT(Method):
+    """Activation-based attention transfer on several layer pairs.
+
+    ``L = CE + beta/2 * sum_j mean_b || Q_s^j / ||Q_s^j|| - Q_t^j / ||Q_t^j|| ||^2 / (H_j W_j)`` with
+    ``Q = sum_c |A_c|^p``, p=2 and beta=1000 (paper, section 4.1: beta=10^3 divided by the number of
+    attention elements and the batch size, which the mean implements). Pairs default to the last stage of
+    each resolution of both models (as many pairs as the shallower model has stages); when a pair differs
+    in spatial size, the larger map is average-pooled to the smaller. Combine with ``kd`` for AT+KD.
+    """
+
+    name = "at"
+    family = "feature"
+    paper = "Zagoruyko & Komodakis 2017, Paying More Attention to Attention"
+    Config = ATConfig
+    uses_teacher_features = True
+
+    def setup(self, s_info: ModelInfo, t_info: ModelInfo | None) -> None:
+        if t_info is None:
+            raise ConfigError("at needs a teacher")
+        self.student_specs, self.teacher_specs = pair_layers(
+            s_info, t_info, self.cfg.student_layers, self.cfg.teacher_layers)
+        for spec in self.student_specs + self.teacher_specs:
+            info = s_info if spec in self.student_specs else t_info
+            if len(info.shape(spec)) != 3:
+                raise ConfigError(f"at needs [C, H, W] feature maps; '{spec}' has shape {info.shape(spec)}")
+
+    def losses(self, out: Outputs) -> dict[str, Tensor]:
+        total = sum(attention_transfer(out.s_feats[s], out.t_feats[t], self.cfg.p)
+                    for s, t in zip(self.student_specs, self.teacher_specs))
+        return {"at": self.cfg.beta / 2 * total}

@@ -1,0 +1,235 @@
+"""The method interface, the method registry and the :class:`Distiller` that runs methods.
+
+A :class:`Method` is one distillation objective. It declares the features it needs by module path,
+builds its trainable helpers (regressors, embeddings) from probed shapes, and returns named loss terms.
+The :class:`Distiller` owns the student, every method (so ``distiller.parameters()`` is everything the
+optimizer trains) and the frozen teachers, which are kept outside the module tree: they are not
+trained, not saved in checkpoints, and always in ``eval()`` mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..config import from_dict
+from ..errors import ConfigError
+from ..features import FeatureTap, ModelInfo, probe
+from ..registry import Registry
+
+
+@dataclass
+class MethodConfig:
+    """Fields every method has. ``weight`` multiplies every loss term the method returns."""
+
+    weight: float = 1.0
+
+
+@dataclass
+class Outputs:
+    """What one forward pass produced, handed to every method's ``losses``."""
+
+    inputs: Tensor
+    targets: Tensor
+    index: Tensor | None
+    epoch: int
+    s_logits: Tensor
+    t_logits: list[Tensor] = field(default_factory=list)  # one per teacher
+    s_feats: dict[str, Tensor] = field(default_factory=dict)
+    t_feats: dict[str, Tensor] = field(default_factory=dict)  # from the first teacher
+
+
+class Method(nn.Module):
+    """Base class of distillation methods; subclasses set the class attributes and override hooks."""
+
+    name: ClassVar[str] = ""
+    family: ClassVar[str] = ""  # response, feature, relation, contrastive, baseline
+    paper: ClassVar[str] = ""
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    needs_teacher: ClassVar[bool] = True
+    needs_sample_index: ClassVar[bool] = False
+    uses_teacher_features: ClassVar[bool] = False
+
+    def __init__(self, cfg: MethodConfig | None = None):
+        super().__init__()
+        self.cfg = cfg if cfg is not None else self.Config()
+        self.student_specs: list[str] = []
+        self.teacher_specs: list[str] = []
+
+    # -- set-up -------------------------------------------------------------------------------------
+    def setup(self, s_info: ModelInfo, t_info: ModelInfo | None) -> None:
+        """Choose feature layers (``student_specs``/``teacher_specs``) and build helpers from shapes."""
+
+    @property
+    def pretrain_epochs(self) -> int:
+        """Epochs of a preliminary stage run before the main training (0: none)."""
+        return 0
+
+    # -- losses -------------------------------------------------------------------------------------
+    def ce_weight(self) -> float:
+        """Factor on the cross-entropy with the labels while this method is active."""
+        return 1.0
+
+    def losses(self, out: Outputs) -> dict[str, Tensor]:
+        return {}
+
+    def pretrain_losses(self, out: Outputs) -> dict[str, Tensor]:
+        raise NotImplementedError(f"{self.name} has no preliminary stage")
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in vars(self.cfg).items())
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    if not cls.name:
+        raise TypeError(f"{cls.__name__} needs a name")
+    if cls.Config is MethodConfig or getattr(cls.Config, "method_name", None):
+        raise TypeError(f"{cls.__name__} needs a Config class of its own")
+    cls.Config.method_name = cls.name  # type: ignore[attr-defined]
+    METHODS.add(cls.name, cls)
+    return cls
+
+
+def method_config(entry: Any, where: str = "method") -> MethodConfig:
+    """Validate one method entry (``"kd"`` or ``{"name": "kd", "temperature": 4}``) into its Config."""
+    if isinstance(entry, str):
+        entry = {"name": entry}
+    if not isinstance(entry, dict) or "name" not in entry:
+        raise ConfigError(f"{where}: expected a method name or a mapping with 'name', got {entry!r}")
+    entry = dict(entry)
+    cls = METHODS.get(str(entry.pop("name")))
+    return from_dict(cls.Config, entry, where)
+
+
+def create_method(name_or_cfg: str | MethodConfig, **kwargs: Any) -> Method:
+    """A method from its name and parameters (``create_method("kd", temperature=4)``) or its Config."""
+    if isinstance(name_or_cfg, MethodConfig):
+        cfg = name_or_cfg
+    else:
+        cfg = method_config({"name": name_or_cfg, **kwargs})
+    return METHODS.get(cfg.method_name)(cfg)  # type: ignore[attr-defined]
+
+
+def list_methods(pattern: str = "*") -> list[str]:
+    return METHODS.names(pattern)
+
+
+# ------------------------------------------------------------------------------- layer choice helpers
+
+
+def default_stages(info: ModelInfo, n: int | None = None) -> list[str]:
+    stages = info.stages()
+    if not stages:
+        raise ConfigError("no spatial feature layers found by probing; give the layers explicitly")
+    return stages if n is None else stages[-n:]
+
+
+def pair_layers(s_info: ModelInfo, t_info: ModelInfo, s_layers: list[str] | None,
+                t_layers: list[str] | None) -> tuple[list[str], list[str]]:
+    """Layer pairs: explicit lists, or the last stages of each model (as many as the shallower has)."""
+    if s_layers is None or t_layers is None:
+        n = min(len(default_stages(s_info)), len(default_stages(t_info)))
+        s_layers = s_layers or default_stages(s_info, n)
+        t_layers = t_layers or default_stages(t_info, n)
+    if len(s_layers) != len(t_layers):
+        raise ConfigError(f"student_layers ({len(s_layers)}) and teacher_layers ({len(t_layers)}) must pair up")
+    for spec in s_layers:
+        s_info.shape(spec)
+    for spec in t_layers:
+        t_info.shape(spec)
+    return list(s_layers), list(t_layers)
+
+
+# ----------------------------------------------------------------------------------------- distiller
+
+
+class Distiller(nn.Module):
+    """Student + methods (+ frozen teachers): ``forward`` returns the weighted, named loss terms."""
+
+    def __init__(self, student: nn.Module, methods: list[Method], teachers: list[nn.Module] | None = None,
+                 input_shape: tuple[int, ...] | None = None):
+        super().__init__()
+        teachers = list(teachers or [])
+        if not methods:
+            raise ConfigError("at least one method is needed (use 'vanilla' for plain training)")
+        needs = [m.name for m in methods if m.needs_teacher]
+        if needs and not teachers:
+            raise ConfigError(f"method(s) {', '.join(needs)} need a teacher (set 'teacher' in the config)")
+        feat = [m.name for m in methods if m.uses_teacher_features]
+        if feat and len(teachers) > 1:
+            raise ConfigError(f"feature method(s) {', '.join(feat)} need a single teacher, got {len(teachers)}")
+        self.student = student
+        self.methods = nn.ModuleList(methods)
+        object.__setattr__(self, "teachers", teachers)  # not submodules: never trained, never saved
+        for t in teachers:
+            t.eval().requires_grad_(False)
+        if input_shape is not None:
+            s_info = probe(student, input_shape)
+            t_info = probe(teachers[0], input_shape) if teachers else None
+            for m in methods:
+                m.setup(s_info, t_info)
+        s_specs = [s for m in methods for s in m.student_specs]
+        t_specs = [s for m in methods for s in m.teacher_specs]
+        if (s_specs or t_specs) and input_shape is None:
+            raise ConfigError("feature methods need input_shape to probe the models")
+        self.s_tap = FeatureTap(student, s_specs)
+        self.t_tap = FeatureTap(teachers[0], t_specs) if t_specs else None
+        self._uses_teacher = bool(needs)
+        self.pretrain_epochs = max((m.pretrain_epochs for m in methods), default=0)
+
+    def train(self, mode: bool = True) -> Distiller:
+        super().train(mode)
+        for t in self.teachers:
+            t.eval()
+        return self
+
+    def _apply(self, fn, recurse: bool = True):  # .to() / .cuda() / .half() also move the teachers
+        super()._apply(fn, recurse)
+        for t in self.teachers:
+            t._apply(fn, recurse)
+        return self
+
+    @torch.no_grad()
+    def teacher_logits(self, x: Tensor) -> list[Tensor]:
+        return [t(x) for t in self.teachers]
+
+    def forward(self, x: Tensor, y: Tensor, index: Tensor | None = None, epoch: int = 0) -> dict[str, Tensor]:
+        with self.s_tap:
+            s_logits = self.student(x)
+        out = Outputs(x, y, index, epoch, s_logits, s_feats=self.s_tap.features)
+        if self._uses_teacher:
+            with torch.no_grad():
+                if self.t_tap is not None:
+                    with self.t_tap:
+                        out.t_logits = self.teacher_logits(x)
+                    out.t_feats = self.t_tap.features
+                else:
+                    out.t_logits = self.teacher_logits(x)
+        if epoch < self.pretrain_epochs:
+            active = [m for m in self.methods if epoch < m.pretrain_epochs]
+            return self._merge(m.pretrain_losses(out) for m in active)
+        ce_w = 1.0
+        for m in self.methods:
+            ce_w *= m.ce_weight()
+        terms: dict[str, Tensor] = {}
+        if ce_w != 0.0:
+            terms["ce"] = ce_w * F.cross_entropy(s_logits.float(), y)
+        return self._merge([terms] + [
+            {k: m.cfg.weight * v for k, v in m.losses(out).items()} for m in self.methods])
+
+    @staticmethod
+    def _merge(parts) -> dict[str, Tensor]:
+        merged: dict[str, Tensor] = {}
+        for part in parts:
+            for k, v in part.items():
+                if k in merged:
+                    raise ConfigError(f"two methods return a loss term named '{k}'")
+                merged[k] = v
+        return merged

@@ -1,0 +1,65 @@
+"""Small models for tiny inputs (8x8 digits, 28x28 MNIST-like images) and quick experiments.
+
+- ``mlp``: flatten, two hidden layers (``hidden``), ReLU; takes any input size (``input_size`` pixels
+  per side, default 8).
+- ``cnn_tiny`` / ``cnn_small`` / ``cnn_medium`` / ``cnn_large``: three stages (``stage1``..``stage3``)
+  of two 3x3 conv-BN-ReLU layers, the 2nd and 3rd stage starting at stride 2, then global average
+  pooling and a linear classifier. Widths 8/16/32, 16/32/64, 32/64/128 and 64/128/256.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from . import register_model
+
+
+class MLP(nn.Module):
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, input_size: int = 8,
+                 hidden: int = 128):
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(in_channels * input_size * input_size, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.relu(self.fc1(self.flatten(x)))
+        return self.fc(self.relu(self.fc2(x)))
+
+
+def _cbr(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+class SmallCNN(nn.Module):
+    def __init__(self, widths: tuple[int, int, int], num_classes: int = 10, in_channels: int = 1):
+        super().__init__()
+        cin = in_channels
+        for i, w in enumerate(widths):
+            self.add_module(f"stage{i + 1}", nn.Sequential(*_cbr(cin, w, 1 if i == 0 else 2), *_cbr(w, w)))
+            cin = w
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stage3(self.stage2(self.stage1(x)))
+        return self.fc(self.avgpool(x).flatten(1))
+
+
+@register_model("mlp")
+def mlp(num_classes: int = 10, in_channels: int = 1, input_size: int = 8, hidden: int = 128) -> MLP:
+    return MLP(num_classes, in_channels, input_size, hidden)
+
+
+def _cnn(widths: tuple[int, int, int]):
+    def factory(num_classes: int = 10, in_channels: int = 1) -> SmallCNN:
+        return SmallCNN(widths, num_classes, in_channels)
+
+    return factory
+
+
+for _name, _w in (("cnn_tiny", (8, 16, 32)), ("cnn_small", (16, 32, 64)), ("cnn_medium", (32, 64, 128)),
+                  ("cnn_large", (64, 128, 256))):
+    register_model(_name)(_cnn(_w))
