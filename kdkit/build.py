@@ -1,0 +1,74 @@
+"""From a validated :class:`~kdkit.config.RunConfig` to data loaders, models and a distiller."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .config import ModelSpec, RunConfig
+from .data import Loaders, build_loaders
+from .engine.checkpoint import load_checkpoint, load_model_weights
+from .errors import ConfigError, KdkitError
+from .methods import Distiller, create_method
+from .models import create_model
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"train.device: {e}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("train.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
+    return device
+
+
+def build_model(spec: ModelSpec, num_classes: int, in_channels: int, load: bool = True) -> nn.Module:
+    try:
+        model = create_model(spec.name, num_classes=num_classes, in_channels=in_channels, **spec.kwargs)
+    except TypeError as e:
+        raise ConfigError(f"model '{spec.name}': {e}") from None
+    if load and spec.checkpoint:
+        ckpt = load_checkpoint(spec.checkpoint)
+        load_model_weights(model, ckpt, spec.name, num_classes, in_channels, source=spec.checkpoint)
+    return model
+
+
+@dataclass
+class Built:
+    loaders: Loaders
+    distiller: Distiller
+    device: torch.device
+
+
+def build(cfg: RunConfig, device: torch.device | None = None) -> Built:
+    """Load the data, create (and load) the models, and set up the methods on probed shapes."""
+    device = device or pick_device(cfg.train.device)
+    loaders = build_loaders(cfg.data, cfg.train.seed, device)
+    ds = loaders.dataset
+    torch.manual_seed(cfg.train.seed)  # model initialisation depends on the seed only
+    student = build_model(cfg.model, ds.num_classes, ds.in_channels)
+    teachers = []
+    for spec in cfg.teacher:
+        if not spec.checkpoint:
+            raise ConfigError(f"teacher '{spec.name}' needs a checkpoint (train one with `kdkit train`)")
+        teachers.append(build_model(spec, ds.num_classes, ds.in_channels))
+    methods = [create_method(m) for m in cfg.method]
+    if teachers and not any(m.needs_teacher for m in methods):
+        raise ConfigError(f"a teacher is set but method(s) {', '.join(m.name for m in methods)} do not use one")
+    try:
+        distiller = Distiller(student.to(device), methods, [t.to(device) for t in teachers],
+                              input_shape=loaders.input_shape)
+    except KdkitError:
+        raise
+    except RuntimeError as e:  # a model that cannot run on this input size
+        raise ConfigError(f"cannot run the models on {ds.name} inputs {loaders.input_shape}: {e}") from None
+    return Built(loaders, distiller.to(device), device)

@@ -1,0 +1,171 @@
+"""Command line: parse, build, run. Every command is also reachable from Python (see README)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .errors import ConfigError, KdkitError
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", nargs="?", help="YAML recipe (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set method.temperature=2 (repeatable)")
+    p.add_argument("--out", help="run directory (default: train.out_dir/<data>-<model>-<method>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdkit", description="Knowledge distillation for PyTorch.")
+    parser.add_argument("--version", action="version", version=f"kdkit {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a model with labels only (a teacher or a baseline)")
+    _add_run_args(p)
+    p = sub.add_parser("distill", help="train a student from a teacher")
+    _add_run_args(p)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on its dataset's test (or validation) split")
+    p.add_argument("checkpoint")
+    p.add_argument("--split", choices=["test", "val"], default="test")
+    p.add_argument("--data-root", help="where the dataset files are (default: the lookup order in docs)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    p = sub.add_parser("inspect", help="print every module path of a model with output shape and parameters")
+    p.add_argument("model")
+    p.add_argument("--input-shape", default="3,32,32", help="C,H,W (default 3,32,32)")
+    p.add_argument("--num-classes", type=int, default=10)
+
+    p = sub.add_parser("list", help="list models, datasets or methods")
+    p.add_argument("what", choices=["models", "datasets", "methods"])
+    p.add_argument("pattern", nargs="?", default="*", help="glob filter, e.g. 'resnet*'")
+
+    p = sub.add_parser("demo", help="distill on the embedded digits dataset and print a results table")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=None, help="epochs per model (default: the demo's recipe)")
+    p.add_argument("--out", default=None, help="keep the demo's run directories here (default: a temp dir)")
+    return parser
+
+
+def cmd_run(args: argparse.Namespace, distill: bool) -> int:
+    from .config import load_config
+    from .engine.trainer import Trainer
+
+    if args.resume:
+        if args.config or args.overrides:
+            raise ConfigError("--resume continues a run with its saved config; drop the config and --set")
+        trainer = Trainer.resume(args.resume)
+    else:
+        if not args.config:
+            raise ConfigError(f"kdkit {args.command} needs a config file (or --resume RUN_DIR)")
+        cfg = load_config(args.config, args.overrides)
+        if distill and not cfg.teacher:
+            raise ConfigError("kdkit distill needs a teacher in the config (use `kdkit train` without one)")
+        if not distill and cfg.teacher:
+            raise ConfigError("this config has a teacher: use `kdkit distill`")
+        trainer = Trainer(cfg, run_dir=args.out)
+    result = trainer.fit()
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .build import build_model, pick_device
+    from .config import parse_config
+    from .data import build_loaders
+    from .engine.checkpoint import load_checkpoint
+    from .engine.trainer import evaluate
+
+    ckpt = load_checkpoint(args.checkpoint)
+    cfg = parse_config(ckpt["config"])
+    if args.data_root:
+        cfg.data.root = args.data_root
+    device = pick_device(args.device)
+    loaders = build_loaders(cfg.data, cfg.train.seed, device)
+    ds = loaders.dataset
+    cfg.model.checkpoint = args.checkpoint
+    model = build_model(cfg.model, ds.num_classes, ds.in_channels).to(device)
+    loader = loaders.test if args.split == "test" else loaders.val
+    if loader is None:
+        raise ConfigError("this run has no validation split (data.val_fraction was 0)")
+    metrics = evaluate(model, loader)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(f"{cfg.model.name} on {ds.name} {args.split} ({len(loader.data)} images): "
+              f"top1 {metrics['top1']:.2f}%  top5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .features import format_inspect, probe
+    from .models import create_model
+
+    try:
+        shape = tuple(int(v) for v in args.input_shape.split(","))
+    except ValueError:
+        raise ConfigError(f"--input-shape expects C,H,W integers, got '{args.input_shape}'") from None
+    if len(shape) != 3 or min(shape) < 1:
+        raise ConfigError(f"--input-shape expects three positive integers C,H,W, got '{args.input_shape}'")
+    kwargs = {"input_size": shape[1]} if args.model == "mlp" else {}
+    model = create_model(args.model, num_classes=args.num_classes, in_channels=shape[0], **kwargs)
+    try:
+        info = probe(model, shape)
+    except RuntimeError as e:
+        raise ConfigError(f"{args.model} cannot run on input {shape}: {str(e).splitlines()[0]}") from None
+    print(format_inspect(model, info))
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    if args.what == "models":
+        from .models import create_model, list_models
+
+        for name in list_models(args.pattern):
+            n = sum(p.numel() for p in create_model(name, num_classes=10, in_channels=3).parameters())
+            print(f"{name:16s} {n / 1e6:7.3f}M params (10 classes)")
+    elif args.what == "datasets":
+        from .data import DATASETS
+
+        for name in DATASETS.names(args.pattern):
+            print(f"{name:14s} {(DATASETS.get(name).__doc__ or '').strip()}")
+    else:
+        from .methods import METHODS
+
+        for name in METHODS.names(args.pattern):
+            cls = METHODS.get(name)
+            print(f"{name:10s} {cls.family:9s} {cls.paper}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in ("train", "distill"):
+            return cmd_run(args, distill=args.command == "distill")
+        if args.command == "eval":
+            return cmd_eval(args)
+        if args.command == "inspect":
+            return cmd_inspect(args)
+        if args.command == "list":
+            return cmd_list(args)
+        from .demo import run_demo
+
+        run_demo(seeds=args.seeds, epochs=args.epochs, out=Path(args.out) if args.out else None)
+        return 0
+    except KdkitError as e:
+        print(f"kdkit: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("kdkit: interrupted; the last completed epoch's checkpoint is kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""kdkit checkpoints: written atomically, read with ``torch.load(weights_only=True)``.
+
+A checkpoint is a dict of plain data and tensors: ``format``/``version`` markers, the resolved config,
+the trained model's spec (``model``: name, classes, input channels, kwargs) and weights (``student``),
+the whole trainable state (``distiller``: student and method helpers), and for resuming the optimizer,
+epoch, step and RNG states. kdkit never unpickles arbitrary objects.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError
+
+FORMAT = "kdkit-checkpoint"
+VERSION = 1
+
+
+def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``: a
+    reader (or a crash) sees the old file or the new one, never a partial one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename durable
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and check a kdkit checkpoint; anything else raises :class:`CheckpointError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # pickle errors, zip errors, refused globals ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is not a kdkit checkpoint (cannot be read safely: {first})") from None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a kdkit checkpoint (no '{FORMAT}' marker)")
+    if obj.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path} was written by a newer kdkit (checkpoint version {obj['version']})")
+    for key in ("model", "student"):
+        if key not in obj:
+            raise CheckpointError(f"{path} is an incomplete kdkit checkpoint (no '{key}')")
+    return obj
+
+
+def model_record(name: str, num_classes: int, in_channels: int, kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "num_classes": num_classes, "in_channels": in_channels, "kwargs": dict(kwargs)}
+
+
+def load_model_weights(model: nn.Module, ckpt: dict[str, Any], name: str, num_classes: int,
+                       in_channels: int, source: str = "checkpoint") -> None:
+    """Load a checkpoint's model weights into ``model`` after checking that it is the same network."""
+    rec = ckpt["model"]
+    if rec.get("name") != name:
+        raise CheckpointError(f"{source} holds a '{rec.get('name')}' model, but the config asks for '{name}'")
+    if rec.get("num_classes") != num_classes:
+        raise CheckpointError(
+            f"{source} was trained for {rec.get('num_classes')} classes, the dataset has {num_classes}")
+    if rec.get("in_channels") != in_channels:
+        raise CheckpointError(
+            f"{source} expects {rec.get('in_channels')} input channels, the dataset has {in_channels}")
+    try:
+        model.load_state_dict(ckpt["student"])
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"{source} does not fit model '{name}': {first}") from None
