@@ -172,18 +172,23 @@ class ModelInfo:
     def stages(self) -> list[str]:
         """Last module of each spatial stage, in execution order.
 
-        Among modules with a 4-D output (``[C, H, W]``, H*W > 1), groups them by spatial size and keeps,
-        for each size, the module whose forward finished last (an enclosing block rather than its last
-        layer). This finds ``layer1..layer3`` of a CIFAR ResNet and the last layer before each pooling of
-        a VGG, without any per-model table.
+        Among modules with a 4-D output (``[C, H, W]``, H*W > 1), groups them by spatial size; in each
+        group keeps the shallowest modules (fewest dots in the path) and of those the one whose forward
+        finished last: the enclosing stage rather than its last layer, and not the pre-activation of the
+        next stage's first block. This finds ``layer1..layer3`` of a CIFAR ResNet, ``block1..block3`` of
+        a WRN and the last block before each pooling of a VGG, without any per-model table.
         """
-        last: dict[tuple[int, int], LayerInfo] = {}
-        for info in sorted(self.layers.values(), key=lambda i: i.order):
+        best: dict[tuple[int, int], LayerInfo] = {}
+        for info in self.layers.values():
             if info.path and info.shape is not None and len(info.shape) == 3:
                 hw = info.shape[1:]
-                if hw[0] * hw[1] > 1:
-                    last[hw] = info
-        return [i.path for i in sorted(last.values(), key=lambda i: i.order)]
+                if hw[0] * hw[1] <= 1:
+                    continue
+                cur = best.get(hw)
+                key = (-info.path.count("."), info.order)
+                if cur is None or key > (-cur.path.count("."), cur.order):
+                    best[hw] = info
+        return [i.path for i in sorted(best.values(), key=lambda i: i.order)]
 
 
 @torch.no_grad()

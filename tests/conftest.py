@@ -1,0 +1,45 @@
+import os
+
+import pytest
+import torch
+
+from kdkit.config import load_config
+
+
+@pytest.fixture(autouse=True)
+def _isolate(tmp_path_factory, monkeypatch):
+    """No test reads the user's cache or data folders, or reaches the network."""
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    monkeypatch.delenv("KDKIT_DATA", raising=False)
+    monkeypatch.setenv("KDKIT_MIRROR", "file:///nonexistent-kdkit-mirror")
+    torch.manual_seed(0)
+
+
+def _digits_cfg(tmp_path, **over):
+    """A fast digits config; ``over`` maps top-level sections to dicts merged in."""
+    base = {"model": "cnn_tiny", "data": {"name": "digits"},
+            "train": {"epochs": 1, "progress": False, "out_dir": str(tmp_path), "run_name": "run"},
+            "optim": {"lr": 0.05}}
+    for k, v in over.items():
+        base[k] = {**base[k], **v} if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return load_config(base=base)
+
+
+@pytest.fixture(scope="session")
+def teacher_ckpt(tmp_path_factory):
+    """A cnn_small teacher trained for 2 epochs on digits (session-wide, about a second)."""
+    from kdkit.engine.trainer import Trainer
+
+    out = tmp_path_factory.mktemp("teacher")
+    os.environ.setdefault("XDG_CACHE_HOME", str(out))
+    cfg = load_config(base={"model": "cnn_small", "data": {"name": "digits"},
+                            "train": {"epochs": 2, "progress": False, "out_dir": str(out), "run_name": "t"}})
+    Trainer(cfg, log=lambda m: None).fit()
+    return str(out / "t" / "checkpoint.pt")
+
+
+@pytest.fixture
+def digits_cfg():
+    """Factory of fast digits configs: ``digits_cfg(out_dir, train={"epochs": 3}, method="kd")``."""
+    return _digits_cfg

@@ -1,0 +1,62 @@
+from pathlib import Path
+
+import pytest
+
+from kdkit.config import apply_overrides, dump_yaml, load_config, parse_config
+from kdkit.errors import ConfigError
+from kdkit.methods import create_method
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml")))
+def test_every_recipe_validates(path):
+    cfg = load_config(ROOT / path)
+    assert cfg.model.name and cfg.method
+    # the resolved config round-trips
+    assert parse_config(__import__("yaml").safe_load(dump_yaml(cfg))) == cfg
+
+
+def test_unknown_key_names_closest():
+    with pytest.raises(ConfigError, match=r"unknown key 'train.epoch'.*did you mean 'epochs'"):
+        parse_config({"model": "resnet8", "train": {"epoch": 3}})
+    with pytest.raises(ConfigError, match=r"unknown key 'method.temprature'.*'temperature'"):
+        parse_config({"model": "resnet8", "method": {"name": "kd", "temprature": 4}})
+
+
+def test_method_config_typo_fails_in_python_too():
+    with pytest.raises(ConfigError, match="temprature"):
+        create_method("kd", temprature=4)
+
+
+def test_wrong_types_and_values():
+    with pytest.raises(ConfigError, match="train.epochs: expected an integer"):
+        parse_config({"model": "resnet8", "train": {"epochs": "ten"}})
+    with pytest.raises(ConfigError, match="optim.name: 'adam' is not one of"):
+        parse_config({"model": "resnet8", "optim": {"name": "adam"}})
+    with pytest.raises(ConfigError, match="alpha must be in"):
+        parse_config({"model": "resnet8", "method": {"name": "kd", "alpha": 2}})
+    with pytest.raises(ConfigError, match="missing required key"):
+        parse_config({"data": {"name": "digits"}})
+
+
+def test_unknown_method_suggests():
+    with pytest.raises(ConfigError, match="unknown method 'fitnet'; did you mean 'fitnets'"):
+        parse_config({"model": "resnet8", "method": "fitnet"})
+
+
+def test_overrides():
+    data = {"model": "resnet8", "method": {"name": "kd"}}
+    cfg = parse_config(apply_overrides(data, ["method.temperature=2", "train.epochs=3", "optim.lr=0.1"]))
+    assert cfg.method[0].temperature == 2.0 and cfg.train.epochs == 3 and cfg.optim.lr == 0.1
+    data = {"model": "resnet8", "method": [{"name": "kd"}, {"name": "at"}]}
+    cfg = parse_config(apply_overrides(data, ["method.at.beta=10", "method.0.alpha=0.5"]))
+    assert cfg.method[1].beta == 10.0 and cfg.method[0].alpha == 0.5
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides({}, ["train.epochs"])
+
+
+def test_defaults_and_shorthands():
+    cfg = parse_config({"model": "resnet8", "teacher": "resnet32x4"})
+    assert cfg.method[0].method_name == "vanilla"
+    assert cfg.teacher[0].name == "resnet32x4"

@@ -1,0 +1,162 @@
+"""Every registered method: a step on a heterogeneous pair runs, a few steps lower the loss on a fixed
+batch, the teacher is unchanged, helpers are trained and survive a checkpoint round-trip."""
+
+import copy
+import io
+
+import pytest
+import torch
+
+from kdkit.errors import ConfigError
+from kdkit.methods import METHODS, Distiller, create_method, list_methods
+from kdkit.models import create_model
+
+SHAPE = (3, 16, 16)
+
+
+def _pair():
+    torch.manual_seed(0)
+    return create_model("resnet8", num_classes=5), create_model("wrn_16_2", num_classes=5)
+
+
+def _distiller(name, teacher=True):
+    s, t = _pair()
+    m = create_method(name)
+    return Distiller(s, [m], [t] if (teacher and m.needs_teacher) else [], SHAPE), t
+
+
+def _batch():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(16, *SHAPE, generator=g), torch.randint(0, 5, (16,), generator=g)
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_method_trains_on_heterogeneous_pair(name):
+    d, teacher = _distiller(name)
+    t_before = copy.deepcopy(teacher.state_dict())
+    opt = torch.optim.SGD(d.parameters(), lr=0.02, momentum=0.9)
+    x, y = _batch()
+    d.train()
+    losses = []
+    for _ in range(8):
+        terms = d(x, y)
+        loss = sum(terms.values())
+        losses.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert losses[-1] < losses[0], losses
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, t_before[k]), f"teacher changed: {k}"
+    assert not teacher.training or not METHODS.get(name).needs_teacher
+    assert all(p.grad is None for p in teacher.parameters())
+    helper_params = [p for n, p in d.named_parameters() if n.startswith("methods.")]
+    assert all(p.grad is not None for p in helper_params), "a helper got no gradient"
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_method_state_round_trip(name):
+    d, _ = _distiller(name)
+    buf = io.BytesIO()
+    torch.save(d.state_dict(), buf)
+    buf.seek(0)
+    d2, _ = _distiller(name)
+    d2.load_state_dict(torch.load(buf, weights_only=True))
+    x, y = _batch()
+    d.eval(), d2.eval()
+    for k, v in d(x, y).items():
+        torch.testing.assert_close(v, d2(x, y)[k])
+    assert not any(k.startswith("teachers") for k in d.state_dict())
+
+
+@pytest.mark.parametrize("name", list_methods())
+def test_method_registered_with_citation(name):
+    cls = METHODS.get(name)
+    assert cls.family and cls.paper and cls.__doc__
+    if name != "vanilla":
+        assert any(ch.isdigit() for ch in cls.paper), "the citation names a year"
+
+
+def test_kd_zero_when_student_is_teacher_and_alpha_weights():
+    torch.manual_seed(0)
+    t = create_model("cnn_tiny", num_classes=5, in_channels=3)
+    s = copy.deepcopy(t)
+    d = Distiller(s, [create_method("kd", alpha=0.7)], [t], SHAPE)
+    d.eval()
+    x, y = _batch()
+    terms = d(x, y)
+    assert terms["kd"].abs() < 1e-6
+    ce = torch.nn.functional.cross_entropy(s(x), y)
+    torch.testing.assert_close(terms["ce"], 0.3 * ce)
+
+
+def test_kd_teacher_ensemble():
+    torch.manual_seed(0)
+    s = create_model("cnn_tiny", num_classes=5, in_channels=3)
+    ts = [create_model("cnn_small", num_classes=5, in_channels=3) for _ in range(2)]
+    x, y = _batch()
+    for mode in ("logits", "probs"):
+        d = Distiller(s, [create_method("kd", ensemble=mode, alpha=1.0)], ts, SHAPE)
+        d.eval()
+        T = 4.0
+        zt = [t(x) for t in ts]
+        p = (torch.softmax((zt[0] + zt[1]) / 2 / T, 1) if mode == "logits"
+             else (torch.softmax(zt[0] / T, 1) + torch.softmax(zt[1] / T, 1)) / 2)
+        expected = torch.nn.functional.kl_div(torch.log_softmax(s(x) / T, 1), p, reduction="batchmean") * T * T
+        torch.testing.assert_close(d(x, y)["kd"], expected)
+
+
+def test_at_and_fitnets_zero_when_identical():
+    torch.manual_seed(0)
+    t = create_model("resnet8", num_classes=5)
+    s = copy.deepcopy(t)
+    d = Distiller(s, [create_method("at")], [t], SHAPE)
+    d.eval()
+    assert d(*_batch())["at"] < 1e-8
+    assert d.methods[0].student_specs == ["layer1", "layer2", "layer3"]
+    d = Distiller(copy.deepcopy(t), [create_method("fitnets")], [t], SHAPE)
+    assert isinstance(d.methods[0].regressor, torch.nn.Identity)  # same shapes: no regressor needed
+    d.eval()
+    assert d(*_batch())["hint"] < 1e-8
+
+
+def test_fitnets_regressor_from_probed_shapes_and_stage1():
+    s, t = create_model("resnet8", num_classes=5), create_model("wrn_16_2", num_classes=5)
+    m = create_method("fitnets", stage1_epochs=2)
+    d = Distiller(s, [m, create_method("kd")], [t], SHAPE)
+    assert m.student_specs == ["layer2"] and m.teacher_specs == ["block2"]
+    assert m.regressor.conv.in_channels == 32 and m.regressor.conv.out_channels == 64
+    x, y = _batch()
+    assert set(d(x, y, epoch=0)) == {"hint"}  # stage 1: the hint alone
+    assert set(d(x, y, epoch=2)) == {"ce", "kd", "hint"}  # then KD with the task loss
+    d.zero_grad()
+    d(x, y, epoch=0)["hint"].backward()
+    assert s.fc.weight.grad is None and s.layer3[0].conv1.weight.grad is None  # only up to the guided layer
+    assert s.layer2[0].conv1.weight.grad is not None
+    assert d.pretrain_epochs == 2
+
+
+def test_explicit_layers_and_errors():
+    s, t = _pair()
+    m = create_method("at", student_layers=["layer2", "layer3"], teacher_layers=["block2", "block3"])
+    Distiller(s, [m], [t], SHAPE)
+    with pytest.raises(ConfigError, match="must pair up"):
+        Distiller(s, [create_method("at", student_layers=["layer2"], teacher_layers=["block2", "block3"])], [t], SHAPE)
+    from kdkit.errors import LayerPathError
+
+    with pytest.raises(LayerPathError, match="no tensor output recorded at 'layer9'"):
+        Distiller(s, [create_method("fitnets", student_layer="layer9")], [t], SHAPE)
+    with pytest.raises(ConfigError, match="need a teacher"):
+        Distiller(s, [create_method("kd")], [], SHAPE)
+    with pytest.raises(ConfigError, match="single teacher"):
+        Distiller(s, [create_method("at")], [t, copy.deepcopy(t)], SHAPE)
+
+
+def test_teacher_moves_with_distiller_and_stays_eval():
+    s, t = _pair()
+    d = Distiller(s, [create_method("kd")], [t], SHAPE)
+    d.train()
+    assert not t.training and s.training
+    d.to(torch.float64)
+    assert next(t.parameters()).dtype == torch.float64
+    assert not any(p is q for p in d.parameters() for q in t.parameters())
