@@ -1,3 +1,22 @@
-"""kdkit: knowledge distillation for PyTorch."""
+"""kdkit: knowledge distillation for PyTorch.
+
+>>> import kdkit
+>>> cfg = kdkit.load_config("configs/digits/kd.yaml", ["method.temperature=2"])
+>>> result = kdkit.Trainer(cfg).fit()
+"""
 
 __version__ = "0.1.0"
+
+from .config import RunConfig, load_config, parse_config
+from .data import list_datasets, load_dataset
+from .engine.checkpoint import load_checkpoint
+from .engine.trainer import Trainer, evaluate
+from .features import FeatureTap, probe
+from .methods import Distiller, Method, create_method, list_methods, register_method
+from .models import create_model, list_models, register_model
+
+__all__ = [
+    "__version__", "RunConfig", "load_config", "parse_config", "list_datasets", "load_dataset",
+    "load_checkpoint", "Trainer", "evaluate", "FeatureTap", "probe", "Distiller", "Method", "create_method",
+    "list_methods", "register_method", "create_model", "list_models", "register_model",
+]

@@ -1,5 +1,3 @@
-import os
-
 import pytest
 import torch
 
@@ -32,7 +30,6 @@ def teacher_ckpt(tmp_path_factory):
     from kdkit.engine.trainer import Trainer
 
     out = tmp_path_factory.mktemp("teacher")
-    os.environ.setdefault("XDG_CACHE_HOME", str(out))
     cfg = load_config(base={"model": "cnn_small", "data": {"name": "digits"},
                             "train": {"epochs": 2, "progress": False, "out_dir": str(out), "run_name": "t"}})
     Trainer(cfg, log=lambda m: None).fit()

@@ -96,15 +96,28 @@ def test_nan_loss_stops_names_term_and_keeps_checkpoint(digits_cfg, tmp_path, te
 def test_schedules():
     cfg = load_config(base={"model": "cnn_tiny", "optim": {"lr": 0.1}, "train": {"epochs": 10},
                             "schedule": {"name": "step", "milestones": [5, 8], "gamma": 0.1, "warmup_epochs": 2}})
-    assert lr_at(cfg, 1.0) == pytest.approx(0.05)
-    assert lr_at(cfg, 4.5) == pytest.approx(0.1)
-    assert lr_at(cfg, 5.5) == pytest.approx(0.01)
-    assert lr_at(cfg, 9.0) == pytest.approx(0.001)
-    assert lr_at(cfg, 1.0, pretrain_epochs=3) == pytest.approx(0.1)  # stage 1 at the base rate
+    assert lr_at(cfg, 0, 0, 10) == pytest.approx(0.005)  # first warm-up step
+    assert lr_at(cfg, 1, 9, 10) == pytest.approx(0.1)  # last warm-up step reaches the base rate
+    assert lr_at(cfg, 4, 9, 10) == pytest.approx(0.1)  # last step before the milestone is not decayed
+    assert lr_at(cfg, 5, 0, 10) == pytest.approx(0.01)
+    assert lr_at(cfg, 9, 3, 10) == pytest.approx(0.001)
+    assert lr_at(cfg, 1, 0, 10, pretrain_epochs=3) == pytest.approx(0.1)  # stage 1 at the base rate
+    assert lr_at(cfg, 3, 0, 10, pretrain_epochs=3) == pytest.approx(0.005)  # then the schedule starts
     cfg.schedule.name, cfg.schedule.warmup_epochs = "cosine", 0
-    assert lr_at(cfg, 5.0) == pytest.approx(0.05)
-    assert lr_at(cfg, 10.0) == pytest.approx(0.0, abs=1e-12)
-    assert lr_at(cfg, 2.5) == pytest.approx(0.05 * (1 + math.cos(math.pi * 0.25)))
+    assert lr_at(cfg, 0, 0, 10) == pytest.approx(0.1)
+    assert lr_at(cfg, 5, 0, 10) == pytest.approx(0.05)
+    assert lr_at(cfg, 2, 5, 10) == pytest.approx(0.05 * (1 + math.cos(math.pi * 0.25)))
+    assert 0 < lr_at(cfg, 9, 9, 10) < 0.001
+
+
+def test_adamw_with_step_schedule_and_warmup(digits_cfg, tmp_path):
+    cfg = digits_cfg(tmp_path, optim={"name": "adamw", "lr": 0.003, "weight_decay": 0.01},
+                     schedule={"name": "step", "milestones": [1], "warmup_epochs": 0.5}, train={"epochs": 2})
+    trainer = Trainer(cfg, log=quiet)
+    result = trainer.fit()
+    assert isinstance(trainer.optimizer, torch.optim.AdamW)
+    assert [h["lr"] for h in trainer.history] == pytest.approx([0.003, 0.0003])
+    assert result["test/top1"] > 50
 
 
 def test_fitnets_stage1_runs_before_main_epochs(digits_cfg, tmp_path, teacher_ckpt):

@@ -39,19 +39,24 @@ def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
 
 
-def lr_at(cfg: RunConfig, epoch: float, pretrain_epochs: int = 0) -> float:
-    """Learning rate at a (fractional) epoch. Preliminary-stage epochs run at the base rate; the schedule
-    (linear warm-up, then step or cosine) covers the ``train.epochs`` main epochs that follow."""
+def lr_at(cfg: RunConfig, epoch: int, i: int = 0, steps: int = 1, pretrain_epochs: int = 0) -> float:
+    """Learning rate for step ``i`` of ``steps`` in ``epoch`` (0-based).
+
+    Preliminary-stage epochs run at the base rate; the schedule covers the ``train.epochs`` main epochs that
+    follow: a linear warm-up that reaches the base rate at the last warm-up step, then step decay at the
+    start of each milestone epoch, or a cosine curve over the steps of the main epochs.
+    """
     base, s = cfg.optim.lr, cfg.schedule
     if epoch < pretrain_epochs:
         return base
     e = epoch - pretrain_epochs
-    if s.warmup_epochs > 0 and e < s.warmup_epochs:
-        return base * e / s.warmup_epochs
+    pos = e + i / steps
+    if s.warmup_epochs > 0 and pos < s.warmup_epochs:
+        return base * min(1.0, (pos + 1 / steps) / s.warmup_epochs)
     if s.name == "step":
-        return base * s.gamma ** sum(1 for m in s.milestones if int(e) >= m)
+        return base * s.gamma ** sum(1 for m in s.milestones if e >= m)
     if s.name == "cosine":
-        return s.min_lr + (base - s.min_lr) * 0.5 * (1 + math.cos(math.pi * min(e / cfg.train.epochs, 1.0)))
+        return s.min_lr + (base - s.min_lr) * 0.5 * (1 + math.cos(math.pi * min(pos / cfg.train.epochs, 1.0)))
     return base
 
 
@@ -171,7 +176,7 @@ class Trainer:
         sums: dict[str, Tensor] = {}
         t0 = time.perf_counter()
         for i, (x, y, idx) in enumerate(bar):
-            lr = lr_at(self.cfg, epoch + (i + 1) / steps, d.pretrain_epochs)
+            lr = lr_at(self.cfg, epoch, i, steps, d.pretrain_epochs)
             for group in opt.param_groups:
                 group["lr"] = lr
             with self.autocast():
