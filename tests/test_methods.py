@@ -152,6 +152,26 @@ def test_explicit_layers_and_errors():
         Distiller(s, [create_method("at")], [t, copy.deepcopy(t)], SHAPE)
 
 
+def test_at_checks_each_model_shapes_with_shared_layer_names():
+    s = create_model("resnet8", num_classes=5)  # its 'layer3' is a [C, H, W] map
+
+    class VectorTeacher(torch.nn.Module):  # its 'layer3' is a vector
+        def __init__(self):
+            super().__init__()
+            self.layer3 = torch.nn.Linear(3 * 16 * 16, 8)
+            self.fc = torch.nn.Linear(8, 5)
+
+        def forward(self, x):
+            return self.fc(self.layer3(x.flatten(1)))
+
+    m = create_method("at", student_layers=["layer3"], teacher_layers=["layer3"])
+    with pytest.raises(ConfigError, match="the teacher's 'layer3' has shape"):
+        Distiller(s, [m], [VectorTeacher()], SHAPE)
+    with pytest.raises(ConfigError, match="the student's 'fc'"):
+        Distiller(s, [create_method("at", student_layers=["fc"], teacher_layers=["layer3"])],
+                  [create_model("resnet8", num_classes=5)], SHAPE)
+
+
 def test_teacher_moves_with_distiller_and_stays_eval():
     s, t = _pair()
     d = Distiller(s, [create_method("kd")], [t], SHAPE)

@@ -43,10 +43,11 @@ class AT(Method):
             raise ConfigError("at needs a teacher")
         self.student_specs, self.teacher_specs = pair_layers(
             s_info, t_info, self.cfg.student_layers, self.cfg.teacher_layers)
-        for spec in self.student_specs + self.teacher_specs:
-            info = s_info if spec in self.student_specs else t_info
-            if len(info.shape(spec)) != 3:
-                raise ConfigError(f"at needs [C, H, W] feature maps; '{spec}' has shape {info.shape(spec)}")
+        for who, info, specs in (("student", s_info, self.student_specs), ("teacher", t_info, self.teacher_specs)):
+            for spec in specs:
+                if len(info.shape(spec)) != 3:
+                    raise ConfigError(f"at needs [C, H, W] feature maps; the {who}'s '{spec}' has shape "
+                                      f"{info.shape(spec)}")
 
     def losses(self, out: Outputs) -> dict[str, Tensor]:
         total = sum(attention_transfer(out.s_feats[s], out.t_feats[t], self.cfg.p)
