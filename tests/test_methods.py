@@ -34,7 +34,9 @@ def _batch():
 def test_method_trains_on_heterogeneous_pair(name):
     d, teacher = _distiller(name)
     t_before = copy.deepcopy(teacher.state_dict())
-    opt = torch.optim.SGD(d.parameters(), lr=0.02, momentum=0.9)
+    # a step small enough for every method: DIST's Pearson terms have large gradients when a random
+    # teacher's softmax is nearly uniform, and overshoot at lr 0.01 (measured)
+    opt = torch.optim.SGD(d.parameters(), lr=0.005, momentum=0.9)
     x, y = _batch()
     d.train()
     losses = []

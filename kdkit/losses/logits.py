@@ -39,3 +39,45 @@ def logit_mse(s_logits: Tensor, t_logits: Tensor) -> Tensor:
     """L2 matching of logits (Ba & Caruana, "Do Deep Nets Really Need to be Deep?", NeurIPS 2014):
     mean over batch and classes of ``(z_s - z_t)^2``; ``[B, K]`` each, teacher detached."""
     return F.mse_loss(s_logits.float(), t_logits.detach().float())
+
+
+def dkd_loss(s_logits: Tensor, t_logits: Tensor, target: Tensor, temperature: float, alpha: float,
+             beta: float) -> Tensor:
+    """Decoupled KD (Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022, eq. (7)).
+
+    ``alpha * TCKD + beta * NCKD`` with, at temperature T (both T^2-scaled, batch mean):
+    TCKD = KL(b_t || b_s) over the binary split [p_target, 1 - p_target];
+    NCKD = KL(p̂_t || p̂_s) over the softmax restricted to the non-target classes.
+    ``s_logits``, ``t_logits``: [B, K]; ``target``: [B]. Teacher detached.
+    """
+    zs, zt = s_logits.float() / temperature, t_logits.detach().float() / temperature
+    gt = F.one_hot(target, zs.shape[1]).bool()
+    ps, pt = F.softmax(zs, 1), F.softmax(zt, 1)
+    bs = torch.stack([ps[gt], 1 - ps[gt]], 1).clamp_min(1e-12)
+    bt = torch.stack([pt[gt], 1 - pt[gt]], 1).clamp_min(1e-12)
+    tckd = (bt * (bt.log() - bs.log())).sum(1).mean()
+    masked = -1e4  # removes the target class from the non-target softmax
+    log_ps_nt = F.log_softmax(zs.masked_fill(gt, masked), 1)
+    pt_nt = F.softmax(zt.masked_fill(gt, masked), 1)
+    nckd = F.kl_div(log_ps_nt, pt_nt, reduction="none").masked_fill(gt, 0.0).sum(1).mean()
+    return temperature**2 * (alpha * tckd + beta * nckd)
+
+
+def _pearson_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
+    a = a - a.mean(1, keepdim=True)
+    b = b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
+
+
+def dist_loss(s_logits: Tensor, t_logits: Tensor, temperature: float, beta: float, gamma: float) -> Tensor:
+    """DIST (Huang et al., "Knowledge Distillation from A Stronger Teacher", NeurIPS 2022, eq. (8)).
+
+    With ``Y = softmax(z / T)`` [B, K]: inter-class relation ``1 - mean_i pearson(Y_s[i, :], Y_t[i, :])``
+    and intra-class relation ``1 - mean_j pearson(Y_s[:, j], Y_t[:, j])``; returns
+    ``T^2 * (beta * inter + gamma * intra)``. Teacher detached.
+    """
+    ys = F.softmax(s_logits.float() / temperature, 1)
+    yt = F.softmax(t_logits.detach().float() / temperature, 1)
+    inter = 1 - _pearson_rows(ys, yt).mean()
+    intra = 1 - _pearson_rows(ys.t(), yt.t()).mean()
+    return temperature**2 * (beta * inter + gamma * intra)

@@ -41,6 +41,8 @@ class Outputs:
     t_logits: list[Tensor] = field(default_factory=list)  # one per teacher
     s_feats: dict[str, Tensor] = field(default_factory=dict)
     t_feats: dict[str, Tensor] = field(default_factory=dict)  # from the first teacher
+    student: nn.Module | None = None  # for methods that need an extra forward (gradient-based AT)
+    teachers: list[nn.Module] = field(default_factory=list)
 
 
 class Method(nn.Module):
@@ -131,6 +133,22 @@ def default_stages(info: ModelInfo, n: int | None = None) -> list[str]:
     return stages if n is None else stages[-n:]
 
 
+def default_embedding(info: ModelInfo) -> str:
+    """The penultimate representation: the input of the last ``nn.Linear`` to run (``"fc:input"``)."""
+    linears = [i for i in info.layers.values() if i.type == "Linear"]
+    if not linears:
+        raise ConfigError("no nn.Linear classifier found by probing; give the embedding layer explicitly")
+    return max(linears, key=lambda i: i.order).path + ":input"
+
+
+def embedding_specs(s_info: ModelInfo, t_info: ModelInfo | None, s_layer: str | None,
+                    t_layer: str | None) -> tuple[list[str], list[str]]:
+    """One student and one teacher embedding spec: explicit, or each model's penultimate features."""
+    if t_info is None:
+        raise ConfigError("this method needs a teacher")
+    return [s_layer or default_embedding(s_info)], [t_layer or default_embedding(t_info)]
+
+
 def pair_layers(s_info: ModelInfo, t_info: ModelInfo, s_layers: list[str] | None,
                 t_layers: list[str] | None) -> tuple[list[str], list[str]]:
     """Layer pairs: explicit lists, or the last stages of each model (as many as the shallower has)."""
@@ -203,7 +221,8 @@ class Distiller(nn.Module):
     def forward(self, x: Tensor, y: Tensor, index: Tensor | None = None, epoch: int = 0) -> dict[str, Tensor]:
         with self.s_tap:
             s_logits = self.student(x)
-        out = Outputs(x, y, index, epoch, s_logits, s_feats=self.s_tap.features)
+        out = Outputs(x, y, index, epoch, s_logits, s_feats=self.s_tap.features, student=self.student,
+                      teachers=self.teachers)
         if self._uses_teacher:
             with torch.no_grad():
                 if self.t_tap is not None:

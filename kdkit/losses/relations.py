@@ -1,0 +1,83 @@
+"""Relation-based losses: they compare how samples relate to each other, so student and teacher feature
+dimensions may differ. Inputs are batches ``[B, ...]``; teacher inputs are detached."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def similarity_preserving(f_s: Tensor, f_t: Tensor) -> Tensor:
+    """Tung & Mori, "Similarity-Preserving Knowledge Distillation", ICCV 2019, eq. (2)-(4).
+
+    ``G = row_l2_normalise(Q Q^T)`` with ``Q`` the flattened features [B, D]; returns
+    ``||G_s - G_t||_F^2 / B^2``.
+    """
+    b = f_s.shape[0]
+    gs = F.normalize(f_s.float().reshape(b, -1) @ f_s.float().reshape(b, -1).t(), dim=1)
+    ft = f_t.detach().float().reshape(b, -1)
+    gt = F.normalize(ft @ ft.t(), dim=1)
+    return (gs - gt).pow(2).sum() / (b * b)
+
+
+def _normalised_distances(e: Tensor) -> Tensor:
+    d = torch.cdist(e, e)
+    mean = d[d > 0].mean() if (d > 0).any() else d.new_tensor(1.0)
+    return d / mean
+
+
+def rkd_distance(e_s: Tensor, e_t: Tensor) -> Tensor:
+    """RKD distance loss (Park et al., "Relational Knowledge Distillation", CVPR 2019, eq. (4)-(5)):
+    Huber loss between pairwise-distance matrices, each divided by its mean non-zero distance."""
+    b = e_s.shape[0]
+    return F.smooth_l1_loss(_normalised_distances(e_s.float().reshape(b, -1)),
+                            _normalised_distances(e_t.detach().float().reshape(b, -1)))
+
+
+def _angles(e: Tensor) -> Tensor:
+    diff = F.normalize(e.unsqueeze(0) - e.unsqueeze(1), dim=2)  # [B, B, D]: e_i - e_j, unit length
+    return torch.bmm(diff, diff.transpose(1, 2)).reshape(-1)  # cos of the angle at j between i and k
+
+
+def rkd_angle(e_s: Tensor, e_t: Tensor) -> Tensor:
+    """RKD angle loss (Park et al. 2019, eq. (6)-(7)): Huber loss between the cosines of all triplet
+    angles ``<e_i - e_j, e_k - e_j>`` of the two embeddings."""
+    b = e_s.shape[0]
+    return F.smooth_l1_loss(_angles(e_s.float().reshape(b, -1)), _angles(e_t.detach().float().reshape(b, -1)))
+
+
+def pkt_loss(f_s: Tensor, f_t: Tensor, eps: float = 1e-7) -> Tensor:
+    """Probabilistic knowledge transfer (Passalis & Tefas, "Learning Deep Representations with
+    Probabilistic Knowledge Transfer", ECCV 2018), with the cosine-similarity kernel.
+
+    Conditional probabilities ``p_{i|j} = K(i, j) / sum_i K(i, j)`` with ``K = (cos + 1) / 2`` per model;
+    returns the mean over all pairs of ``p_t * log(p_t / p_s)`` (the authors' normalisation).
+    """
+    def cond(f: Tensor) -> Tensor:
+        f = F.normalize(f.float().reshape(f.shape[0], -1), dim=1)
+        k = (f @ f.t() + 1.0) / 2.0
+        return k / k.sum(1, keepdim=True)
+
+    ps, pt = cond(f_s), cond(f_t.detach())
+    return (pt * torch.log((pt + eps) / (ps + eps))).mean()
+
+
+def rbf_taylor_correlation(e: Tensor, gamma: float = 0.4, order: int = 2) -> Tensor:
+    """Correlation matrix ``[B, B]`` of L2-normalised embeddings under a Gaussian RBF kernel
+    ``exp(-gamma ||x - y||^2)``, approximated by its order-P Taylor expansion (Peng et al. 2019,
+    eq. (9)): ``exp(-2 gamma) * sum_{p=0}^{P} (2 gamma)^p / p! * (x . y)^p``."""
+    e = F.normalize(e.float().reshape(e.shape[0], -1), dim=1)
+    dot = e @ e.t()
+    terms = [(2 * gamma) ** p / math.factorial(p) * dot.pow(p) for p in range(order + 1)]
+    return math.exp(-2 * gamma) * torch.stack(terms).sum(0)
+
+
+def correlation_congruence(e_s: Tensor, e_t: Tensor, gamma: float = 0.4, order: int = 2) -> Tensor:
+    """Correlation congruence (Peng et al., "Correlation Congruence for Knowledge Distillation", ICCV
+    2019, eq. (5)): ``||C_s - C_t||_F^2 / B^2`` with ``C`` from :func:`rbf_taylor_correlation`."""
+    b = e_s.shape[0]
+    return (rbf_taylor_correlation(e_s, gamma, order)
+            - rbf_taylor_correlation(e_t.detach(), gamma, order)).pow(2).sum() / (b * b)
