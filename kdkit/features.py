@@ -100,15 +100,22 @@ class FeatureTap:
         if self._handles:
             return self
         for spec, module, where in self._targets:
-            self._handles.append(module.register_forward_hook(self._make_hook(spec, where)))
+            if where == "input":  # before the module runs: an in-place module would overwrite its input
+                hook = self._make_pre_hook(spec, bool(getattr(module, "inplace", False)))
+                self._handles.append(module.register_forward_pre_hook(hook))
+            else:
+                self._handles.append(module.register_forward_hook(self._make_hook(spec)))
         return self
 
-    def _make_hook(self, spec: str, where: str):
-        def hook(_module: nn.Module, inputs: tuple, output: object) -> None:
-            value = inputs[0] if where == "input" else output
-            if isinstance(value, tuple | list):
-                value = value[0]
-            self.features[spec] = value
+    def _make_hook(self, spec: str):
+        def hook(_module: nn.Module, _inputs: tuple, output: object) -> None:
+            self.features[spec] = output[0] if isinstance(output, tuple | list) else output
+
+        return hook
+
+    def _make_pre_hook(self, spec: str, copy: bool):
+        def hook(_module: nn.Module, inputs: tuple) -> None:
+            self.features[spec] = inputs[0].clone() if copy else inputs[0]
 
         return hook
 
@@ -150,6 +157,7 @@ class LayerInfo:
     shape: tuple[int, ...] | None  # output shape without the batch dimension; None if not a tensor
     params: int  # parameters owned by this module and its children
     order: int  # position at which the module's forward finished
+    leaf: bool = False  # a module without children
 
 
 @dataclass
@@ -190,6 +198,20 @@ class ModelInfo:
                     best[hw] = info
         return [i.path for i in sorted(best.values(), key=lambda i: i.order)]
 
+    def preactivation(self, path: str) -> str:
+        """The pre-ReLU version of stage ``path``: if the last leaf module to run inside it is a ReLU with
+        the stage's output shape, that ReLU's input (``"layer1.2.relu:input"``); otherwise the stage's
+        output itself (pre-activation networks such as WRN end their blocks before the ReLU)."""
+        relus = ("ReLU", "ReLU6", "LeakyReLU")
+        if self.layers[path].type in relus:
+            return path + ":input"
+        inside = [i for i in self.layers.values() if i.leaf and i.path.startswith(path + ".")]
+        if inside:
+            last = max(inside, key=lambda i: i.order)
+            if last.type in relus and last.shape == self.shape(path):
+                return last.path + ":input"
+        return path
+
 
 @torch.no_grad()
 def probe(model: nn.Module, input_shape: Sequence[int], device: torch.device | str | None = None) -> ModelInfo:
@@ -209,8 +231,8 @@ def probe(model: nn.Module, input_shape: Sequence[int], device: torch.device | s
     def hook(module: nn.Module, _inputs: tuple, output: object) -> None:
         path = names[module]
         shape = tuple(output.shape[1:]) if isinstance(output, Tensor) else None
-        layers[path] = LayerInfo(path, type(module).__name__, shape,
-                                 sum(p.numel() for p in module.parameters()), counter[0])
+        layers[path] = LayerInfo(path, type(module).__name__, shape, sum(p.numel() for p in module.parameters()),
+                                 counter[0], leaf=next(module.children(), None) is None)
         counter[0] += 1
 
     for module in names:

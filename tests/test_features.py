@@ -85,3 +85,17 @@ def test_probe_shapes_stages_and_mode_restored():
     assert probe(create_model("wrn_16_2"), (3, 32, 32)).stages() == ["block1", "block2", "relu"]
     text = format_inspect(m, info)
     assert "layer3.2.conv2" in text and "64x8x8" in text and "stages (default feature layers)" in text
+
+
+def test_input_capture_of_inplace_relu_is_the_preactivation():
+    m = create_model("resnet8").eval()
+    info = probe(m, (3, 32, 32))
+    assert [info.preactivation(p) for p in info.stages()] == [
+        "layer1.0.relu:input", "layer2.0.relu:input", "layer3.0.relu:input"]
+    wrn = probe(create_model("wrn_16_2"), (3, 32, 32))
+    assert [wrn.preactivation(p) for p in wrn.stages()] == ["block1", "block2", "relu:input"]
+    with FeatureTap(m, ["layer3.0.relu:input", "layer3"]) as tap:
+        m(torch.randn(4, 3, 32, 32))
+    pre = tap["layer3.0.relu:input"]
+    assert (pre < 0).any()  # not overwritten by the in-place ReLU
+    torch.testing.assert_close(pre.clamp_min(0), tap["layer3"])

@@ -1,6 +1,17 @@
 """Pure tensor loss functions: no configuration, no hooks, no state."""
 
-from .features import attention_map, attention_transfer, hint_loss
+from .features import (
+    ab_loss,
+    attention_map,
+    attention_transfer,
+    factor_transfer,
+    fsp_matrix,
+    hint_loss,
+    input_gradient_attention,
+    match_spatial,
+    nst_mmd,
+    vid_loss,
+)
 from .logits import dist_loss, dkd_loss, kd_loss, logit_mse, soft_targets
 from .relations import (
     correlation_congruence,
@@ -11,6 +22,9 @@ from .relations import (
     similarity_preserving,
 )
 
-__all__ = ["attention_map", "attention_transfer", "hint_loss", "dist_loss", "dkd_loss", "kd_loss", "logit_mse",
-           "soft_targets", "correlation_congruence", "pkt_loss", "rbf_taylor_correlation", "rkd_angle",
-           "rkd_distance", "similarity_preserving"]
+__all__ = [
+    "ab_loss", "attention_map", "attention_transfer", "correlation_congruence", "dist_loss", "dkd_loss",
+    "factor_transfer", "fsp_matrix", "hint_loss", "input_gradient_attention", "kd_loss", "logit_mse",
+    "match_spatial", "nst_mmd", "pkt_loss", "rbf_taylor_correlation", "rkd_angle", "rkd_distance",
+    "similarity_preserving", "soft_targets", "vid_loss",
+]

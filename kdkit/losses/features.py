@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -34,8 +35,88 @@ def attention_transfer(f_s: Tensor, f_t: Tensor, p: float = 2.0) -> Tensor:
     the authors' code uses the mean squared difference, which is what we compute. Channel counts may
     differ; if spatial sizes differ, the larger feature map is average-pooled to the smaller size.
     """
-    hs, ht = f_s.shape[-2:], f_t.shape[-2:]
-    if hs != ht:
-        size = (min(hs[0], ht[0]), min(hs[1], ht[1]))
-        f_s, f_t = F.adaptive_avg_pool2d(f_s, size), F.adaptive_avg_pool2d(f_t, size)
+    f_s, f_t = match_spatial(f_s, f_t)
     return (attention_map(f_s, p) - attention_map(f_t.detach(), p)).pow(2).mean()
+
+
+def match_spatial(f_s: Tensor, f_t: Tensor) -> tuple[Tensor, Tensor]:
+    """Average-pool the larger of two ``[B, C, H, W]`` maps to the smaller spatial size."""
+    hs, ht = f_s.shape[-2:], f_t.shape[-2:]
+    if hs == ht:
+        return f_s, f_t
+    size = (min(hs[0], ht[0]), min(hs[1], ht[1]))
+    return F.adaptive_avg_pool2d(f_s, size), F.adaptive_avg_pool2d(f_t, size)
+
+
+def _kernel(x: Tensor, y: Tensor, kind: str) -> Tensor:
+    """Kernel matrix between the rows of ``x`` [B, N, D] and ``y`` [B, M, D] -> [B, N, M]."""
+    dot = x @ y.transpose(1, 2)
+    if kind == "linear":
+        return dot
+    if kind == "poly":
+        return dot.pow(2)  # (x.y + c)^d with d=2, c=0
+    if kind == "gaussian":
+        sq = x.pow(2).sum(-1, keepdim=True) + y.pow(2).sum(-1).unsqueeze(1) - 2 * dot
+        return torch.exp(-sq.clamp_min(0) / 2.0)  # sigma^2 = 1 on unit-norm vectors
+    raise ValueError(f"kernel must be linear, poly or gaussian, got {kind!r}")
+
+
+def nst_mmd(f_s: Tensor, f_t: Tensor, kernel: str = "poly") -> Tensor:
+    """Neuron selectivity transfer (Huang & Wang, "Like What You Like: Knowledge Distill via Neuron
+    Selectivity Transfer", 2017, eq. (4)): squared MMD between the distributions of neuron selectivity
+    patterns. Each channel's spatial map (flattened, L2-normalised) is one sample; per image,
+    ``MMD^2 = mean k(s, s') + mean k(t, t') - 2 mean k(s, t)``; averaged over the batch.
+    Channel counts may differ; spatial sizes are matched by pooling.
+    """
+    f_s, f_t = match_spatial(f_s.float(), f_t.detach().float())
+    s = F.normalize(f_s.flatten(2), dim=2)  # [B, Cs, HW]
+    t = F.normalize(f_t.flatten(2), dim=2)
+    k_ss, k_tt, k_st = (_kernel(a, b, kernel).mean((1, 2)) for a, b in ((s, s), (t, t), (s, t)))
+    return (k_ss + k_tt - 2 * k_st).mean()
+
+
+def fsp_matrix(f1: Tensor, f2: Tensor) -> Tensor:
+    """Flow of solution procedure (Yim et al., "A Gift from Knowledge Distillation", CVPR 2017, eq. (1)):
+    ``G[i, j] = sum_{h,w} F1[i, h, w] F2[j, h, w] / (H W)`` -> ``[B, C1, C2]``; ``f1`` is pooled to the
+    spatial size of ``f2`` first."""
+    if f1.shape[-2:] != f2.shape[-2:]:
+        f1 = F.adaptive_avg_pool2d(f1, f2.shape[-2:])
+    return f1.float().flatten(2) @ f2.float().flatten(2).transpose(1, 2) / (f2.shape[-1] * f2.shape[-2])
+
+
+def ab_loss(s_pre: Tensor, t_pre: Tensor, margin: float = 1.0) -> Tensor:
+    """Activation-boundary loss (Heo et al., "Knowledge Transfer via Distillation of Activation
+    Boundaries Formed by Hidden Neurons", AAAI 2019, eq. (5)): with ``rho = 1[t > 0]`` from the teacher's
+    pre-activation, ``rho * relu(m - s)^2 + (1 - rho) * relu(m + s)^2`` (mean over elements), where ``s``
+    is the student's (connected) pre-activation. Zero when every neuron is on the right side by ``m``."""
+    s_pre, t_pre = match_spatial(s_pre.float(), t_pre.detach().float())
+    active = (t_pre > 0).float()
+    return (active * F.relu(margin - s_pre).pow(2) + (1 - active) * F.relu(margin + s_pre).pow(2)).mean()
+
+
+def factor_transfer(factor_s: Tensor, factor_t: Tensor, p: float = 1.0) -> Tensor:
+    """Factor transfer loss (Kim et al., "Paraphrasing Complex Network: Network Compression via Factor
+    Transfer", NeurIPS 2018, eq. (3)): ``|| F_s / ||F_s||_2 - F_t / ||F_t||_2 ||_p`` per sample (p=1 in
+    the paper), averaged over the batch; factors are flattened per sample."""
+    fs = F.normalize(factor_s.float().flatten(1), dim=1)
+    ft = F.normalize(factor_t.detach().float().flatten(1), dim=1)
+    return (fs - ft).abs().pow(p).sum(1).pow(1.0 / p).mean()
+
+
+def vid_loss(mean: Tensor, log_var: Tensor, f_t: Tensor) -> Tensor:
+    """Variational information distillation (Ahn et al., "Variational Information Distillation for
+    Knowledge Transfer", CVPR 2019, eq. (2), (4)): negative log-likelihood of the teacher feature under a
+    Gaussian with the regressed ``mean`` [B, C, H, W] and per-channel variance ``exp(log_var)`` [C],
+    ``0.5 * (log sigma^2 + (t - mu)^2 / sigma^2)`` averaged over elements (constant dropped)."""
+    var = log_var.exp().view(1, -1, *([1] * (mean.dim() - 2)))
+    return 0.5 * (var.log() + (f_t.detach().float() - mean.float()).pow(2) / var).mean()
+
+
+def input_gradient_attention(j_s: Tensor, j_t: Tensor) -> Tensor:
+    """Gradient-based attention transfer (Zagoruyko & Komodakis 2017, section 3.2): distance between
+    the input gradients ``J = dL/dx`` [B, C, H, W] of student and teacher. Each sample's gradient is
+    L2-normalised first (the raw gradients of a confident teacher are orders of magnitude smaller than a
+    student's); returns ``mean_b ||J_s/|J_s| - J_t/|J_t| ||^2``."""
+    js = F.normalize(j_s.float().flatten(1), dim=1)
+    jt = F.normalize(j_t.detach().float().flatten(1), dim=1)
+    return (js - jt).pow(2).sum(1).mean()

@@ -1,6 +1,6 @@
 """Distillation methods, one file each, registered by name (``kdkit list methods``)."""
 
-from . import at, cc, dist, dkd, fitnets, kd, logit_mse, pkt, rkd, sp, vanilla  # noqa: E402,F401,I001  (registration)
+from . import ab, at, at_grad, cc, dist, dkd, fitnets, fsp, ft, kd, logit_mse, nst, pkt, rkd, sp, vanilla, vid  # noqa: E402,F401,I001  (registration)
 from .base import (
     METHODS,
     Distiller,

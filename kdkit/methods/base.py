@@ -55,6 +55,7 @@ class Method(nn.Module):
     needs_teacher: ClassVar[bool] = True
     needs_sample_index: ClassVar[bool] = False
     uses_teacher_features: ClassVar[bool] = False
+    needs_input_grad: ClassVar[bool] = False  # the inputs require grad in the student's forward
 
     def __init__(self, cfg: MethodConfig | None = None):
         super().__init__()
@@ -200,6 +201,7 @@ class Distiller(nn.Module):
         self.s_tap = FeatureTap(student, s_specs)
         self.t_tap = FeatureTap(teachers[0], t_specs) if t_specs else None
         self._uses_teacher = bool(needs)
+        self._input_grad = any(m.needs_input_grad for m in methods)
         self.pretrain_epochs = max((m.pretrain_epochs for m in methods), default=0)
 
     def train(self, mode: bool = True) -> Distiller:
@@ -219,6 +221,8 @@ class Distiller(nn.Module):
         return [t(x) for t in self.teachers]
 
     def forward(self, x: Tensor, y: Tensor, index: Tensor | None = None, epoch: int = 0) -> dict[str, Tensor]:
+        if self._input_grad and self.training:
+            x = x.detach().requires_grad_(True)
         with self.s_tap:
             s_logits = self.student(x)
         out = Outputs(x, y, index, epoch, s_logits, s_feats=self.s_tap.features, student=self.student,

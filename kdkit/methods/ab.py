@@ -1,0 +1,74 @@
+"""Heo et al., "Knowledge Transfer via Distillation of Activation Boundaries Formed by Hidden Neurons",
+AAAI 2019."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..features import ModelInfo
+from ..losses import ab_loss, match_spatial
+from .base import Method, MethodConfig, Outputs, pair_layers, register_method
+
+
+@dataclass
+class ABConfig(MethodConfig):
+    student_layers: list[str] | None = None  # stages; their pre-activations are used (see below)
+    teacher_layers: list[str] | None = None
+    margin: float = 1.0
+    stage1_epochs: int = 30  # the paper's initialisation stage: AB loss only
+    beta: float = 0.0  # AB weight in the main stage (the paper then trains on the task loss)
+
+    def __post_init__(self) -> None:
+        if self.stage1_epochs < 0:
+            raise ValueError("stage1_epochs must be >= 0")
+
+
+@register_method
+class AB(Method):
+    """Activation boundaries: transfer whether each teacher neuron is active (pre-activation > 0), not its
+    value. A connector (1x1 conv + BN) maps the student's pre-activation to the teacher's width and a
+    squared hinge with margin ``m`` pushes it to the teacher's side of zero (paper eq. (5)).
+
+    Layers are the stages of each model; for each, the pre-ReLU tensor is captured automatically (the
+    input of the stage's last ReLU when it ends with one, e.g. ``layer1.2.relu:input``; the stage output
+    in pre-activation networks). As in the paper, AB is an initialisation stage (``stage1_epochs``, 30
+    as in the CRD benchmark), after which the student trains on the task loss (``beta: 0``; combine with
+    ``kd`` for the paper's AB+KD). The connectors are trained and checkpointed with the student.
+    """
+
+    name = "ab"
+    family = "feature"
+    paper = "Heo et al. 2019, Knowledge Transfer via Distillation of Activation Boundaries"
+    Config = ABConfig
+    uses_teacher_features = True
+
+    def setup(self, s_info: ModelInfo, t_info: ModelInfo | None) -> None:
+        if t_info is None:
+            raise ConfigError("ab needs a teacher")
+        s_layers, t_layers = pair_layers(s_info, t_info, self.cfg.student_layers, self.cfg.teacher_layers)
+        self.student_specs = [s_info.preactivation(s) for s in s_layers]
+        self.teacher_specs = [t_info.preactivation(t) for t in t_layers]
+        self.connectors = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(s_info.shape(s)[0], t_info.shape(t)[0], 1, bias=False),
+                          nn.BatchNorm2d(t_info.shape(t)[0]))
+            for s, t in zip(s_layers, t_layers))
+
+    @property
+    def pretrain_epochs(self) -> int:
+        return self.cfg.stage1_epochs
+
+    def _ab(self, out: Outputs) -> Tensor:
+        total = 0.0
+        for conn, s, t in zip(self.connectors, self.student_specs, self.teacher_specs):
+            f_s, f_t = match_spatial(conn(out.s_feats[s]), out.t_feats[t])
+            total = total + ab_loss(f_s, f_t, self.cfg.margin)
+        return total
+
+    def pretrain_losses(self, out: Outputs) -> dict[str, Tensor]:
+        return {"ab": self._ab(out)}
+
+    def losses(self, out: Outputs) -> dict[str, Tensor]:
+        return {"ab": self.cfg.beta * self._ab(out)} if self.cfg.beta else {}
