@@ -7,16 +7,13 @@ from dataclasses import dataclass
 
 from torch import Tensor, nn
 
-from ..errors import ConfigError
 from ..features import ModelInfo
 from ..losses import ab_loss, match_spatial
-from .base import Method, MethodConfig, Outputs, pair_layers, register_method
+from .base import LayerPairsConfig, LayerPairsMethod, Outputs, register_method
 
 
 @dataclass
-class ABConfig(MethodConfig):
-    student_layers: list[str] | None = None  # stages; their pre-activations are used (see below)
-    teacher_layers: list[str] | None = None
+class ABConfig(LayerPairsConfig):  # layers: stages; their pre-activations are used (see below)
     margin: float = 1.0
     stage1_epochs: int = 30  # the paper's initialisation stage: AB loss only
     beta: float = 0.0  # AB weight in the main stage (the paper then trains on the task loss)
@@ -27,7 +24,7 @@ class ABConfig(MethodConfig):
 
 
 @register_method
-class AB(Method):
+class AB(LayerPairsMethod):
     """Activation boundaries: transfer whether each teacher neuron is active (pre-activation > 0), not its
     value. A connector (1x1 conv + BN) maps the student's pre-activation to the teacher's width and a
     squared hinge with margin ``m`` pushes it to the teacher's side of zero (paper eq. (5)).
@@ -43,12 +40,9 @@ class AB(Method):
     family = "feature"
     paper = "Heo et al. 2019, Knowledge Transfer via Distillation of Activation Boundaries"
     Config = ABConfig
-    uses_teacher_features = True
 
-    def setup(self, s_info: ModelInfo, t_info: ModelInfo | None) -> None:
-        if t_info is None:
-            raise ConfigError("ab needs a teacher")
-        s_layers, t_layers = pair_layers(s_info, t_info, self.cfg.student_layers, self.cfg.teacher_layers)
+    def build(self, s_info: ModelInfo, t_info: ModelInfo) -> None:
+        s_layers, t_layers = self.student_specs, self.teacher_specs
         self.student_specs = [s_info.preactivation(s) for s in s_layers]
         self.teacher_specs = [t_info.preactivation(t) for t in t_layers]
         self.connectors = nn.ModuleList(

@@ -10,19 +10,17 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..features import ModelInfo
 from ..losses import attention_transfer
-from .base import Method, MethodConfig, Outputs, pair_layers, register_method
+from .base import LayerPairsConfig, LayerPairsMethod, Outputs, register_method
 
 
 @dataclass
-class ATConfig(MethodConfig):
-    student_layers: list[str] | None = None  # default: the last stages of each model, paired
-    teacher_layers: list[str] | None = None
+class ATConfig(LayerPairsConfig):
     beta: float = 1000.0
     p: float = 2.0
 
 
 @register_method
-class AT(Method):
+class AT(LayerPairsMethod):
     """Activation-based attention transfer on several layer pairs.
 
     ``L = CE + beta/2 * sum_j mean_b || Q_s^j / ||Q_s^j|| - Q_t^j / ||Q_t^j|| ||^2 / (H_j W_j)`` with
@@ -36,13 +34,8 @@ class AT(Method):
     family = "feature"
     paper = "Zagoruyko & Komodakis 2017, Paying More Attention to Attention"
     Config = ATConfig
-    uses_teacher_features = True
 
-    def setup(self, s_info: ModelInfo, t_info: ModelInfo | None) -> None:
-        if t_info is None:
-            raise ConfigError("at needs a teacher")
-        self.student_specs, self.teacher_specs = pair_layers(
-            s_info, t_info, self.cfg.student_layers, self.cfg.teacher_layers)
+    def build(self, s_info: ModelInfo, t_info: ModelInfo) -> None:
         for who, info, specs in (("student", s_info, self.student_specs), ("teacher", t_info, self.teacher_specs)):
             for spec in specs:
                 if len(info.shape(spec)) != 3:

@@ -93,7 +93,7 @@ METHODS: Registry[type[Method]] = Registry("method")
 def register_method(cls: type[Method]) -> type[Method]:
     if not cls.name:
         raise TypeError(f"{cls.__name__} needs a name")
-    if cls.Config is MethodConfig or getattr(cls.Config, "method_name", None):
+    if cls.Config in (MethodConfig, LayerPairsConfig, EmbeddingConfig) or getattr(cls.Config, "method_name", None):
         raise TypeError(f"{cls.__name__} needs a Config class of its own")
     cls.Config.method_name = cls.name  # type: ignore[attr-defined]
     METHODS.add(cls.name, cls)
@@ -142,14 +142,6 @@ def default_embedding(info: ModelInfo) -> str:
     return max(linears, key=lambda i: i.order).path + ":input"
 
 
-def embedding_specs(s_info: ModelInfo, t_info: ModelInfo | None, s_layer: str | None,
-                    t_layer: str | None) -> tuple[list[str], list[str]]:
-    """One student and one teacher embedding spec: explicit, or each model's penultimate features."""
-    if t_info is None:
-        raise ConfigError("this method needs a teacher")
-    return [s_layer or default_embedding(s_info)], [t_layer or default_embedding(t_info)]
-
-
 def pair_layers(s_info: ModelInfo, t_info: ModelInfo, s_layers: list[str] | None,
                 t_layers: list[str] | None) -> tuple[list[str], list[str]]:
     """Layer pairs: explicit lists, or the last stages of each model (as many as the shallower has)."""
@@ -164,6 +156,52 @@ def pair_layers(s_info: ModelInfo, t_info: ModelInfo, s_layers: list[str] | None
     for spec in t_layers:
         t_info.shape(spec)
     return list(s_layers), list(t_layers)
+
+
+@dataclass
+class LayerPairsConfig(MethodConfig):
+    student_layers: list[str] | None = None  # default: the last stages of each model, paired
+    teacher_layers: list[str] | None = None
+
+
+class LayerPairsMethod(Method):
+    """A method that matches student/teacher layer pairs (explicit, or the stages found by probing).
+    Subclasses build their helpers in ``build`` once ``student_specs``/``teacher_specs`` are set."""
+
+    Config: ClassVar[type[MethodConfig]] = LayerPairsConfig
+    uses_teacher_features = True
+
+    def setup(self, s_info: ModelInfo, t_info: ModelInfo | None) -> None:
+        if t_info is None:
+            raise ConfigError(f"{self.name} needs a teacher")
+        self.student_specs, self.teacher_specs = pair_layers(
+            s_info, t_info, self.cfg.student_layers, self.cfg.teacher_layers)
+        self.build(s_info, t_info)
+
+    def build(self, s_info: ModelInfo, t_info: ModelInfo) -> None:
+        """Create trainable helpers from the probed shapes of the chosen layers."""
+
+
+@dataclass
+class EmbeddingConfig(MethodConfig):
+    student_layer: str | None = None  # default: the penultimate features (input of the classifier)
+    teacher_layer: str | None = None
+
+
+class EmbeddingMethod(Method):
+    """A method on one student and one teacher embedding (default: each model's penultimate features)."""
+
+    Config: ClassVar[type[MethodConfig]] = EmbeddingConfig
+    uses_teacher_features = True
+
+    def setup(self, s_info: ModelInfo, t_info: ModelInfo | None) -> None:
+        if t_info is None:
+            raise ConfigError(f"{self.name} needs a teacher")
+        self.student_specs = [self.cfg.student_layer or default_embedding(s_info)]
+        self.teacher_specs = [self.cfg.teacher_layer or default_embedding(t_info)]
+
+    def embeddings(self, out: Outputs) -> tuple[Tensor, Tensor]:
+        return out.s_feats[self.student_specs[0]], out.t_feats[self.teacher_specs[0]]
 
 
 # ----------------------------------------------------------------------------------------- distiller

@@ -6,15 +6,12 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..features import ModelInfo
 from ..losses import correlation_congruence
-from .base import Method, MethodConfig, Outputs, embedding_specs, register_method
+from .base import EmbeddingConfig, EmbeddingMethod, Outputs, register_method
 
 
 @dataclass
-class CCConfig(MethodConfig):
-    student_layer: str | None = None  # default: the penultimate features
-    teacher_layer: str | None = None
+class CCConfig(EmbeddingConfig):
     beta: float = 0.02
     gamma: float = 0.4  # RBF kernel width
     order: int = 2  # Taylor expansion order P
@@ -25,7 +22,7 @@ class CCConfig(MethodConfig):
 
 
 @register_method
-class CC(Method):
+class CC(EmbeddingMethod):
     """Correlation congruence: match the ``[B, B]`` correlation between instances, computed with a
     Gaussian RBF kernel approximated by a P-th order Taylor series on L2-normalised embeddings.
 
@@ -39,13 +36,7 @@ class CC(Method):
     family = "relation"
     paper = "Peng et al. 2019, Correlation Congruence for Knowledge Distillation"
     Config = CCConfig
-    uses_teacher_features = True
-
-    def setup(self, s_info: ModelInfo, t_info: ModelInfo | None) -> None:
-        self.student_specs, self.teacher_specs = embedding_specs(
-            s_info, t_info, self.cfg.student_layer, self.cfg.teacher_layer)
 
     def losses(self, out: Outputs) -> dict[str, Tensor]:
         c = self.cfg
-        return {"cc": c.beta * correlation_congruence(out.s_feats[self.student_specs[0]],
-                                                      out.t_feats[self.teacher_specs[0]], c.gamma, c.order)}
+        return {"cc": c.beta * correlation_congruence(*self.embeddings(out), c.gamma, c.order)}

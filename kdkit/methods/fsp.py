@@ -10,13 +10,11 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..features import ModelInfo
 from ..losses import fsp_matrix
-from .base import Method, MethodConfig, Outputs, pair_layers, register_method
+from .base import LayerPairsConfig, LayerPairsMethod, Outputs, register_method
 
 
 @dataclass
-class FSPConfig(MethodConfig):
-    student_layers: list[str] | None = None  # default: the stages of each model, paired
-    teacher_layers: list[str] | None = None
+class FSPConfig(LayerPairsConfig):
     stage1_epochs: int = 30  # the paper's first stage: FSP loss only
     beta: float = 0.0  # FSP weight in the main stage (the paper trains on the task loss alone there)
 
@@ -26,7 +24,7 @@ class FSPConfig(MethodConfig):
 
 
 @register_method
-class FSP(Method):
+class FSP(LayerPairsMethod):
     """Flow of solution procedure: the ``[C_i, C_{i+1}]`` Gram matrix between consecutive stage outputs
     describes how a network transforms features; the student learns the teacher's flow.
 
@@ -41,13 +39,8 @@ class FSP(Method):
     family = "feature"
     paper = "Yim et al. 2017, A Gift from Knowledge Distillation"
     Config = FSPConfig
-    uses_teacher_features = True
 
-    def setup(self, s_info: ModelInfo, t_info: ModelInfo | None) -> None:
-        if t_info is None:
-            raise ConfigError("fsp needs a teacher")
-        self.student_specs, self.teacher_specs = pair_layers(s_info, t_info, self.cfg.student_layers,
-                                                             self.cfg.teacher_layers)
+    def build(self, s_info: ModelInfo, t_info: ModelInfo) -> None:
         if len(self.student_specs) < 2:
             raise ConfigError("fsp needs at least two layers per model (it relates consecutive layers)")
         self.adapters = nn.ModuleList(

@@ -7,22 +7,18 @@ from typing import Literal
 
 from torch import Tensor
 
-from ..errors import ConfigError
-from ..features import ModelInfo
 from ..losses import nst_mmd
-from .base import Method, MethodConfig, Outputs, pair_layers, register_method
+from .base import LayerPairsConfig, LayerPairsMethod, Outputs, register_method
 
 
 @dataclass
-class NSTConfig(MethodConfig):
-    student_layers: list[str] | None = None  # default: the stages of each model, paired
-    teacher_layers: list[str] | None = None
+class NSTConfig(LayerPairsConfig):
     kernel: Literal["linear", "poly", "gaussian"] = "poly"
     beta: float = 50.0
 
 
 @register_method
-class NST(Method):
+class NST(LayerPairsMethod):
     """Neuron selectivity transfer: each channel's spatial activation pattern is a sample of the layer's
     distribution of neuron selectivities; the student matches the teacher's distribution by minimising
     the squared MMD between them.
@@ -36,13 +32,6 @@ class NST(Method):
     family = "feature"
     paper = "Huang & Wang 2017, Like What You Like: Knowledge Distill via Neuron Selectivity Transfer"
     Config = NSTConfig
-    uses_teacher_features = True
-
-    def setup(self, s_info: ModelInfo, t_info: ModelInfo | None) -> None:
-        if t_info is None:
-            raise ConfigError("nst needs a teacher")
-        self.student_specs, self.teacher_specs = pair_layers(s_info, t_info, self.cfg.student_layers,
-                                                             self.cfg.teacher_layers)
 
     def losses(self, out: Outputs) -> dict[str, Tensor]:
         total = sum(nst_mmd(out.s_feats[s], out.t_feats[t], self.cfg.kernel)

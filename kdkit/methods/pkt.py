@@ -6,20 +6,17 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..features import ModelInfo
 from ..losses import pkt_loss
-from .base import Method, MethodConfig, Outputs, embedding_specs, register_method
+from .base import EmbeddingConfig, EmbeddingMethod, Outputs, register_method
 
 
 @dataclass
-class PKTConfig(MethodConfig):
-    student_layer: str | None = None  # default: the penultimate features
-    teacher_layer: str | None = None
+class PKTConfig(EmbeddingConfig):
     beta: float = 30000.0
 
 
 @register_method
-class PKT(Method):
+class PKT(EmbeddingMethod):
     """Probabilistic knowledge transfer: match the conditional probability distributions ``p_{i|j}``
     that a cosine-similarity kernel induces over the batch in each feature space (KL divergence).
 
@@ -31,12 +28,6 @@ class PKT(Method):
     family = "relation"
     paper = "Passalis & Tefas 2018, Learning Deep Representations with Probabilistic Knowledge Transfer"
     Config = PKTConfig
-    uses_teacher_features = True
-
-    def setup(self, s_info: ModelInfo, t_info: ModelInfo | None) -> None:
-        self.student_specs, self.teacher_specs = embedding_specs(
-            s_info, t_info, self.cfg.student_layer, self.cfg.teacher_layer)
 
     def losses(self, out: Outputs) -> dict[str, Tensor]:
-        return {"pkt": self.cfg.beta * pkt_loss(out.s_feats[self.student_specs[0]],
-                                                out.t_feats[self.teacher_specs[0]])}
+        return {"pkt": self.cfg.beta * pkt_loss(*self.embeddings(out))}

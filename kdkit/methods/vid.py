@@ -9,10 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import ConfigError
 from ..features import ModelInfo
 from ..losses import match_spatial, vid_loss
-from .base import Method, MethodConfig, Outputs, pair_layers, register_method
+from .base import LayerPairsConfig, LayerPairsMethod, Outputs, register_method
 
 
 class VIDHead(nn.Module):
@@ -31,15 +30,13 @@ class VIDHead(nn.Module):
 
 
 @dataclass
-class VIDConfig(MethodConfig):
-    student_layers: list[str] | None = None  # default: the stages of each model, paired
-    teacher_layers: list[str] | None = None
+class VIDConfig(LayerPairsConfig):
     beta: float = 1.0
     init_var: float = 5.0
 
 
 @register_method
-class VID(Method):
+class VID(LayerPairsMethod):
     """Variational information distillation: maximise a variational lower bound of the mutual
     information between teacher and student features, i.e. minimise the Gaussian negative log-likelihood
     of the teacher feature given the student's (a regressed mean, a learned per-channel variance).
@@ -53,13 +50,8 @@ class VID(Method):
     family = "feature"
     paper = "Ahn et al. 2019, Variational Information Distillation for Knowledge Transfer"
     Config = VIDConfig
-    uses_teacher_features = True
 
-    def setup(self, s_info: ModelInfo, t_info: ModelInfo | None) -> None:
-        if t_info is None:
-            raise ConfigError("vid needs a teacher")
-        self.student_specs, self.teacher_specs = pair_layers(s_info, t_info, self.cfg.student_layers,
-                                                             self.cfg.teacher_layers)
+    def build(self, s_info: ModelInfo, t_info: ModelInfo) -> None:
         self.heads = nn.ModuleList(VIDHead(s_info.shape(s)[0], t_info.shape(t)[0], self.cfg.init_var)
                                    for s, t in zip(self.student_specs, self.teacher_specs))
 
