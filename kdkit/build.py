@@ -66,7 +66,7 @@ def build(cfg: RunConfig, device: torch.device | None = None) -> Built:
         raise ConfigError(f"a teacher is set but method(s) {', '.join(m.name for m in methods)} do not use one")
     try:
         distiller = Distiller(student.to(device), methods, [t.to(device) for t in teachers],
-                              input_shape=loaders.input_shape)
+                              input_shape=loaders.input_shape, num_samples=len(loaders.train.data))
     except KdkitError:
         raise
     except RuntimeError as e:  # a model that cannot run on this input size

@@ -158,6 +158,7 @@ class LayerInfo:
     params: int  # parameters owned by this module and its children
     order: int  # position at which the module's forward finished
     leaf: bool = False  # a module without children
+    in_shape: tuple[int, ...] | None = None  # shape of the first positional input
 
 
 @dataclass
@@ -169,10 +170,13 @@ class ModelInfo:
     output_shape: tuple[int, ...] | None
 
     def shape(self, spec: str) -> tuple[int, ...]:
+        """Shape (without the batch dimension) of a captured feature: a module's output, or its input."""
         path, where = split_spec(spec)
-        if where == "input":
-            raise LayerPathError("input shapes are not probed; use the shape of the previous module")
         info = self.layers.get(path)
+        if where == "input":
+            if info is None or info.in_shape is None:
+                raise LayerPathError(f"no tensor input recorded at '{path}'")
+            return info.in_shape
         if info is None or info.shape is None:
             raise LayerPathError(f"no tensor output recorded at '{path}'")
         return info.shape
@@ -228,11 +232,13 @@ def probe(model: nn.Module, input_shape: Sequence[int], device: torch.device | s
     handles = []
     names = {m: n for n, m in base.named_modules()}
 
-    def hook(module: nn.Module, _inputs: tuple, output: object) -> None:
+    def hook(module: nn.Module, inputs: tuple, output: object) -> None:
         path = names[module]
         shape = tuple(output.shape[1:]) if isinstance(output, Tensor) else None
+        first = inputs[0] if inputs and isinstance(inputs[0], Tensor) else None
         layers[path] = LayerInfo(path, type(module).__name__, shape, sum(p.numel() for p in module.parameters()),
-                                 counter[0], leaf=next(module.children(), None) is None)
+                                 counter[0], leaf=next(module.children(), None) is None,
+                                 in_shape=tuple(first.shape[1:]) if first is not None else None)
         counter[0] += 1
 
     for module in names:

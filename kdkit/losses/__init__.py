@@ -1,11 +1,13 @@
 """Pure tensor loss functions: no configuration, no hooks, no state."""
 
+from .contrastive import info_nce
 from .features import (
     ab_loss,
     attention_map,
     attention_transfer,
     factor_transfer,
     fsp_matrix,
+    hierarchical_context_loss,
     hint_loss,
     input_gradient_attention,
     match_spatial,
@@ -15,6 +17,8 @@ from .features import (
 from .logits import dist_loss, dkd_loss, kd_loss, logit_mse, soft_targets
 from .relations import (
     correlation_congruence,
+    irg_edge,
+    irg_transformation,
     pkt_loss,
     rbf_taylor_correlation,
     rkd_angle,
@@ -26,5 +30,6 @@ __all__ = [
     "ab_loss", "attention_map", "attention_transfer", "correlation_congruence", "dist_loss", "dkd_loss",
     "factor_transfer", "fsp_matrix", "hint_loss", "input_gradient_attention", "kd_loss", "logit_mse",
     "match_spatial", "nst_mmd", "pkt_loss", "rbf_taylor_correlation", "rkd_angle", "rkd_distance",
-    "similarity_preserving", "soft_targets", "vid_loss",
+    "similarity_preserving", "soft_targets", "vid_loss", "info_nce", "irg_edge", "irg_transformation",
+    "hierarchical_context_loss",
 ]

@@ -120,3 +120,19 @@ def input_gradient_attention(j_s: Tensor, j_t: Tensor) -> Tensor:
     js = F.normalize(j_s.float().flatten(1), dim=1)
     jt = F.normalize(j_t.detach().float().flatten(1), dim=1)
     return (js - jt).pow(2).sum(1).mean()
+
+
+def hierarchical_context_loss(f_s: Tensor, f_t: Tensor, levels: tuple[int, ...] = (4, 2, 1)) -> Tensor:
+    """ReviewKD's hierarchical context loss (Chen et al., "Distilling Knowledge via Knowledge Review",
+    CVPR 2021, section 3.3): MSE at full resolution plus MSE after adaptive average pooling to each of
+    ``levels`` (pooled sizes), each level weighted half the previous, normalised by the total weight."""
+    f_t = f_t.detach().float()
+    f_s = f_s.float()
+    loss, weight, total = F.mse_loss(f_s, f_t), 1.0, 1.0
+    for size in levels:
+        if size >= f_s.shape[-1]:
+            continue
+        weight /= 2.0
+        loss = loss + weight * F.mse_loss(F.adaptive_avg_pool2d(f_s, size), F.adaptive_avg_pool2d(f_t, size))
+        total += weight
+    return loss / total

@@ -81,3 +81,33 @@ def correlation_congruence(e_s: Tensor, e_t: Tensor, gamma: float = 0.4, order: 
     b = e_s.shape[0]
     return (rbf_taylor_correlation(e_s, gamma, order)
             - rbf_taylor_correlation(e_t.detach(), gamma, order)).pow(2).sum() / (b * b)
+
+
+def pooled(f: Tensor) -> Tensor:
+    """Global average pooling of ``[B, C, H, W]`` to ``[B, C]``; vectors pass through flattened."""
+    return f.float().mean((2, 3)) if f.dim() == 4 else f.float().reshape(f.shape[0], -1)
+
+
+def irg_edge(f_s: Tensor, f_t: Tensor) -> Tensor:
+    """IRG edge loss (Liu et al., "Knowledge Distillation via Instance Relationship Graph", CVPR 2019,
+    eq. (4)): mean squared difference of the ``[B, B]`` Euclidean distance matrices of the (globally
+    pooled) instance features, each divided by its mean non-zero distance so widths may differ."""
+    return F.mse_loss(_normalised_distances(pooled(f_s)), _normalised_distances(pooled(f_t.detach())))
+
+
+def _common_width(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+    d = min(a.shape[1], b.shape[1])
+    shrink = lambda v: F.adaptive_avg_pool1d(v.unsqueeze(1), d).squeeze(1) if v.shape[1] != d else v  # noqa: E731
+    return shrink(a), shrink(b)
+
+
+def irg_transformation(s_from: Tensor, s_to: Tensor, t_from: Tensor, t_to: Tensor) -> Tensor:
+    """IRG transformation loss (Liu et al. 2019, eq. (6)): how far each instance moves between two layers,
+    ``||v_i^{l1} - v_i^{l2}||^2`` of L2-normalised pooled features, matched between student and teacher
+    (mean squared difference over the batch). The paper compares features of equal width; to relate layers
+    of different widths we average-pool the wider vector over channels to the narrower width first."""
+    def moves(a: Tensor, b: Tensor) -> Tensor:
+        a, b = _common_width(F.normalize(pooled(a), dim=1), F.normalize(pooled(b), dim=1))
+        return (F.normalize(a, dim=1) - F.normalize(b, dim=1)).pow(2).sum(1)
+
+    return F.mse_loss(moves(s_from, s_to), moves(t_from.detach(), t_to.detach()))

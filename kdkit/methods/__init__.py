@@ -1,6 +1,27 @@
 """Distillation methods, one file each, registered by name (``kdkit list methods``)."""
 
-from . import ab, at, at_grad, cc, dist, dkd, fitnets, fsp, ft, kd, logit_mse, nst, pkt, rkd, sp, vanilla, vid  # noqa: E402,F401,I001  (registration)
+from . import (  # noqa: F401  (importing a method's module registers it)
+    ab,
+    at,
+    at_grad,
+    cc,
+    crd,
+    dist,
+    dkd,
+    fitnets,
+    fsp,
+    ft,
+    irg,
+    kd,
+    logit_mse,
+    nst,
+    pkt,
+    reviewkd,
+    rkd,
+    sp,
+    vanilla,
+    vid,
+)
 from .base import (
     METHODS,
     Distiller,

@@ -62,6 +62,7 @@ class Method(nn.Module):
         self.cfg = cfg if cfg is not None else self.Config()
         self.student_specs: list[str] = []
         self.teacher_specs: list[str] = []
+        self.num_samples: int | None = None  # training-set size, set by the Distiller before setup()
 
     # -- set-up -------------------------------------------------------------------------------------
     def setup(self, s_info: ModelInfo, t_info: ModelInfo | None) -> None:
@@ -211,7 +212,7 @@ class Distiller(nn.Module):
     """Student + methods (+ frozen teachers): ``forward`` returns the weighted, named loss terms."""
 
     def __init__(self, student: nn.Module, methods: list[Method], teachers: list[nn.Module] | None = None,
-                 input_shape: tuple[int, ...] | None = None):
+                 input_shape: tuple[int, ...] | None = None, num_samples: int | None = None):
         super().__init__()
         teachers = list(teachers or [])
         if not methods:
@@ -231,6 +232,7 @@ class Distiller(nn.Module):
             s_info = probe(student, input_shape)
             t_info = probe(teachers[0], input_shape) if teachers else None
             for m in methods:
+                m.num_samples = num_samples
                 m.setup(s_info, t_info)
         s_specs = [s for m in methods for s in m.student_specs]
         t_specs = [s for m in methods for s in m.teacher_specs]
@@ -273,6 +275,8 @@ class Distiller(nn.Module):
                     out.t_feats = self.t_tap.features
                 else:
                     out.t_logits = self.teacher_logits(x)
+        if index is None and any(m.needs_sample_index for m in self.methods):
+            raise ConfigError("a method needs sample indices: pass index= to the distiller")
         if epoch < self.pretrain_epochs:
             active = [m for m in self.methods if epoch < m.pretrain_epochs]
             return self._merge(m.pretrain_losses(out) for m in active)
