@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/kdkit demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check kdkit tests benchmarks
+	$(VENV)/bin/ruff check kdkit tests benchmarks scripts
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q

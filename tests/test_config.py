@@ -60,3 +60,21 @@ def test_defaults_and_shorthands():
     cfg = parse_config({"model": "resnet8", "teacher": "resnet32x4"})
     assert cfg.method[0].method_name == "vanilla"
     assert cfg.teacher[0].name == "resnet32x4"
+
+
+def test_generated_recipes_are_up_to_date():
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_recipes.py"), "--check"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+
+
+def test_every_method_has_recipes():
+    from kdkit import list_methods
+
+    for m in list_methods():
+        assert (ROOT / "configs" / "cifar100" / "resnet32x4-shufflenetv2" / f"{m}.yaml").is_file()
+        if m != "vanilla":
+            assert (ROOT / "configs" / "fashion_mnist" / f"{m}.yaml").is_file()

@@ -1,0 +1,114 @@
+"""Write the per-method recipes in configs/ from each method's defaults (run after changing a default).
+
+    python scripts/make_recipes.py            # rewrite configs/cifar100/** and configs/fashion_mnist/<method>.yaml
+    python scripts/make_recipes.py --check    # exit 1 if the files on disk differ from what would be written
+
+CIFAR-100 follows the CRD benchmark protocol (Tian et al. 2020): 240 epochs, batch 64, SGD momentum 0.9,
+lr 0.05 (0.01 for MobileNetV2 and ShuffleNet students), x0.1 at epochs 150/180/210, weight decay 5e-4,
+the full 50k training images (no validation split). Fashion-MNIST recipes fit a 2-core CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+import yaml
+
+from kdkit.methods import METHODS, list_methods
+
+ROOT = Path(__file__).resolve().parents[1] / "configs"
+PAIRS = [("resnet56", "resnet20"), ("resnet110", "resnet32"), ("resnet32x4", "resnet8x4"),
+         ("wrn_40_2", "wrn_16_2"), ("vgg13", "vgg8"), ("resnet32x4", "shufflenetv2")]
+SMALL_LR = ("mobilenetv2", "shufflenetv1", "shufflenetv2")
+
+
+def method_block(name: str, **overrides) -> dict:
+    """The method's scalar defaults (layer choices left to probing), with overrides."""
+    cfg = METHODS.get(name).Config()
+    block = {"name": name}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name == "weight" or value is None or isinstance(value, list):
+            continue
+        block[f.name] = overrides.get(f.name, value)
+    return block
+
+
+def dump(data: dict, header: str) -> str:
+    body = yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=110)
+    return "".join(f"# {line}\n" for line in header.splitlines()) + body
+
+
+def cifar100() -> dict[Path, str]:
+    files = {}
+    schedule = {"name": "step", "milestones": [150, 180, 210], "gamma": 0.1}
+    train = {"epochs": 240, "seed": 0}
+    data = {"name": "cifar100", "batch_size": 64, "val_fraction": 0.0}
+    for teacher in sorted({t for t, _ in PAIRS}):
+        rec = {"model": teacher, "method": "vanilla", "data": data,
+               "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5.0e-4},
+               "schedule": schedule, "train": {**train, "run_name": f"cifar100-{teacher}"}}
+        files[ROOT / "cifar100" / "teachers" / f"{teacher}.yaml"] = dump(
+            rec, "CIFAR-100 teacher, CRD benchmark protocol. Needs a GPU.\n"
+                 f"kdkit train configs/cifar100/teachers/{teacher}.yaml")
+    for teacher, student in PAIRS:
+        lr = 0.01 if student in SMALL_LR else 0.05
+        pair = f"{teacher}-{student}"
+        for m in list_methods():
+            rec = {"model": student}
+            if METHODS.get(m).needs_teacher:
+                rec["teacher"] = {"name": teacher, "checkpoint": f"runs/cifar100-{teacher}/checkpoint.pt"}
+            rec["method"] = method_block(m)
+            rec.update({"data": data, "optim": {"name": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 5.0e-4},
+                        "schedule": schedule, "train": {**train, "run_name": f"cifar100-{pair}-{m}"}})
+            cmd = "distill" if METHODS.get(m).needs_teacher else "train"
+            files[ROOT / "cifar100" / pair / f"{m}.yaml"] = dump(
+                rec, f"{m} on CIFAR-100, {teacher} -> {student}, CRD benchmark protocol. Needs a GPU.\n"
+                     f"First: kdkit train configs/cifar100/teachers/{teacher}.yaml\n"
+                     f"kdkit {cmd} configs/cifar100/{pair}/{m}.yaml")
+    return files
+
+
+def fashion_mnist() -> dict[Path, str]:
+    files = {}
+    for m in list_methods():
+        if m == "vanilla":
+            continue  # configs/fashion_mnist/scratch.yaml
+        block = method_block(m, stage1_epochs=1, warmup_epochs=1)
+        rec = {"model": "cnn_tiny",
+               "teacher": {"name": "cnn_medium", "checkpoint": "runs/fashion_mnist-teacher/checkpoint.pt"},
+               "method": block, "data": {"name": "fashion_mnist", "batch_size": 128},
+               "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5.0e-4},
+               "schedule": {"name": "cosine", "warmup_epochs": 0.5},
+               "train": {"epochs": 5, "seed": 0, "run_name": f"fashion_mnist-{m}"}}
+        short = " Preliminary stage / warm-up shortened to 1 epoch for this 5-epoch recipe." if (
+            "stage1_epochs" in block or "warmup_epochs" in block) else ""
+        files[ROOT / "fashion_mnist" / f"{m}.yaml"] = dump(
+            rec, f"{m} on Fashion-MNIST, cnn_medium -> cnn_tiny, sized for a laptop CPU.{short}\n"
+                 "First: kdkit train configs/fashion_mnist/teacher.yaml\n"
+                 f"kdkit distill configs/fashion_mnist/{m}.yaml")
+    return files
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--check", action="store_true")
+    args = ap.parse_args()
+    files = {**cifar100(), **fashion_mnist()}
+    stale = [p for p, text in files.items() if not p.exists() or p.read_text() != text]
+    if args.check:
+        for p in stale:
+            print(f"out of date: {p.relative_to(ROOT.parent)}", file=sys.stderr)
+        return 1 if stale else 0
+    for p in stale:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(files[p])
+    print(f"{len(files)} recipes, {len(stale)} written")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
