@@ -78,3 +78,11 @@ def test_every_method_has_recipes():
         assert (ROOT / "configs" / "cifar100" / "resnet32x4-shufflenetv2" / f"{m}.yaml").is_file()
         if m != "vanilla":
             assert (ROOT / "configs" / "fashion_mnist" / f"{m}.yaml").is_file()
+
+
+def test_methods_doc_lists_every_method():
+    from kdkit import list_methods
+
+    text = (ROOT / "docs" / "methods.md").read_text()
+    missing = [m for m in list_methods() if f"| `{m}` |" not in text]
+    assert not missing, f"docs/methods.md lacks {missing}"
