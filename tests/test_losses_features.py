@@ -129,3 +129,30 @@ def test_fsp_and_ab_stages():
         assert set(d(x, y, epoch=2)) == {"ce"}  # main stage: the task loss (beta 0, as in the papers)
     same = Distiller(copy.deepcopy(t), [create_method("fsp")], [t], (3, 16, 16)).eval()
     assert same(x, y, epoch=0)["fsp"] < 1e-10
+
+
+def test_svd_helpers_by_hand():
+    from kdkit.losses import align_singular_vectors, svd_rbf, top_singular_vectors
+
+    f = _t(20, 2, 3, 2, 2)
+    v, s = top_singular_vectors(f, 2)
+    assert v.shape == (2, 2, 4) and s.shape == (2, 2)
+    m = f[0].double().flatten(1)  # [C, HW]
+    # right singular vectors: eigenvectors of M^T M with eigenvalues s^2
+    torch.testing.assert_close(m.t() @ m @ v[0, 0], s[0, 0] ** 2 * v[0, 0])
+    e = torch.eye(3).unsqueeze(0)  # student candidates e0, e1, e2
+    t = torch.tensor([[[0.0, -1.0, 0.0], [0.0, 0.0, 1.0]]])
+    torch.testing.assert_close(align_singular_vectors(e, t), t)  # picks e1 with flipped sign, then e2
+    a, b = _t(21, 1, 2, 3), _t(22, 1, 2, 3)
+    g = svd_rbf(a, b)
+    assert g[0, 1, 0].item() == pytest.approx(math.exp(-((a[0, 1] - b[0, 0]) ** 2).sum().item() / 8), rel=1e-6)
+
+
+def test_kdsvd_zero_for_copy_and_needs_two_layers():
+    from kdkit.errors import ConfigError
+
+    t = create_model("resnet8", num_classes=5)
+    d = Distiller(copy.deepcopy(t), [create_method("kdsvd")], [t], (3, 16, 16)).eval()
+    assert d(_t(23, 4, 3, 16, 16), torch.randint(0, 5, (4,)))["kdsvd"] < 1e-10
+    with pytest.raises(ConfigError, match="at least two layers"):
+        Distiller(t, [create_method("kdsvd", student_layers=["layer3"], teacher_layers=["layer3"])], [t], (3, 16, 16))

@@ -3,6 +3,7 @@
 from .contrastive import info_nce
 from .features import (
     ab_loss,
+    align_singular_vectors,
     attention_map,
     attention_transfer,
     factor_transfer,
@@ -12,6 +13,8 @@ from .features import (
     input_gradient_attention,
     match_spatial,
     nst_mmd,
+    svd_rbf,
+    top_singular_vectors,
     vid_loss,
 )
 from .logits import dist_loss, dkd_loss, kd_loss, logit_mse, soft_targets
@@ -31,5 +34,5 @@ __all__ = [
     "factor_transfer", "fsp_matrix", "hint_loss", "input_gradient_attention", "kd_loss", "logit_mse",
     "match_spatial", "nst_mmd", "pkt_loss", "rbf_taylor_correlation", "rkd_angle", "rkd_distance",
     "similarity_preserving", "soft_targets", "vid_loss", "info_nce", "irg_edge", "irg_transformation",
-    "hierarchical_context_loss",
+    "hierarchical_context_loss", "align_singular_vectors", "svd_rbf", "top_singular_vectors",
 ]

@@ -136,3 +136,29 @@ def hierarchical_context_loss(f_s: Tensor, f_t: Tensor, levels: tuple[int, ...] 
         loss = loss + weight * F.mse_loss(F.adaptive_avg_pool2d(f_s, size), F.adaptive_avg_pool2d(f_t, size))
         total += weight
     return loss / total
+
+
+def top_singular_vectors(f: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Top-``k`` right singular vectors ``[B, k, HW]`` (over spatial positions) and singular values
+    ``[B, k]`` of each sample's ``[C, HW]`` feature matrix (``f``: [B, C, H, W]), computed in float64."""
+    m = f.double().flatten(2)  # [B, C, HW]
+    _, s, vh = torch.linalg.svd(m, full_matrices=False)
+    k = min(k, s.shape[1])
+    return vh[:, :k], s[:, :k]
+
+
+def align_singular_vectors(v_s: Tensor, v_t: Tensor) -> Tensor:
+    """For each teacher vector, the student vector most aligned with it (largest |cosine|), with its sign
+    flipped to agree (singular vectors are defined up to sign). ``v_s``: [B, ks, D], ``v_t``: [B, kt, D]
+    -> [B, kt, D]."""
+    cos = v_t.detach() @ v_s.transpose(1, 2)  # [B, kt, ks]
+    best = cos.abs().argmax(2)  # [B, kt]
+    picked = torch.gather(v_s, 1, best.unsqueeze(2).expand(-1, -1, v_s.shape[2]))
+    sign = torch.gather(cos, 2, best.unsqueeze(2)).sign()
+    return picked * torch.where(sign == 0, torch.ones_like(sign), sign)
+
+
+def svd_rbf(v_now: Tensor, v_prev: Tensor, width: float = 8.0) -> Tensor:
+    """``G[b, i, j] = exp(-||v_now[b, i] - v_prev[b, j]||^2 / width)``: how the singular directions of one
+    layer relate to those of the previous one (KD-SVD's distilled feature vector)."""
+    return torch.exp(-(v_now.unsqueeze(2) - v_prev.unsqueeze(1)).pow(2).sum(-1) / width)

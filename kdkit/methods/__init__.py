@@ -13,6 +13,7 @@ from . import (  # noqa: F401  (importing a method's module registers it)
     ft,
     irg,
     kd,
+    kdsvd,
     logit_mse,
     nst,
     pkt,
