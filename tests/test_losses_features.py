@@ -156,3 +156,16 @@ def test_kdsvd_zero_for_copy_and_needs_two_layers():
     assert d(_t(23, 4, 3, 16, 16), torch.randint(0, 5, (4,)))["kdsvd"] < 1e-10
     with pytest.raises(ConfigError, match="at least two layers"):
         Distiller(t, [create_method("kdsvd", student_layers=["layer3"], teacher_layers=["layer3"])], [t], (3, 16, 16))
+
+
+def test_singular_vectors_have_finite_gradients_with_equal_singular_values():
+    from kdkit.losses import top_singular_vectors
+
+    base = torch.zeros(1, 4, 2, 2)
+    base[0, 0, 0, 0] = base[0, 1, 0, 1] = base[0, 2, 1, 0] = 1.0  # three equal singular values
+    f = (base + 1e-9 * _t(30, 1, 4, 2, 2)).requires_grad_()
+    v, s = top_singular_vectors(f, 4)
+    exact = torch.linalg.svd(f.detach().double().flatten(2), full_matrices=False)[2][:, :4]
+    torch.testing.assert_close(v[:, :2].abs(), exact[:, :2].abs())  # same vectors (up to sign) where s > 0
+    v.sum().backward()
+    assert torch.isfinite(f.grad).all()

@@ -140,11 +140,21 @@ def hierarchical_context_loss(f_s: Tensor, f_t: Tensor, levels: tuple[int, ...] 
 
 def top_singular_vectors(f: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Top-``k`` right singular vectors ``[B, k, HW]`` (over spatial positions) and singular values
-    ``[B, k]`` of each sample's ``[C, HW]`` feature matrix (``f``: [B, C, H, W]), computed in float64."""
+    ``[B, k]`` (no gradient) of each sample's ``[C, HW]`` feature matrix (``f``: [B, C, H, W]).
+
+    The gradient of an SVD has ``1 / (s_i^2 - s_j^2)`` terms that explode when singular values are close,
+    which they often are in a student's feature maps. So the SVD is computed without gradient (float64),
+    and the vectors are returned as one power-iteration step ``normalise(M^T M v)`` from it: the same
+    vectors (``v`` is an eigenvector of ``M^T M``), with a gradient that stays finite.
+    """
     m = f.double().flatten(2)  # [B, C, HW]
-    _, s, vh = torch.linalg.svd(m, full_matrices=False)
+    with torch.no_grad():
+        _, s, vh = torch.linalg.svd(m, full_matrices=False)
     k = min(k, s.shape[1])
-    return vh[:, :k], s[:, :k]
+    v = vh[:, :k]  # [B, k, HW]
+    if m.requires_grad:
+        v = F.normalize((v @ m.transpose(1, 2)) @ m, dim=2)  # (M^T M v)^T per vector
+    return v, s[:, :k]
 
 
 def align_singular_vectors(v_s: Tensor, v_t: Tensor) -> Tensor:
