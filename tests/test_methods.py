@@ -187,3 +187,28 @@ def test_teacher_moves_with_distiller_and_stays_eval():
     d.to(torch.float64)
     assert next(t.parameters()).dtype == torch.float64
     assert not any(p is q for p in d.parameters() for q in t.parameters())
+
+
+@pytest.mark.parametrize("pair", [("resnet32x4", "shufflenetv2"), ("vgg13", "mobilenetv2")])
+@pytest.mark.parametrize("name", list_methods())
+def test_method_on_cross_family_pairs(name, pair):
+    """The issue's heterogeneous pairs (depth, width and family differ) at CIFAR size: set-up from probed
+    shapes, every stage's loss is finite, and the student and all helpers get gradients."""
+    torch.manual_seed(0)
+    t_name, s_name = pair
+    s, t = create_model(s_name, num_classes=100), create_model(t_name, num_classes=100)
+    m = create_method(name)
+    d = Distiller(s, [m], [t] if m.needs_teacher else [], (3, 32, 32), num_samples=64)
+    d.train()
+    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 100, (4,))
+    idx = torch.arange(4)
+    used = set()
+    for epoch in sorted({0, d.pretrain_epochs}):
+        d.zero_grad()
+        terms = d(x, y, idx, epoch=epoch)
+        loss = sum(terms.values())
+        assert torch.isfinite(loss), terms
+        loss.backward()
+        used |= {n for n, p in d.named_parameters() if p.grad is not None and torch.isfinite(p.grad).all()}
+    assert {n for n, _ in d.named_parameters() if n.startswith("methods.")} <= used
+    assert any(n.startswith("student.") for n in used)
