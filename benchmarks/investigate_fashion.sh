@@ -32,6 +32,7 @@ run sp-gamma300 sp --set method.gamma=300
 run logit_mse-ce1 logit_mse --set method.ce_weight=1.0
 run ft-beta20 ft --set method.beta=20
 run ft-beta1 ft --set method.beta=1
+run ft-beta001 ft --set method.beta=0.01
 run dkd-beta1 dkd --set method.beta=1
 run rkd-tenth rkd --set method.distance_weight=2.5 --set method.angle_weight=5
 run fitnets-beta10 fitnets --set method.beta=10
