@@ -50,10 +50,6 @@ class AB(LayerPairsMethod):
                           nn.BatchNorm2d(t_info.shape(t)[0]))
             for s, t in zip(s_layers, t_layers))
 
-    @property
-    def pretrain_epochs(self) -> int:
-        return self.cfg.stage1_epochs
-
     def _ab(self, out: Outputs) -> Tensor:
         total = 0.0
         for conn, s, t in zip(self.connectors, self.student_specs, self.teacher_specs):

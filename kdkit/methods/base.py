@@ -44,6 +44,16 @@ class Outputs:
     student: nn.Module | None = None  # for methods that need an extra forward (gradient-based AT)
     teachers: list[nn.Module] = field(default_factory=list)
 
+    @property
+    def t_logits_mean(self) -> Tensor:
+        """The teachers' mean logits ``[B, K]`` (the single teacher's logits when there is one)."""
+        return self.t_logits[0] if len(self.t_logits) == 1 else torch.stack(self.t_logits).mean(0)
+
+
+def warmup_ramp(epoch: int, warmup_epochs: int) -> float:
+    """Linear ramp of a loss weight from ``1/warmup`` at the first epoch to 1 at epoch ``warmup - 1``."""
+    return min((epoch + 1) / warmup_epochs, 1.0) if warmup_epochs > 0 else 1.0
+
 
 class Method(nn.Module):
     """Base class of distillation methods; subclasses set the class attributes and override hooks."""
@@ -70,8 +80,9 @@ class Method(nn.Module):
 
     @property
     def pretrain_epochs(self) -> int:
-        """Epochs of a preliminary stage run before the main training (0: none)."""
-        return 0
+        """Epochs of a preliminary stage run before the main training: the config's ``stage1_epochs``
+        for methods that have one, else 0."""
+        return getattr(self.cfg, "stage1_epochs", 0)
 
     # -- losses -------------------------------------------------------------------------------------
     def ce_weight(self) -> float:
@@ -171,12 +182,15 @@ class LayerPairsMethod(Method):
 
     Config: ClassVar[type[MethodConfig]] = LayerPairsConfig
     uses_teacher_features = True
+    relates_consecutive_layers: ClassVar[bool] = False  # needs at least two layers per model
 
     def setup(self, s_info: ModelInfo, t_info: ModelInfo | None) -> None:
         if t_info is None:
             raise ConfigError(f"{self.name} needs a teacher")
         self.student_specs, self.teacher_specs = pair_layers(
             s_info, t_info, self.cfg.student_layers, self.cfg.teacher_layers)
+        if self.relates_consecutive_layers and len(self.student_specs) < 2:
+            raise ConfigError(f"{self.name} needs at least two layers per model (it relates consecutive layers)")
         self.build(s_info, t_info)
 
     def build(self, s_info: ModelInfo, t_info: ModelInfo) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from ..losses import dist_loss
@@ -35,5 +34,4 @@ class DIST(Method):
 
     def losses(self, out: Outputs) -> dict[str, Tensor]:
         c = self.cfg
-        t = torch.stack(out.t_logits).mean(0)
-        return {"dist": dist_loss(out.s_logits, t, c.temperature, c.beta, c.gamma)}
+        return {"dist": dist_loss(out.s_logits, out.t_logits_mean, c.temperature, c.beta, c.gamma)}

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from ..losses import dkd_loss
-from .base import Method, MethodConfig, Outputs, register_method
+from .base import Method, MethodConfig, Outputs, register_method, warmup_ramp
 
 
 @dataclass
@@ -37,6 +36,5 @@ class DKD(Method):
 
     def losses(self, out: Outputs) -> dict[str, Tensor]:
         c = self.cfg
-        ramp = min((out.epoch + 1) / c.warmup_epochs, 1.0) if c.warmup_epochs > 0 else 1.0
-        t = torch.stack(out.t_logits).mean(0)
-        return {"dkd": ramp * dkd_loss(out.s_logits, t, out.targets, c.temperature, c.alpha, c.beta)}
+        ramp = warmup_ramp(out.epoch, c.warmup_epochs)
+        return {"dkd": ramp * dkd_loss(out.s_logits, out.t_logits_mean, out.targets, c.temperature, c.alpha, c.beta)}

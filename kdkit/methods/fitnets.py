@@ -53,10 +53,6 @@ class FitNets(Method):
         self.student_specs, self.teacher_specs = [s], [t]
         self.regressor = build_regressor(s_shape, t_shape)
 
-    @property
-    def pretrain_epochs(self) -> int:
-        return self.cfg.stage1_epochs
-
     def _hint(self, out: Outputs) -> Tensor:
         (s,), (t,) = self.student_specs, self.teacher_specs
         return hint_loss(self.regressor(out.s_feats[s]), out.t_feats[t])

@@ -39,18 +39,13 @@ class FSP(LayerPairsMethod):
     family = "feature"
     paper = "Yim et al. 2017, A Gift from Knowledge Distillation"
     Config = FSPConfig
+    relates_consecutive_layers = True
 
     def build(self, s_info: ModelInfo, t_info: ModelInfo) -> None:
-        if len(self.student_specs) < 2:
-            raise ConfigError("fsp needs at least two layers per model (it relates consecutive layers)")
         self.adapters = nn.ModuleList(
             nn.Identity() if s_info.shape(s)[0] == t_info.shape(t)[0]
             else nn.Conv2d(s_info.shape(s)[0], t_info.shape(t)[0], 1, bias=False)
             for s, t in zip(self.student_specs, self.teacher_specs))
-
-    @property
-    def pretrain_epochs(self) -> int:
-        return self.cfg.stage1_epochs
 
     def _fsp(self, out: Outputs) -> Tensor:
         fs = [a(out.s_feats[s]) for a, s in zip(self.adapters, self.student_specs)]

@@ -73,10 +73,6 @@ class FT(Method):
         self.paraphraser = Paraphraser(c_t, factor)
         self.translator = nn.Sequential(*_conv(c_s, c_s), *_conv(c_s, factor), *_conv(factor, factor))
 
-    @property
-    def pretrain_epochs(self) -> int:
-        return self.cfg.stage1_epochs
-
     def pretrain_losses(self, out: Outputs) -> dict[str, Tensor]:
         f_t = out.t_feats[self.teacher_specs[0]].detach()
         _, recon = self.paraphraser(f_t)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -45,7 +44,7 @@ class IRG(LayerPairsMethod):
         terms = {}
         if c.vertex_weight:
             terms["irg_vertex"] = c.vertex_weight * F.mse_loss(out.s_logits.float(),
-                                                               torch.stack(out.t_logits).mean(0).detach().float())
+                                                               out.t_logits_mean.detach().float())
         if c.edge_weight:
             terms["irg_edge"] = c.edge_weight * sum(irg_edge(a, b) for a, b in zip(fs, ft))
         if c.transformation_weight and len(fs) > 1:

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import ConfigError
-from ..features import ModelInfo
 from ..losses import align_singular_vectors, svd_rbf, top_singular_vectors
 from .base import LayerPairsConfig, LayerPairsMethod, Outputs, register_method
 
@@ -41,10 +39,7 @@ class KDSVD(LayerPairsMethod):
     family = "feature"
     paper = "Lee et al. 2018, Self-supervised Knowledge Distillation Using Singular Value Decomposition"
     Config = KDSVDConfig
-
-    def build(self, s_info: ModelInfo, t_info: ModelInfo) -> None:
-        if len(self.student_specs) < 2:
-            raise ConfigError("kdsvd needs at least two layers per model (it relates consecutive layers)")
+    relates_consecutive_layers = True
 
     def losses(self, out: Outputs) -> dict[str, Tensor]:
         fs = [out.s_feats[s] for s in self.student_specs]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from ..losses import logit_mse
@@ -33,4 +32,4 @@ class LogitMSE(Method):
         return self.cfg.ce_weight
 
     def losses(self, out: Outputs) -> dict[str, Tensor]:
-        return {"logit_mse": logit_mse(out.s_logits, torch.stack(out.t_logits).mean(0))}
+        return {"logit_mse": logit_mse(out.s_logits, out.t_logits_mean)}

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..features import ModelInfo
 from ..losses import hierarchical_context_loss, match_spatial
-from .base import LayerPairsConfig, LayerPairsMethod, Outputs, register_method
+from .base import LayerPairsConfig, LayerPairsMethod, Outputs, register_method, warmup_ramp
 
 
 class ABF(nn.Module):
@@ -65,7 +65,7 @@ class ReviewKD(LayerPairsMethod):
 
     def losses(self, out: Outputs) -> dict[str, Tensor]:
         c = self.cfg
-        ramp = min((out.epoch + 1) / c.warmup_epochs, 1.0) if c.warmup_epochs > 0 else 1.0
+        ramp = warmup_ramp(out.epoch, c.warmup_epochs)
         deeper, total = None, 0.0
         for abf, s, t in reversed(list(zip(self.abfs, self.student_specs, self.teacher_specs))):
             y, deeper = abf(out.s_feats[s], deeper)
