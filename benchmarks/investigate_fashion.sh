@@ -30,9 +30,13 @@ run at-beta100 at --set method.beta=100
 run nst-beta5 nst --set method.beta=5
 run sp-gamma300 sp --set method.gamma=300
 run logit_mse-ce1 logit_mse --set method.ce_weight=1.0
-run ft-beta20 ft --set method.beta=20
-run ft-beta1 ft --set method.beta=1
-run ft-beta001 ft --set method.beta=0.01
+# FT's first version summed |d| over the 7x7x16 = 3,136 factor elements instead of averaging; its beta b
+# is the current loss's beta 3136*b, so these rows replay that version at b = 200, 20, 1, 0.01.
+run ft-default ft
+run ft-norm200 ft --set method.beta=627200
+run ft-norm20 ft --set method.beta=62720
+run ft-norm1 ft --set method.beta=3136
+run ft-norm001 ft --set method.beta=31.36
 run dkd-beta1 dkd --set method.beta=1
 run rkd-tenth rkd --set method.distance_weight=2.5 --set method.angle_weight=5
 run fitnets-beta10 fitnets --set method.beta=10

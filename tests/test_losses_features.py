@@ -67,8 +67,12 @@ def test_factor_transfer_and_vid_by_hand():
     expected = 0.0
     for b in range(3):
         a, c = fs[b].flatten(), ft[b].flatten()
-        expected += (a / a.norm() - c / c.norm()).abs().sum().item()
+        expected += (a / a.norm() - c / c.norm()).abs().sum().item() / a.numel()  # mean over 8 elements
     assert factor_transfer(fs, ft).item() == pytest.approx(expected / 3, rel=1e-5)
+    # p=2: root of the mean squared difference per sample
+    expected2 = sum(((fs[b].flatten() / fs[b].norm() - ft[b].flatten() / ft[b].norm()) ** 2).mean().sqrt().item()
+                    for b in range(3))
+    assert factor_transfer(fs, ft, p=2).item() == pytest.approx(expected2 / 3, rel=1e-5)
     assert factor_transfer(ft * 7, ft) < 1e-6
     mean, log_var = _t(7, 2, 3, 2, 2), torch.tensor([0.0, 1.0, -1.0])
     var = [1.0, math.e, 1 / math.e]

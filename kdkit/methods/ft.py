@@ -52,8 +52,9 @@ class FT(Method):
     """Factor transfer: a paraphraser (auto-encoder) is first trained to reconstruct the teacher's
     feature (``stage1_epochs``, reconstruction MSE; the student is not trained then); its encoder output
     is the teacher factor. Then a translator (three 3x3 conv layers) maps the student's feature to a
-    factor, and ``L = CE + beta * || F_s/|F_s| - F_t/|F_t| ||_p`` (paper eq. (3), p=1), with the paraphraser
-    frozen. rate=0.5 and p=1 are the paper's; beta=200 and 30 pre-training epochs the CRD benchmark's.
+    factor, and ``L = CE + beta * mean |F_s/|F_s| - F_t/|F_t||`` (paper eq. (3), p=1, averaged over the
+    factor's elements as in the authors' code), with the paraphraser frozen. rate=0.5 and p=1 are the
+    paper's; beta=200 and 30 pre-training epochs the CRD benchmark's.
     """
 
     name = "ft"
