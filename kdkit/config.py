@@ -154,11 +154,16 @@ class DataConfig:
     verify: bool = True  # check official checksums (turn off for your own re-packed files)
     image_size: int = 32  # folder datasets only: images are resized to this square size
     limit_train: int | None = None  # use only the first N training samples (quick experiments)
-    num_workers: int = 0  # folder datasets only
+    num_workers: int = 0  # worker processes: folder datasets and the dataloader pipeline
+    pipeline: Literal["memory", "dataloader"] = "memory"  # dataloader: per-image transforms (reference)
+    cutout: int = 0  # side of the Cutout square (0: off), training augmentation
+    replay_views: int = 0  # >0: each sample has this many fixed augmented views, epoch e shows view e % n
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.eval_batch_size < 1:
             raise ValueError("batch sizes must be >= 1")
+        if self.cutout < 0 or self.num_workers < 0 or self.replay_views < 0:
+            raise ValueError("cutout, num_workers and replay_views must be >= 0")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
@@ -187,6 +192,20 @@ class ScheduleConfig:
 
 
 @dataclass
+class TeacherCacheConfig:
+    """Compute the teachers' outputs once and reuse them (exact when augmentation is off or replayed)."""
+
+    store: Literal["memory", "disk"] = "memory"
+    path: str | None = None  # disk: the cache directory (default: <run dir>/teacher_cache)
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"  # float32 is exact
+    topk: int | None = None  # keep only the k largest logits per sample (large class counts; approximate)
+
+    def __post_init__(self) -> None:
+        if self.topk is not None and self.topk < 1:
+            raise ValueError(f"topk must be >= 1, got {self.topk}")
+
+
+@dataclass
 class TrainConfig:
     epochs: int = 10
     seed: int = 0
@@ -198,8 +217,16 @@ class TrainConfig:
     deterministic: bool = True
     grad_clip: float | None = None
     eval_every: int = 1
+    log_every: int = 50  # steps between reading the loss on the host (finite check, progress bar)
+    channels_last: bool | None = None  # None: on for CUDA
+    compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"  # torch.compile the step
+    compile_backend: str = "inductor"
+    compile_teacher: bool = False  # torch.compile the teacher's forward too
+    teacher_cache: TeacherCacheConfig | None = None  # store teacher outputs (see docs/speed.md)
 
     def __post_init__(self) -> None:
+        if self.log_every < 1:
+            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
 

@@ -93,6 +93,7 @@ class FeatureTap:
         self.specs = list(dict.fromkeys(specs))
         self.features: dict[str, Tensor] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._pinned = False
         self._targets = [(spec, resolve_module(model, split_spec(spec)[0]), split_spec(spec)[1])
                          for spec in self.specs]
 
@@ -119,7 +120,13 @@ class FeatureTap:
 
         return hook
 
+    def pin(self) -> FeatureTap:
+        """Attach for good: leaving a ``with`` block no longer removes the hooks (``remove()`` still does)."""
+        self._pinned = True
+        return self.attach()
+
     def remove(self) -> None:
+        self._pinned = False
         for h in self._handles:
             h.remove()
         self._handles.clear()
@@ -136,7 +143,8 @@ class FeatureTap:
         return self.attach()
 
     def __exit__(self, *exc: object) -> None:
-        self.remove()
+        if not self._pinned:
+            self.remove()
 
     def __getitem__(self, spec: str) -> Tensor:
         if spec not in self.features:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import DataConfig
+from ..errors import ConfigError
 from ..registry import Registry
 from .base import Dataset, ImageSet
 from .loader import BatchLoader
@@ -97,16 +98,36 @@ def split_train_val(data: ImageSet, val_fraction: float, seed: int) -> tuple[Ima
 
 
 def build_loaders(cfg: DataConfig, seed: int, device: torch.device | str = "cpu",
-                  dataset: Dataset | None = None) -> Loaders:
+                  dataset: Dataset | None = None, rank: int = 0, world_size: int = 1,
+                  channels_last: bool = False) -> Loaders:
+    """Train / validation / test loaders. ``data.batch_size`` is the global batch: with ``world_size``
+    processes each trains on its share; validation and test sets are sharded across them."""
     ds = dataset or load_dataset(cfg)
     train, val = split_train_val(ds.train, cfg.val_fraction, seed)
     if cfg.limit_train is not None:
         train = train.subset(torch.arange(min(cfg.limit_train, len(train))))
-    common = {"mean": ds.mean, "std": ds.std, "device": device, "num_workers": cfg.num_workers}
-    aug = {"crop_padding": ds.crop_padding, "flip": ds.flip} if cfg.augment else {}
+    common = {"mean": ds.mean, "std": ds.std, "device": device, "num_workers": cfg.num_workers,
+              "rank": rank, "world_size": world_size, "channels_last": channels_last}
+    aug = {"crop_padding": ds.crop_padding, "flip": ds.flip, "cutout": cfg.cutout} if cfg.augment else {}
+    if cfg.pipeline == "dataloader":
+        if cfg.replay_views:
+            raise ConfigError("data.replay_views needs the memory pipeline (data.pipeline=memory)")
+        if world_size > 1:
+            raise ConfigError("data.pipeline=dataloader is the single-process reference pipeline; "
+                              "use the default memory pipeline with torchrun")
+        if ds.train.images is None:
+            raise ConfigError("data.pipeline=dataloader applies to in-memory datasets; folder datasets "
+                              "already read through a DataLoader")
+        from .reference import DataLoaderPipeline
+
+        train_loader = DataLoaderPipeline(train, cfg.batch_size, shuffle=True, seed=seed, drop_last=True,
+                                          **aug, **common)
+    else:
+        train_loader = BatchLoader(train, cfg.batch_size, shuffle=True, seed=seed, drop_last=True, **aug,
+                                   replay_views=cfg.replay_views, **common)
     return Loaders(
         ds,
-        BatchLoader(train, cfg.batch_size, shuffle=True, seed=seed, drop_last=True, **aug, **common),
+        train_loader,
         BatchLoader(val, cfg.eval_batch_size, **common) if val is not None else None,
         BatchLoader(ds.test, cfg.eval_batch_size, **common),
     )

@@ -9,21 +9,25 @@ reproducible and a resumed run continues the same stream (see :meth:`BatchLoader
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import CheckpointError, ConfigError
 from .base import ImageSet
 
 
-def random_crop(x: Tensor, padding: int, gen: torch.Generator) -> Tensor:
-    """Zero-pad ``x`` ``[B, C, H, W]`` by ``padding`` and crop each image back at a random offset."""
+def random_crop(x: Tensor, padding: int, gen: torch.Generator, offsets: Tensor | None = None) -> Tensor:
+    """Zero-pad ``x`` ``[B, C, H, W]`` by ``padding`` and crop each image back at a random offset
+    (``offsets`` ``[2, B]``, drawn from ``gen`` when not given)."""
     if padding <= 0:
         return x
     b, c, h, w = x.shape
-    off = torch.randint(0, 2 * padding + 1, (2, b), generator=gen).to(x.device)
+    off = offsets if offsets is not None else crop_offsets(b, padding, gen)
+    off = off.to(x.device)
     xp = F.pad(x, (padding, padding, padding, padding))
     rows = (off[0][:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # [B,1,H,1]
     cols = (off[1][:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # [B,1,1,W]
@@ -32,10 +36,30 @@ def random_crop(x: Tensor, padding: int, gen: torch.Generator) -> Tensor:
     return xp[bidx, cidx, rows, cols]
 
 
-def random_flip(x: Tensor, gen: torch.Generator) -> Tensor:
-    """Flip each image of ``x`` ``[B, C, H, W]`` horizontally with probability 1/2."""
-    flip = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device)
-    return torch.where(flip[:, None, None, None], x.flip(3), x)
+def crop_offsets(b: int, padding: int, gen: torch.Generator) -> Tensor:
+    return torch.randint(0, 2 * padding + 1, (2, b), generator=gen, device=gen.device)
+
+
+def random_flip(x: Tensor, gen: torch.Generator, flips: Tensor | None = None) -> Tensor:
+    """Flip each image of ``x`` ``[B, C, H, W]`` horizontally with probability 1/2 (``flips`` ``[B]``
+    bool, drawn from ``gen`` when not given)."""
+    flip = flips if flips is not None else torch.rand(x.shape[0], generator=gen, device=gen.device) < 0.5
+    return torch.where(flip.to(x.device)[:, None, None, None], x.flip(3), x)
+
+
+def cutout(x: Tensor, size: int, centers: Tensor) -> Tensor:
+    """Cutout (DeVries & Taylor, "Improved Regularization of Convolutional Neural Networks with Cutout",
+    2017): zero a ``size`` x ``size`` square centred at ``centers`` ``[2, B]`` (clipped at the borders) in
+    each image of the normalised batch ``x`` ``[B, C, H, W]``; zero is the dataset mean."""
+    _, _, h, w = x.shape
+    c = centers.to(x.device)
+    lo_r, lo_c = (c[0] - size // 2)[:, None], (c[1] - size // 2)[:, None]
+    rows = torch.arange(h, device=x.device)[None, :]
+    cols = torch.arange(w, device=x.device)[None, :]
+    in_r = (rows >= lo_r) & (rows < lo_r + size)  # [B, H]
+    in_c = (cols >= lo_c) & (cols < lo_c + size)  # [B, W]
+    hole = in_r[:, :, None] & in_c[:, None, :]
+    return x.masked_fill(hole[:, None], 0.0)
 
 
 class _Lazy(torch.utils.data.Dataset):
@@ -53,33 +77,99 @@ class BatchLoader:
     """Iterates ``(images, labels, indices)`` batches: float images normalised, on ``device``.
 
     ``indices`` are positions in ``data`` (methods that need sample indices, such as CRD, use them).
+
+    In-memory images are moved to ``device`` once, as uint8; each batch is gathered, augmented and
+    normalised there. Every random number (order, crop offsets, flips, cutout centres) comes from one
+    ``torch.Generator`` on ``device``, so a run is reproducible and a resumed run continues the same
+    stream. With ``world_size > 1`` (distributed training) every rank draws the same global order and the
+    same augmentation for the whole global batch of ``batch_size`` images and keeps its own contiguous
+    share of ``batch_size // world_size``; evaluation sets are split into ``world_size`` disjoint shards.
     """
 
     def __init__(self, data: ImageSet, batch_size: int, *, mean: Sequence[float], std: Sequence[float],
                  shuffle: bool = False, seed: int = 0, crop_padding: int = 0, flip: bool = False,
-                 device: torch.device | str = "cpu", drop_last: bool = False, num_workers: int = 0):
+                 cutout: int = 0, device: torch.device | str = "cpu", drop_last: bool = False,
+                 num_workers: int = 0, rank: int = 0, world_size: int = 1,
+                 channels_last: bool = False, replay_views: int = 0):
+        if world_size > 1 and shuffle and batch_size % world_size:
+            raise ConfigError(f"data.batch_size ({batch_size}) must be a multiple of the number of processes "
+                              f"({world_size}): it is the global batch, split evenly across them")
         self.data, self.batch_size, self.shuffle = data, batch_size, shuffle
-        self.crop_padding, self.flip, self.num_workers = crop_padding, flip, num_workers
+        self.crop_padding, self.flip, self.cutout, self.num_workers = crop_padding, flip, cutout, num_workers
+        self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
+        self.channels_last = channels_last
         self.drop_last = drop_last and len(data) > batch_size
-        self.generator = torch.Generator().manual_seed(seed)
+        gen_device = self.device if self.device.type == "cuda" else "cpu"
+        self.generator = torch.Generator(device=gen_device).manual_seed(seed)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
         if data.images is not None:
             self._images = data.images.to(self.device)
             self._labels = data.labels.to(self.device)
+        self.epoch = 0  # epochs started (training loaders)
+        self.replay_views = replay_views if self.augments else 0
+        self._replay: dict[str, Tensor] = {}
+        if self.replay_views:
+            self._replay = self._draw_replay_table(seed)
+
+    @property
+    def augments(self) -> bool:
+        return self.shuffle and (self.crop_padding > 0 or self.flip or self.cutout > 0)
+
+    @property
+    def num_views(self) -> int:
+        """Distinct inputs per sample over a run: 1 without augmentation, ``replay_views`` with replayed
+        augmentation, 0 (unbounded) with fresh random augmentation every epoch."""
+        return 1 if not self.augments else self.replay_views
+
+    def view_keys(self, idx: Tensor) -> Tensor:
+        """Keys of the exact inputs of the current epoch's batch ``idx``: ``view * N + idx``."""
+        if not self.replay_views:
+            return idx
+        return idx + ((self.epoch - 1) % self.replay_views) * len(self.data)
+
+    def _draw_replay_table(self, seed: int) -> dict[str, Tensor]:
+        """Fixed augmentation parameters for every (view, sample): the inputs repeat exactly every
+        ``replay_views`` epochs, so the teachers' outputs on them can be cached."""
+        gen = torch.Generator(device=self.generator.device).manual_seed(seed + 7919)
+        n, r, table = len(self.data), self.replay_views, {}
+        if self.crop_padding > 0:
+            table["offsets"] = torch.stack([crop_offsets(n, self.crop_padding, gen) for _ in range(r)])
+        if self.flip:
+            table["flips"] = torch.rand(r, n, generator=gen, device=gen.device) < 0.5
+        if self.cutout > 0:
+            table["centers"] = torch.stack([
+                torch.stack([torch.randint(0, s, (n,), generator=gen, device=gen.device) for s in self.data_size()])
+                for _ in range(r)])
+        return table
 
     def __len__(self) -> int:
         n = len(self.data)
+        if not self.shuffle and self.world_size > 1:
+            n = len(range(self.rank, n, self.world_size))
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def _batches(self) -> list[Tensor]:
-        n = len(self.data)
-        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        """The global batches of one epoch (indices on the generator's device)."""
+        n, gen = len(self.data), self.generator
+        if self.shuffle:
+            order = torch.randperm(n, generator=gen, device=gen.device)
+        else:
+            order = torch.arange(n)
+            if self.world_size > 1:
+                order = order[self.rank::self.world_size]
         batches = list(order.split(self.batch_size))
         if self.drop_last and len(batches[-1]) < self.batch_size:
             batches.pop()
         return batches
+
+    def _local(self, t: Tensor) -> Tensor:
+        """This rank's share of a global training batch (the last dimension)."""
+        if self.world_size == 1 or not self.shuffle:
+            return t
+        share = t.shape[-1] // self.world_size
+        return t[..., self.rank * share:(self.rank + 1) * share]
 
     def _raw(self, batches: list[Tensor]) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
         if self.data.images is not None:
@@ -87,23 +177,95 @@ class BatchLoader:
                 dev_idx = idx.to(self.device)
                 yield self._images[dev_idx], self._labels[dev_idx], idx
             return
+        batches = [b.cpu() for b in batches]
         loader = torch.utils.data.DataLoader(_Lazy(self.data), batch_sampler=[b.tolist() for b in batches],
-                                             num_workers=self.num_workers)
+                                             num_workers=self.num_workers,
+                                             pin_memory=self.device.type == "cuda")
         for idx, x in zip(batches, loader):
             yield x.to(self.device, non_blocking=True), self.data.labels[idx].to(self.device), idx
 
+    def _augment_params(self, b: int) -> dict[str, Tensor]:
+        """Random numbers for one global batch of ``b`` images, drawn in a fixed order."""
+        gen, p = self.generator, {}
+        if self.crop_padding > 0:
+            p["offsets"] = crop_offsets(b, self.crop_padding, gen)
+        if self.flip:
+            p["flips"] = torch.rand(b, generator=gen, device=gen.device) < 0.5
+        if self.cutout > 0:
+            p["centers"] = torch.stack([torch.randint(0, s, (b,), generator=gen, device=gen.device)
+                                        for s in self.data_size()])
+        return {k: self._local(v) for k, v in p.items()}
+
+    def data_size(self) -> tuple[int, int]:
+        if self.data.images is not None:
+            return tuple(self.data.images.shape[-2:])
+        return tuple(self.data.reader(0).shape[-2:])
+
+    def fingerprint(self) -> dict[str, str]:
+        """What determines the training inputs, for checking a stored teacher cache against."""
+        h = hashlib.sha256()
+        for t in [self.data.labels, self.mean, self.std, *self._replay.values()]:
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        if self.data.images is not None:
+            h.update(self.data.images.contiguous().numpy().tobytes())
+        return {"inputs": h.hexdigest(), "augment": f"{self.crop_padding},{self.flip},{self.cutout}",
+                "views": str(self.num_views)}
+
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        augment = self.crop_padding > 0 or self.flip
-        for x, y, idx in self._raw(self._batches()):
-            x = x.float().div_(255.0)
-            if augment:
-                x = random_crop(x, self.crop_padding, self.generator)
-                if self.flip:
-                    x = random_flip(x, self.generator)
-            yield (x - self.mean) / self.std, y, idx.to(self.device)
+        augment = self.augments
+        if self.shuffle:
+            self.epoch += 1
+        view = (self.epoch - 1) % self.replay_views if self.replay_views else 0
+        batches = self._batches()
+        if self.shuffle and self.world_size > 1:
+            batches = [self._local(b) for b in batches]  # same global draw on every rank, own share
+        # augmentation parameters are drawn per global batch, after the order (as the order is drawn first)
+        for x, y, idx in self._raw(batches):
+            if augment and self.replay_views:
+                p = self._view_params(view, idx)
+            elif augment:
+                p = self._augment_params(len(idx) * (self.world_size if self.world_size > 1 else 1))
+            else:
+                p = None
+            yield self._transform(x, p), y, idx.to(self.device)
+
+    def _view_params(self, view: int, idx: Tensor) -> dict[str, Tensor]:
+        dev_idx = idx.to(self.generator.device)
+        return {k: v[view][..., dev_idx] for k, v in self._replay.items()}
+
+    def _transform(self, x: Tensor, p: dict[str, Tensor] | None) -> Tensor:
+        """uint8 batch -> augmented (with parameters ``p``), normalised float batch."""
+        x = x.float().div_(255.0)
+        if p is not None:
+            x = random_crop(x, self.crop_padding, self.generator, p.get("offsets"))
+            if self.flip:
+                x = random_flip(x, self.generator, p["flips"])
+        x = (x - self.mean) / self.std
+        if p is not None and self.cutout > 0:
+            x = cutout(x, self.cutout, p["centers"])
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def iter_views(self, batch_size: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        """Every distinct training input, in order: ``(images, keys)`` over all samples of every view
+        (see :meth:`view_keys`). Only for loaders whose inputs repeat (``num_views >= 1``)."""
+        if self.num_views < 1:
+            raise ConfigError("the training inputs are freshly augmented every epoch; they cannot be enumerated")
+        n = len(self.data)
+        for view in range(self.num_views):
+            for idx in torch.arange(n).split(batch_size or self.batch_size):
+                (x, _, _), = self._raw([idx])
+                p = self._view_params(view, idx) if self.replay_views else None
+                yield self._transform(x, p), (idx + view * n).to(self.device)
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
+        return {"generator": self.generator.get_state(), "epoch": self.epoch}
 
     def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["generator"])
+        self.epoch = int(state.get("epoch", 0))
+        try:
+            self.generator.set_state(state["generator"])
+        except RuntimeError as e:
+            raise CheckpointError(f"the data loader's random state does not fit this device "
+                                  f"({self.generator.device}): {e}") from None

@@ -25,18 +25,23 @@ from tqdm import tqdm
 from ..build import Built, build
 from ..config import RunConfig, dump_yaml, parse_config, to_dict
 from ..errors import ConfigError, KdkitError, NonFiniteLossError
+from . import distributed
 from .checkpoint import FORMAT, VERSION, load_checkpoint, model_record, save_atomic
 
 Callback = Callable[["Trainer", int, dict[str, Any]], None]
+NEVER = 2**62  # "no non-finite value yet", as a step number
 
 
-def make_optimizer(cfg: RunConfig, params) -> torch.optim.Optimizer:
+def make_optimizer(cfg: RunConfig, params, device: torch.device | None = None) -> torch.optim.Optimizer:
+    """SGD or AdamW; on CUDA the fused implementation (one kernel for all parameters), elsewhere the
+    multi-tensor ``foreach`` one."""
     o = cfg.optim
     params = [p for p in params if p.requires_grad]
+    impl = {"fused": True} if device is not None and device.type == "cuda" else {"foreach": True}
     if o.name == "sgd":
         return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
-                               weight_decay=o.weight_decay)
-    return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+                               weight_decay=o.weight_decay, **impl)
+    return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, **impl)
 
 
 def lr_at(cfg: RunConfig, epoch: int, i: int = 0, steps: int = 1, pretrain_epochs: int = 0) -> float:
@@ -75,18 +80,23 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, built: Built | None = None, run_dir: str | Path | None = None,
                  callbacks: Sequence[Callback] = (), log: Callable[[str], None] | None = None,
-                 write_files: bool = True):
+                 write_files: bool = True, dist_info: distributed.DistInfo | None = None):
         self.cfg = cfg
-        self.log = log or (lambda msg: print(msg, file=sys.stderr))
+        self.dist = dist_info or distributed.from_env()
+        main = self.dist.is_main
+        self.log = (log or (lambda msg: print(msg, file=sys.stderr))) if main else (lambda msg: None)
         if cfg.train.deterministic:
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
-        self.built = built or build(cfg)
+        device = distributed.setup(self.dist, cfg.train.device) if self.dist.enabled else None
+        self.built = built or build(cfg, device, self.dist.rank, self.dist.world_size)
         self.distiller, self.loaders, self.device = self.built.distiller, self.built.loaders, self.built.device
-        self.optimizer = make_optimizer(cfg, self.distiller.parameters())
+        self.optimizer = make_optimizer(cfg, self.distiller.parameters(), self.device)
         self.callbacks = list(callbacks)
         self.run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
-        self.write_files = write_files
+        self.write_files = write_files and main
+        self.model = self._wrap(self.distiller)
+        self.cache = None
         self.epoch = 0  # epochs completed
         self.step = 0
         self.best = -1.0
@@ -94,6 +104,31 @@ class Trainer:
         self._tb = None
         use_amp = cfg.train.amp and self.device.type == "cuda"
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
+
+    def _wrap(self, distiller: torch.nn.Module) -> torch.nn.Module:
+        """What a training step calls: the distiller, in DDP when distributed, compiled when asked."""
+        t = self.cfg.train
+        model: torch.nn.Module = distiller
+        if t.compile != "none" or t.compile_teacher:
+            distiller.pin_taps()
+        if t.compile_teacher:
+            distiller.teachers[:] = [self._compile(m) for m in distiller.teachers]
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            # a method with a preliminary stage trains only some helpers in it
+            model = DDP(distiller, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                        find_unused_parameters=distiller.pretrain_epochs > 0)
+        if t.compile != "none":
+            model = self._compile(model)
+        return model
+
+    def _compile(self, module: torch.nn.Module) -> torch.nn.Module:
+        t = self.cfg.train
+        kwargs: dict[str, Any] = {"backend": t.compile_backend}
+        if t.compile not in ("none", "default") and t.compile_backend == "inductor":
+            kwargs["mode"] = t.compile
+        return torch.compile(module, **kwargs)
 
     @property
     def total_epochs(self) -> int:
@@ -141,6 +176,9 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         if self.write_files:
             self._prepare_run_dir()
+        distributed.barrier(self.dist)  # the run directory exists before any rank writes into it
+        if self.cfg.train.teacher_cache is not None and self.cache is None:
+            self._build_cache()
         try:
             while self.epoch < self.total_epochs:
                 metrics = self._train_epoch(self.epoch)
@@ -166,46 +204,87 @@ class Trainer:
         (self.run_dir / "config.yaml").write_text(dump_yaml(self.cfg))
         self.log(f"run directory: {self.run_dir}")
 
+    def _build_cache(self) -> None:
+        from .cache import build_cache
+
+        t0 = time.perf_counter()
+        self.cache = build_cache(self.cfg.train.teacher_cache, self.distiller, self.loaders.train, self.device,
+                                 self.run_dir)
+        reused = self.cache.complete
+        self.cache.fill(self.distiller, self.loaders.train, self.autocast,
+                        progress=self.cfg.train.progress and self.dist.is_main)
+        self.log(f"teacher cache: {self.cache.num_keys} inputs, {self.cache.nbytes() / 2**20:.1f} MiB, "
+                 + ("reused" if reused else f"filled in {time.perf_counter() - t0:.1f}s"))
+
+    def _teacher(self, x: Tensor, idx: Tensor) -> tuple[list[Tensor], dict[str, Tensor]] | None:
+        d = self.distiller
+        if not d._uses_teacher:
+            return None
+        if self.cache is not None:
+            return self.cache.lookup(self.loaders.train.view_keys(idx), self.loaders.dataset.num_classes)
+        return d.teacher_outputs(x)
+
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
+        """One epoch. Loss terms are summed on the device and read on the host only every
+        ``train.log_every`` steps and at the end (finite check, progress bar): no per-step sync."""
         d, loader, opt = self.distiller, self.loaders.train, self.optimizer
         d.train()
         steps = len(loader)
         stage = "stage 1" if epoch < d.pretrain_epochs else "train"
         bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{self.total_epochs} {stage}", leave=False,
-                   disable=None if self.cfg.train.progress else True, dynamic_ncols=True)
-        sums: dict[str, Tensor] = {}
+                   disable=None if self.cfg.train.progress and self.dist.is_main else True, dynamic_ncols=True)
+        names: list[str] = []
+        sums = first_bad = None  # per term: summed value, and the first step at which it was not finite
+        every = self.cfg.train.log_every
         t0 = time.perf_counter()
+        lr = lr_at(self.cfg, epoch, 0, steps, d.pretrain_epochs)
         for i, (x, y, idx) in enumerate(bar):
             lr = lr_at(self.cfg, epoch, i, steps, d.pretrain_epochs)
             for group in opt.param_groups:
                 group["lr"] = lr
             with self.autocast():
-                terms = d(x, y, idx, epoch=epoch)
+                terms = self.model(x, y, idx, epoch=epoch, teacher=self._teacher(x, idx))
             loss = sum(terms.values())
-            self._check_finite(loss, terms, epoch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if self.cfg.train.grad_clip:
                 torch.nn.utils.clip_grad_norm_(d.parameters(), self.cfg.train.grad_clip)
             opt.step()
             self.step += 1
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v.detach().float()
-            if i % 10 == 0 and bar.disable is False:
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.4g}")
+            values = torch.stack([v.detach().float() for v in terms.values()])
+            if sums is None:
+                names = list(terms)
+                sums = torch.zeros_like(values)
+                first_bad = torch.full(values.shape, NEVER, dtype=torch.int64, device=values.device)
+            sums += values
+            first_bad = torch.where(torch.isfinite(values), first_bad, first_bad.clamp(max=self.step))
+            if (i + 1) % every == 0 or i + 1 == steps:
+                means = self._read_sums(names, sums, first_bad, i + 1, epoch)
+                if bar.disable is False:
+                    bar.set_postfix(loss=f"{sum(means.values()):.4f}", lr=f"{lr:.4g}")
         bar.close()
         metrics: dict[str, Any] = {"epoch": epoch + 1, "stage": stage, "lr": lr,
                                    "time/train_s": time.perf_counter() - t0}
-        vals = {k: (v / steps).item() for k, v in sums.items()}
+        vals = means if sums is not None else {}
         metrics["train/loss"] = sum(vals.values())
         metrics.update({f"train/{k}": v for k, v in vals.items()})
         return metrics
 
-    def _check_finite(self, loss: Tensor, terms: dict[str, Tensor], epoch: int) -> None:
-        if torch.isfinite(loss).item():
-            return
-        bad = next((k for k, v in terms.items() if not torch.isfinite(v).item()), "total")
-        raise NonFiniteLossError(bad, float(terms.get(bad, loss).item()), epoch, self.step)
+    def _read_sums(self, names: list[str], sums: Tensor, first_bad: Tensor, n: int, epoch: int) -> dict[str, float]:
+        """Mean of each loss term over the ``n`` steps so far (over all ranks); stops the run, naming the
+        term that went bad first, if any is not finite. The training loop's only host synchronisation."""
+        packed = torch.cat([sums / n, first_bad.double()])
+        if self.dist.enabled:  # mean of the sums; the first bad step is the minimum over ranks
+            mean = distributed.all_reduce_mean(sums / n, self.dist)
+            fb = -distributed.all_reduce_max(-first_bad, self.dist)
+            packed = torch.cat([mean, fb.double()])
+        vals = packed.tolist()
+        k = len(names)
+        means, bad_at = dict(zip(names, vals[:k])), vals[k:]
+        if min(bad_at) < NEVER:
+            j = min(range(k), key=lambda j: bad_at[j])
+            raise NonFiniteLossError(names[j], means[names[j]], epoch, int(bad_at[j]))
+        return means
 
     def _evaluate_epoch(self) -> dict[str, Any]:
         loader = self.loaders.val
@@ -214,6 +293,12 @@ class Trainer:
         return {f"val/{k}": v for k, v in self.evaluate(loader).items()}
 
     def _end_epoch(self, metrics: dict[str, Any]) -> None:
+        if self.dist.enabled:
+            metrics["ddp/world_size"] = self.dist.world_size
+            metrics["ddp/replicas_identical"] = distributed.replicas_identical(self.distiller, self.dist)
+            if not metrics["ddp/replicas_identical"]:
+                raise KdkitError(f"after epoch {metrics['epoch']} the ranks hold different weights; "
+                                 "stopping before a diverged checkpoint is written")
         self.history.append(metrics)
         top1 = metrics.get("val/top1")
         improved = top1 is not None and top1 > self.best
@@ -250,30 +335,38 @@ class Trainer:
     # ------------------------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self, loader) -> dict[str, float]:
-        return evaluate(self.distiller.student, loader, self.distiller.teachers, self.autocast)
+        return evaluate(self.distiller.student, loader, self.distiller.teachers, self.autocast, self.dist)
 
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, teachers: Sequence[torch.nn.Module] = (),
-             autocast: Callable = nullcontext) -> dict[str, float]:
+             autocast: Callable = nullcontext, dist_info: distributed.DistInfo | None = None) -> dict[str, float]:
     """Top-1 / top-5 accuracy (%), mean cross-entropy, and (with teachers) % agreement of the
-    student's prediction with the teachers' (mean-logit) prediction."""
+    student's prediction with the teachers' (mean-logit) prediction. Distributed: each rank evaluates
+    its shard of ``loader`` and the counts are summed over ranks. Counts stay on the device until the end."""
     was_training = model.training
     model.eval()
-    n, top1, top5, loss, agree = 0, 0.0, 0.0, 0.0, 0.0
+    counts = None  # n, top1, top5, summed loss, agreement
     for x, y, _ in loader:
         with autocast():
             logits = model(x).float()
             t_logits = torch.stack([t(x).float() for t in teachers]).mean(0) if teachers else None
         k = min(5, logits.shape[1])
         pred = logits.topk(k, dim=1).indices
-        top1 += (pred[:, 0] == y).sum().item()
-        top5 += (pred == y[:, None]).any(1).sum().item()
-        loss += F.cross_entropy(logits, y, reduction="sum").item()
-        if t_logits is not None:
-            agree += (t_logits.argmax(1) == pred[:, 0]).sum().item()
-        n += len(y)
+        batch = torch.stack([
+            torch.tensor(float(len(y)), device=logits.device),
+            (pred[:, 0] == y).sum().float(),
+            (pred == y[:, None]).any(1).sum().float(),
+            F.cross_entropy(logits, y, reduction="sum"),
+            (t_logits.argmax(1) == pred[:, 0]).sum().float() if t_logits is not None else logits.new_zeros(()),
+        ]).double()
+        counts = batch if counts is None else counts + batch
     model.train(was_training)
+    if counts is None:
+        counts = torch.zeros(5, dtype=torch.float64)
+    if dist_info is not None:
+        counts = distributed.all_reduce_sum(counts, dist_info)
+    n, top1, top5, loss, agree = counts.tolist()
     out = {"top1": 100.0 * top1 / max(n, 1), "top5": 100.0 * top5 / max(n, 1), "loss": loss / max(n, 1)}
     if teachers:
         out["agreement"] = 100.0 * agree / max(n, 1)

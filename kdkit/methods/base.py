@@ -274,7 +274,32 @@ class Distiller(nn.Module):
     def teacher_logits(self, x: Tensor) -> list[Tensor]:
         return [t(x) for t in self.teachers]
 
-    def forward(self, x: Tensor, y: Tensor, index: Tensor | None = None, epoch: int = 0) -> dict[str, Tensor]:
+    def teacher_outputs(self, x: Tensor) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """The teachers' logits and the first teacher's tapped features for ``x``, computed in inference
+        mode (no autograd bookkeeping at all) and then copied out of it: inference tensors may not be
+        saved for backward, and feature losses save their inputs."""
+        if not self._uses_teacher:
+            return [], {}
+        with torch.inference_mode():
+            if self.t_tap is not None:
+                with self.t_tap:
+                    logits = self.teacher_logits(x)
+                feats = dict(self.t_tap.features)
+            else:
+                logits, feats = self.teacher_logits(x), {}
+        return [v.clone() for v in logits], {k: v.clone() for k, v in feats.items()}
+
+    def pin_taps(self) -> None:
+        """Keep the feature hooks attached for good (needed under ``torch.compile``, which would otherwise
+        see the hooks change every step)."""
+        for tap in (self.s_tap, self.t_tap):
+            if tap is not None:
+                tap.pin()
+
+    def forward(self, x: Tensor, y: Tensor, index: Tensor | None = None, epoch: int = 0,
+                teacher: tuple[list[Tensor], dict[str, Tensor]] | None = None) -> dict[str, Tensor]:
+        """Named, weighted loss terms for one batch. ``teacher`` is ``teacher_outputs(x)`` when the caller
+        computed it already (the trainer does, outside ``torch.compile`` and DDP, or from its cache)."""
         if self._input_grad and self.training:
             x = x.detach().requires_grad_(True)
         with self.s_tap:
@@ -282,13 +307,7 @@ class Distiller(nn.Module):
         out = Outputs(x, y, index, epoch, s_logits, s_feats=self.s_tap.features, student=self.student,
                       teachers=self.teachers)
         if self._uses_teacher:
-            with torch.no_grad():
-                if self.t_tap is not None:
-                    with self.t_tap:
-                        out.t_logits = self.teacher_logits(x)
-                    out.t_feats = self.t_tap.features
-                else:
-                    out.t_logits = self.teacher_logits(x)
+            out.t_logits, out.t_feats = teacher if teacher is not None else self.teacher_outputs(x)
         if index is None and any(m.needs_sample_index for m in self.methods):
             raise ConfigError("a method needs sample indices: pass index= to the distiller")
         if epoch < self.pretrain_epochs:

@@ -1,0 +1,95 @@
+"""The reference input pipeline: a ``torch.utils.data.DataLoader`` with per-image transforms in workers.
+
+This is how the common CIFAR distillation repositories feed their models (torchvision's ``RandomCrop``
+with padding, ``RandomHorizontalFlip``, ``ToTensor``, ``Normalize``, one image at a time in worker
+processes, then a host-to-device copy). kdkit keeps it as ``data.pipeline: dataloader`` to compare
+against: ``kdkit bench --reference`` times it, and the accuracy of the in-memory path is checked against
+it. The transforms are written here on tensors (there is no CPU torchvision build to depend on).
+
+Each epoch's order and augmentation follow from ``(seed, epoch)``, so a run resumed at an epoch boundary
+repeats the same stream; the per-image random numbers depend on the worker count, unlike the in-memory
+path's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import ImageSet
+
+
+class PerImageTransform(torch.utils.data.Dataset):
+    """Dataset view that returns ``(image, label, index)`` with one image's crop, flip and normalisation."""
+
+    def __init__(self, data: ImageSet, mean: Sequence[float], std: Sequence[float], crop_padding: int = 0,
+                 flip: bool = False, cutout: int = 0, train: bool = True):
+        self.data, self.crop_padding, self.flip, self.cutout, self.train = data, crop_padding, flip, cutout, train
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
+        img = self.data.images[i] if self.data.images is not None else self.data.reader(i)
+        x = img.float().div(255.0)  # ToTensor
+        if self.train and self.crop_padding > 0:  # RandomCrop(size, padding)
+            p = self.crop_padding
+            h, w = x.shape[-2:]
+            xp = F.pad(x, (p, p, p, p))
+            r, c = torch.randint(0, 2 * p + 1, (2,)).tolist()
+            x = xp[:, r:r + h, c:c + w]
+        if self.train and self.flip and torch.rand(()) < 0.5:  # RandomHorizontalFlip
+            x = x.flip(-1)
+        x = (x - self.mean) / self.std  # Normalize
+        if self.train and self.cutout > 0:
+            h, w = x.shape[-2:]
+            cy, cx = torch.randint(0, h, ()).item(), torch.randint(0, w, ()).item()
+            s = self.cutout
+            x = x.clone()
+            x[:, max(cy - s // 2, 0):max(cy - s // 2 + s, 0), max(cx - s // 2, 0):max(cx - s // 2 + s, 0)] = 0.0
+        return x, int(self.data.labels[i]), i
+
+
+class DataLoaderPipeline:
+    """Same interface as :class:`~kdkit.data.loader.BatchLoader`, over a ``DataLoader``."""
+
+    def __init__(self, data: ImageSet, batch_size: int, *, mean: Sequence[float], std: Sequence[float],
+                 shuffle: bool = False, seed: int = 0, crop_padding: int = 0, flip: bool = False,
+                 cutout: int = 0, device: torch.device | str = "cpu", drop_last: bool = False,
+                 num_workers: int = 2, channels_last: bool = False, **_unused):
+        self.data, self.batch_size, self.shuffle, self.seed = data, batch_size, shuffle, seed
+        self.device = torch.device(device)
+        self.drop_last = drop_last and len(data) > batch_size
+        self.channels_last = channels_last
+        self.epoch = 0
+        self.dataset = PerImageTransform(data, mean, std, crop_padding, flip, cutout, train=shuffle)
+        self.num_workers = num_workers
+
+    def __len__(self) -> int:
+        n = len(self.data)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=self.batch_size, shuffle=self.shuffle, drop_last=self.drop_last,
+            num_workers=self.num_workers, generator=gen, pin_memory=self.device.type == "cuda",
+            persistent_workers=False)
+        if self.shuffle:
+            self.epoch += 1
+        for x, y, idx in loader:
+            x = x.to(self.device, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, y.to(self.device, non_blocking=True), idx.to(self.device, non_blocking=True)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state.get("epoch", 0))

@@ -1,0 +1,196 @@
+"""Teacher output cache: compute the teachers' logits and tapped features once, then look them up.
+
+The teachers are frozen and always in eval mode, so their outputs depend only on the input image. When
+every training input repeats exactly, the outputs can be stored once and reused:
+
+- **augmentation off** (``data.augment: false``): one input per sample; the cache is exact;
+- **replayed augmentation** (``data.replay_views: R``): each sample has ``R`` fixed augmented views and
+  epoch ``e`` shows view ``e % R``; the cache holds ``R`` entries per sample and is exact;
+- **fresh random augmentation** (the default) makes new inputs every epoch: nothing can be cached, and
+  kdkit refuses rather than serve outputs for the wrong images.
+
+Stored in ``float32`` the looked-up outputs are the computed ones bit for bit; ``bfloat16``/``float16``
+halve the memory and are approximate. ``topk: k`` keeps only each sample's ``k`` largest logits and one
+number for the rest (the log of their summed ``exp`` spread evenly over them), which keeps the softmax
+at T=1 of the top-k classes and the total tail mass exact but flattens the tail: approximate, and meant
+for large class counts. ``store: memory`` keeps the cache on the training device (lookups are gathers,
+with no host synchronisation); ``store: disk`` writes ``.npy`` memory maps plus ``meta.json`` under
+``path`` and reuses them in later runs whose fingerprint (teacher weights, inputs, layers, storage
+options) matches, so several students can share one teacher pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from ..config import TeacherCacheConfig
+from ..errors import ConfigError
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _np_view(t: Tensor) -> np.ndarray:
+    """A numpy view of ``t`` (bfloat16 travels as int16 bits)."""
+    t = t.detach().cpu().contiguous()
+    return (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy()
+
+
+def _from_np(a: np.ndarray, dtype: torch.dtype) -> Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    return t.view(torch.bfloat16) if dtype == torch.bfloat16 else t
+
+
+class TeacherCache:
+    """Stored teacher outputs for ``num_keys`` distinct inputs (see the module docstring)."""
+
+    def __init__(self, cfg: TeacherCacheConfig, num_keys: int, device: torch.device, fingerprint: str,
+                 path: Path | None = None):
+        self.cfg, self.num_keys, self.device, self.fingerprint = cfg, num_keys, device, fingerprint
+        self.dtype = _DTYPES[cfg.dtype]
+        self.path = Path(path) if cfg.store == "disk" and path is not None else None
+        if cfg.store == "disk" and self.path is None:
+            raise ConfigError("train.teacher_cache.store=disk needs a path")
+        self.entries: dict[str, Tensor | np.ndarray] = {}
+        self.n_teachers = 0
+        self.feature_names: list[str] = []
+        self.complete = False
+        if self.path is not None:
+            self._open_existing()
+
+    # ------------------------------------------------------------------------------------ storage
+    def _meta_file(self) -> Path:
+        return self.path / "meta.json"
+
+    def _open_existing(self) -> None:
+        meta_file = self._meta_file()
+        if not meta_file.is_file():
+            return
+        meta = json.loads(meta_file.read_text())
+        if meta.get("fingerprint") != self.fingerprint or not meta.get("complete"):
+            return  # a different teacher / data / option, or an interrupted fill: rebuilt by fill()
+        self.n_teachers, self.feature_names = meta["n_teachers"], meta["features"]
+        for name in meta["entries"]:
+            self.entries[name] = np.load(self.path / f"{name}.npy", mmap_mode="r")
+        self.complete = True
+
+    def _alloc(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+        full = (self.num_keys, *shape)
+        if self.path is None:
+            self.entries[name] = torch.empty(full, dtype=dtype, device=self.device)
+        else:
+            np_dtype = np.int16 if dtype == torch.bfloat16 else torch.empty(0, dtype=dtype).numpy().dtype
+            self.entries[name] = np.lib.format.open_memmap(self.path / f"{name}.npy", mode="w+",
+                                                           dtype=np_dtype, shape=full)
+
+    def _put(self, name: str, keys: Tensor, value: Tensor) -> None:
+        if name not in self.entries:
+            self._alloc(name, tuple(value.shape[1:]), value.dtype)
+        store = self.entries[name]
+        if isinstance(store, Tensor):
+            store[keys] = value
+        else:
+            store[keys.cpu().numpy()] = _np_view(value)
+
+    def _get(self, name: str, keys: Tensor, dtype: torch.dtype) -> Tensor:
+        store = self.entries[name]
+        if isinstance(store, Tensor):
+            return store[keys]
+        rows = store[keys.cpu().numpy()]
+        return _from_np(rows, dtype).to(self.device, non_blocking=True)
+
+    # ------------------------------------------------------------------------------------ fill / look up
+    def _compress(self, logits: Tensor) -> dict[str, Tensor]:
+        k = self.cfg.topk
+        if k is None or k >= logits.shape[1]:
+            return {"": logits.to(self.dtype)}
+        logits = logits.float()
+        values, indices = logits.topk(k, dim=1)
+        rest = logits.scatter(1, indices, float("-inf")).logsumexp(1) - np.log(logits.shape[1] - k)
+        return {".values": values.to(self.dtype), ".indices": indices.to(torch.int32), ".rest": rest.float()}
+
+    def _expand(self, name: str, keys: Tensor, num_classes: int | None) -> Tensor:
+        if self.cfg.topk is None or f"{name}.values" not in self.entries:
+            return self._get(name, keys, self.dtype).float()
+        values = self._get(f"{name}.values", keys, self.dtype).float()
+        indices = self._get(f"{name}.indices", keys, torch.int32).long()
+        rest = self._get(f"{name}.rest", keys, torch.float32)
+        out = rest[:, None].expand(len(keys), num_classes).clone()
+        return out.scatter(1, indices, values)
+
+    @torch.no_grad()
+    def fill(self, distiller, loader, autocast, progress: bool = True) -> None:
+        """Run the teachers once over every distinct training input and store what they produce."""
+        if self.complete:
+            return
+        if self.path is not None:
+            self.path.mkdir(parents=True, exist_ok=True)
+            if self._meta_file().exists():
+                self._meta_file().unlink()  # stale or partial: rebuilt below
+        self.entries.clear()
+        batches = loader.iter_views()
+        steps = loader.num_views * -(-len(loader.data) // loader.batch_size)
+        for x, keys in tqdm(batches, total=steps, desc="caching teacher outputs", leave=False,
+                            disable=None if progress else True, dynamic_ncols=True):
+            with autocast():
+                logits, feats = distiller.teacher_outputs(x)
+            self.n_teachers, self.feature_names = len(logits), list(feats)
+            for i, lg in enumerate(logits):
+                self.num_classes = lg.shape[1]
+                for suffix, v in self._compress(lg).items():
+                    self._put(f"logits{i}{suffix}", keys, v)
+            for j, f in enumerate(feats.values()):
+                self._put(f"feat{j}", keys, f.to(self.dtype))
+        self.complete = True
+        if self.path is not None:
+            for store in self.entries.values():
+                store.flush()
+            meta = {"fingerprint": self.fingerprint, "complete": True, "n_teachers": self.n_teachers,
+                    "features": self.feature_names, "entries": sorted(self.entries),
+                    "num_keys": self.num_keys}
+            tmp = self._meta_file().with_suffix(".tmp")
+            tmp.write_text(json.dumps(meta, indent=1))
+            os.replace(tmp, self._meta_file())  # the cache counts as complete only once this lands
+
+    def lookup(self, keys: Tensor, num_classes: int) -> tuple[list[Tensor], dict[str, Tensor]]:
+        """The stored ``(teacher logits list, teacher features)`` for the inputs with these keys."""
+        logits = [self._expand(f"logits{i}", keys, num_classes) for i in range(self.n_teachers)]
+        feats = {name: self._get(f"feat{j}", keys, self.dtype).float() for j, name in enumerate(self.feature_names)}
+        return logits, feats
+
+    def nbytes(self) -> int:
+        return sum(int(e.nbytes) if isinstance(e, np.ndarray) else e.numel() * e.element_size()
+                   for e in self.entries.values())
+
+
+def cache_fingerprint(distiller, loader, cfg: TeacherCacheConfig) -> str:
+    """A hash of everything the stored outputs depend on."""
+    h = hashlib.sha256()
+    for t in distiller.teachers:
+        for k, v in t.state_dict().items():
+            h.update(k.encode())
+            h.update(_np_view(v.float() if v.dtype == torch.bfloat16 else v).tobytes())
+    specs = distiller.t_tap.specs if distiller.t_tap is not None else []
+    h.update(json.dumps({"specs": specs, "loader": loader.fingerprint(), "dtype": cfg.dtype,
+                         "topk": cfg.topk}, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def build_cache(cfg: TeacherCacheConfig, distiller, loader, device: torch.device, run_dir: Path) -> TeacherCache:
+    if not distiller.teachers:
+        raise ConfigError("train.teacher_cache is set but no method uses a teacher")
+    if getattr(loader, "num_views", 0) < 1:
+        raise ConfigError(
+            "train.teacher_cache is exact only when every training input repeats: turn augmentation off "
+            "(data.augment=false) or replay it (data.replay_views=N); with fresh random augmentation each "
+            "epoch the teacher must see each new image")
+    n = loader.num_views * len(loader.data)
+    path = Path(cfg.path) if cfg.path else run_dir / "teacher_cache"
+    return TeacherCache(cfg, n, device, cache_fingerprint(distiller, loader, cfg), path)

@@ -1,0 +1,97 @@
+"""Distributed data-parallel training on ``torch.distributed``, launched by ``torchrun``.
+
+``torchrun --nproc_per_node=N -m kdkit distill CONFIG`` (and multi-node runs through torchrun's
+rendezvous flags) sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous address; kdkit reads
+them here. The backend is NCCL when CUDA is available and gloo otherwise. Only the trainable part (the
+:class:`~kdkit.methods.Distiller`: student plus method helpers) is wrapped in
+``DistributedDataParallel``; the frozen teachers run outside it on every rank.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def from_env() -> DistInfo:
+    """The process's place in a torchrun launch (a single process when not launched by torchrun)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    return DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def setup(info: DistInfo, device_name: str = "auto") -> torch.device:
+    """Join the process group (once) and return this rank's device."""
+    use_cuda = torch.cuda.is_available() and device_name != "cpu"
+    if use_cuda:
+        torch.cuda.set_device(info.local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return torch.device("cuda", info.local_rank) if use_cuda else torch.device("cpu")
+
+
+def all_reduce_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.enabled:
+        t = t.clone()
+        dist.all_reduce(t)
+        t /= info.world_size
+    return t
+
+
+def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.enabled:
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
+def all_reduce_max(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.enabled:
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def replicas_identical(module: torch.nn.Module, info: DistInfo) -> bool:
+    """Whether every rank holds bit-identical parameters and buffers (compared through a float64
+    fingerprint per tensor: its sum and its sum of squares weighted by position)."""
+    if not info.enabled:
+        return True
+    parts = []
+    for t in list(module.parameters()) + list(module.buffers()):
+        v = t.detach().double().flatten()
+        w = torch.arange(1, v.numel() + 1, dtype=torch.float64, device=v.device)
+        parts.append(torch.stack([v.sum(), (v * v * w).sum()]))
+    mine = torch.cat(parts) if parts else torch.zeros(1, dtype=torch.float64)
+    gathered = [torch.empty_like(mine) for _ in range(info.world_size)]
+    dist.all_gather(gathered, mine)
+    return all(torch.equal(g, gathered[0]) for g in gathered)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
