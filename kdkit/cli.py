@@ -55,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace, distill: bool) -> int:
     from .config import load_config
+    from .engine import distributed
     from .engine.trainer import Trainer
 
     if args.resume:
@@ -70,8 +71,14 @@ def cmd_run(args: argparse.Namespace, distill: bool) -> int:
         if not distill and cfg.teacher:
             raise ConfigError("this config has a teacher: use `kdkit distill`")
         trainer = Trainer(cfg, run_dir=args.out)
-    result = trainer.fit()
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))
+    try:
+        result = trainer.fit()
+    except BaseException:
+        distributed.cleanup()
+        raise
+    distributed.cleanup(wait=True)
+    if trainer.dist.is_main:  # under torchrun, rank 0 reports
+        print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))
     return 0
 
 

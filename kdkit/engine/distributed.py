@@ -71,6 +71,14 @@ def all_reduce_max(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
     return t
 
 
+def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
+    """Copy rank 0's buffers (batch-norm running statistics) to every rank. DDP does this at the start
+    of each forward, so after an epoch's last step each rank still holds its own update."""
+    if info.enabled:
+        for b in module.buffers():
+            dist.broadcast(b.data, src=0)
+
+
 def replicas_identical(module: torch.nn.Module, info: DistInfo) -> bool:
     """Whether every rank holds bit-identical parameters and buffers (compared through a float64
     fingerprint per tensor: its sum and its sum of squares weighted by position)."""
@@ -87,11 +95,23 @@ def replicas_identical(module: torch.nn.Module, info: DistInfo) -> bool:
     return all(torch.equal(g, gathered[0]) for g in gathered)
 
 
+def broadcast_object(obj, info: DistInfo):
+    """Rank 0's ``obj`` on every rank."""
+    if not info.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
 
 
-def cleanup() -> None:
+def cleanup(wait: bool = False) -> None:
+    """Leave the process group; with ``wait``, only once every rank got here (a clean finish)."""
     if dist.is_initialized():
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()

@@ -94,6 +94,8 @@ class Trainer:
         self.optimizer = make_optimizer(cfg, self.distiller.parameters(), self.device)
         self.callbacks = list(callbacks)
         self.run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+        if self.dist.enabled:  # the default name holds the time: take rank 0's
+            self.run_dir = Path(distributed.broadcast_object(str(self.run_dir), self.dist))
         self.write_files = write_files and main
         self.model = self._wrap(self.distiller)
         self.cache = None
@@ -182,6 +184,7 @@ class Trainer:
         try:
             while self.epoch < self.total_epochs:
                 metrics = self._train_epoch(self.epoch)
+                distributed.broadcast_buffers(self.distiller, self.dist)  # evaluate and save rank 0's
                 self.epoch += 1
                 metrics.update(self._evaluate_epoch())
                 self._end_epoch(metrics)
@@ -208,11 +211,16 @@ class Trainer:
         from .cache import build_cache
 
         t0 = time.perf_counter()
-        self.cache = build_cache(self.cfg.train.teacher_cache, self.distiller, self.loaders.train, self.device,
-                                 self.run_dir)
+        cfg = self.cfg.train.teacher_cache
+        shared_disk = cfg.store == "disk" and self.dist.enabled
+        if shared_disk and not self.dist.is_main:
+            distributed.barrier(self.dist)  # rank 0 fills the shared directory first
+        self.cache = build_cache(cfg, self.distiller, self.loaders.train, self.device, self.run_dir)
         reused = self.cache.complete
         self.cache.fill(self.distiller, self.loaders.train, self.autocast,
                         progress=self.cfg.train.progress and self.dist.is_main)
+        if shared_disk and self.dist.is_main:
+            distributed.barrier(self.dist)
         self.log(f"teacher cache: {self.cache.num_keys} inputs, {self.cache.nbytes() / 2**20:.1f} MiB, "
                  + ("reused" if reused else f"filled in {time.perf_counter() - t0:.1f}s"))
 

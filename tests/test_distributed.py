@@ -1,0 +1,139 @@
+"""Distributed data-parallel training with the gloo backend and two CPU processes."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+import yaml
+
+from kdkit.config import load_config
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Crash(Exception):
+    pass
+
+
+def _worker(rank: int, world: int, port: int, cfg_dict: dict, run_dir: str, out: str, mode: str) -> None:
+    """One rank: train (``full``), train and crash after the first epoch (``crash``), or resume (``resume``);
+    then save this rank's weights to ``out/rank<r>.pt``."""
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from kdkit.engine import distributed
+    from kdkit.engine.trainer import Trainer
+
+    def crash(trainer, epoch, metrics):
+        if mode == "crash" and epoch == 1:
+            raise _Crash
+
+    try:
+        if mode == "resume":
+            trainer = Trainer.resume(run_dir, log=lambda m: None)
+        else:
+            trainer = Trainer(load_config(base=cfg_dict), run_dir=run_dir, log=lambda m: None, callbacks=[crash])
+        try:
+            trainer.fit()
+        except _Crash:
+            distributed.cleanup(wait=True)  # both ranks stop at the same point
+            return
+        torch.save(trainer.distiller.state_dict(), Path(out) / f"rank{rank}.pt")
+        distributed.cleanup(wait=True)
+    finally:
+        distributed.cleanup()
+
+
+def _spawn(cfg: dict, run_dir: Path, out: Path, mode: str) -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    mp.start_processes(_worker, args=(2, _free_port(), cfg, str(run_dir), str(out), mode), nprocs=2,
+                       start_method="spawn")
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)] if mode != "crash" else []
+
+
+def _cfg(tmp_path, teacher_ckpt) -> dict:
+    return {"model": "cnn_tiny", "teacher": {"name": "cnn_small", "checkpoint": teacher_ckpt},
+            "method": [{"name": "kd"}, {"name": "at", "student_layers": ["stage1"], "teacher_layers": ["stage1"]}],
+            "data": {"name": "digits", "batch_size": 64},
+            "train": {"epochs": 2, "progress": False, "out_dir": str(tmp_path)}}
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_ranks_identical_and_resume_continues_exactly(tmp_path, teacher_ckpt):
+    cfg = _cfg(tmp_path, teacher_ckpt)
+    full = _spawn(cfg, tmp_path / "full", tmp_path / "w_full", "full")
+    _assert_same(full[0], full[1])  # both ranks end with identical weights (checked here, not by kdkit)
+    metrics = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    epochs = [m for m in metrics if "train/loss" in m]
+    assert epochs[1]["train/loss"] < epochs[0]["train/loss"]  # the loss goes down
+    assert all(m["ddp/replicas_identical"] and m["ddp/world_size"] == 2 for m in epochs)
+    ckpt = torch.load(tmp_path / "full" / "checkpoint.pt", weights_only=True)
+    _assert_same(ckpt["distiller"], full[0])  # rank 0 wrote the checkpoint
+
+    _spawn(cfg, tmp_path / "crashed", tmp_path / "w_crash", "crash")  # stops after epoch 1
+    assert torch.load(tmp_path / "crashed" / "checkpoint.pt", weights_only=True)["epoch"] == 1
+    resumed = _spawn(cfg, tmp_path / "crashed", tmp_path / "w_resume", "resume")
+    _assert_same(resumed[0], resumed[1])
+    _assert_same(resumed[0], full[0])  # the resumed run continues exactly where the full one went
+
+
+def test_torchrun_cli(tmp_path, teacher_ckpt):
+    cfg = _cfg(tmp_path, teacher_ckpt)
+    cfg["train"]["epochs"] = 1
+    path = tmp_path / "kd.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           f"--master_port={_free_port()}", "-m", "kdkit", "distill", str(path),
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert len(results) == 1  # only rank 0 reports
+    assert json.loads(results[0])["ddp/replicas_identical"] is True
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
+
+
+def test_global_batch_must_split_evenly(tmp_path, teacher_ckpt):
+    from kdkit.data import build_loaders
+    from kdkit.errors import ConfigError
+
+    cfg = load_config(base={**_cfg(tmp_path, teacher_ckpt), "data": {"name": "digits", "batch_size": 63}})
+    with pytest.raises(ConfigError, match="multiple of the number of processes"):
+        build_loaders(cfg.data, 0, rank=0, world_size=2)
+
+
+def test_ranks_share_the_global_batch_and_augmentation():
+    """Two ranks see disjoint halves of the batch a single process would see, augmented identically."""
+    from kdkit.data import build_loaders
+
+    cfg = load_config(base={"model": "cnn_tiny", "data": {"name": "fashion_mnist", "batch_size": 8}})
+    from kdkit.data.base import Dataset, ImageSet
+
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.randint(0, 256, (40, 1, 12, 12), dtype=torch.uint8, generator=g)
+    ds = Dataset("toy", ImageSet(torch.arange(40) % 3, images=imgs), ImageSet(torch.arange(8) % 3, images=imgs[:8]),
+                 3, 1, (12, 12), (0.5,), (0.25,), crop_padding=2, flip=True)
+    cfg.data.cutout = 4
+    one = build_loaders(cfg.data, 0, dataset=ds).train
+    ranks = [build_loaders(cfg.data, 0, dataset=ds, rank=r, world_size=2).train for r in range(2)]
+    for (x, y, i), (x0, y0, i0), (x1, y1, i1) in zip(one, *ranks):
+        torch.testing.assert_close(torch.cat([x0, x1]), x, rtol=0, atol=0)
+        assert torch.equal(torch.cat([i0, i1]), i) and torch.equal(torch.cat([y0, y1]), y)
+    tests = [build_loaders(cfg.data, 0, dataset=ds, rank=r, world_size=2).test for r in range(2)]
+    seen = sorted(int(v) for t in tests for _, _, idx in t for v in idx)
+    assert seen == list(range(8))  # evaluation shards are disjoint and cover the set
