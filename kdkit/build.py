@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .config import ModelSpec, RunConfig
-from .data import Loaders, build_loaders
+from .data import Dataset, Loaders, build_loaders
 from .engine.checkpoint import load_checkpoint, load_model_weights
 from .errors import ConfigError, KdkitError
 from .methods import Distiller, create_method
@@ -54,21 +54,23 @@ def use_channels_last(cfg: RunConfig, device: torch.device) -> bool:
     return cfg.train.channels_last if cfg.train.channels_last is not None else device.type == "cuda"
 
 
-def build(cfg: RunConfig, device: torch.device | None = None, rank: int = 0, world_size: int = 1) -> Built:
-    """Load the data, create (and load) the models, and set up the methods on probed shapes.
-    ``rank``/``world_size`` shard the data for distributed training."""
+def build(cfg: RunConfig, device: torch.device | None = None, rank: int = 0, world_size: int = 1,
+          dataset: Dataset | None = None, load_teachers: bool = True) -> Built:
+    """Load the data (or use ``dataset``), create (and load) the models, and set up the methods on probed
+    shapes. ``rank``/``world_size`` shard the data for distributed training. ``load_teachers=False``
+    keeps randomly initialised teachers (speed measurements)."""
     device = device or pick_device(cfg.train.device)
     channels_last = use_channels_last(cfg, device)
-    loaders = build_loaders(cfg.data, cfg.train.seed, device, rank=rank, world_size=world_size,
+    loaders = build_loaders(cfg.data, cfg.train.seed, device, dataset=dataset, rank=rank, world_size=world_size,
                             channels_last=channels_last)
     ds = loaders.dataset
     torch.manual_seed(cfg.train.seed)  # model initialisation depends on the seed only
     student = build_model(cfg.model, ds.num_classes, ds.in_channels)
     teachers = []
     for spec in cfg.teacher:
-        if not spec.checkpoint:
+        if not spec.checkpoint and load_teachers:
             raise ConfigError(f"teacher '{spec.name}' needs a checkpoint (train one with `kdkit train`)")
-        teachers.append(build_model(spec, ds.num_classes, ds.in_channels))
+        teachers.append(build_model(spec, ds.num_classes, ds.in_channels, load=load_teachers))
     methods = [create_method(m) for m in cfg.method]
     if teachers and not any(m.needs_teacher for m in methods):
         raise ConfigError(f"a teacher is set but method(s) {', '.join(m.name for m in methods)} do not use one")

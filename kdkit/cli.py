@@ -46,6 +46,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["models", "datasets", "methods"])
     p.add_argument("pattern", nargs="?", default="*", help="glob filter, e.g. 'resnet*'")
 
+    p = sub.add_parser("bench", help="training speed (images/s, s/epoch, MFU, memory), optionally against "
+                       "a reference DataLoader loop and a minimal hand-written loop")
+    p.add_argument("--teacher", default=None, help="teacher model (randomly initialised: speed only)")
+    p.add_argument("--student", required=True)
+    p.add_argument("--method", default="kd")
+    p.add_argument("--dataset", default="cifar100")
+    p.add_argument("--real-data", action="store_true",
+                   help="load the dataset itself (default: synthetic data of its shape and size)")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--steps", type=int, default=50, help="timed steps per repeat")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--reference", action="store_true", help="also time the reference DataLoader loop")
+    p.add_argument("--minimal", action="store_true", help="also time a minimal hand-written loop (kd/vanilla)")
+    p.add_argument("--compile", default="none", choices=["none", "default", "reduce-overhead", "max-autotune"])
+    p.add_argument("--workers", type=int, default=4, help="DataLoader workers of the reference loop")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (known GPUs: built in)")
+    p.add_argument("--out", default=None, help="JSON file (default: docs/results/bench-<...>.json)")
+    p.add_argument("--no-write", action="store_true", help="print only")
+
     p = sub.add_parser("demo", help="distill on the embedded digits dataset and print a results table")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=None, help="epochs per model (default: the demo's recipe)")
@@ -79,6 +101,27 @@ def cmd_run(args: argparse.Namespace, distill: bool) -> int:
     distributed.cleanup(wait=True)
     if trainer.dist.is_main:  # under torchrun, rank 0 reports
         print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()}))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench import default_out, format_bench, run_bench, write_json
+
+    for flag in ("batch_size", "steps", "repeats", "workers"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1")
+    if args.warmup < 0:
+        raise ConfigError("--warmup must be >= 0")
+    result = run_bench(args.teacher, args.student, args.method, args.dataset, synthetic=not args.real_data,
+                       batch_size=args.batch_size, steps=args.steps, warmup=args.warmup, repeats=args.repeats,
+                       reference=args.reference, minimal=args.minimal, compile_mode=args.compile,
+                       device=args.device, workers=args.workers, peak=args.peak_tflops, data_root=args.data_root,
+                       log=lambda m: print(m, file=sys.stderr))
+    print(format_bench(result))
+    if not args.no_write:
+        path = Path(args.out) if args.out else default_out(result)
+        write_json(result, path)
+        print(f"written: {path}")
     return 0
 
 
@@ -162,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_inspect(args)
         if args.command == "list":
             return cmd_list(args)
+        if args.command == "bench":
+            return cmd_bench(args)
         from .demo import run_demo
 
         run_demo(seeds=args.seeds, epochs=args.epochs, out=Path(args.out) if args.out else None)

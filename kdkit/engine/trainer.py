@@ -235,7 +235,7 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> dict[str, Any]:
         """One epoch. Loss terms are summed on the device and read on the host only every
         ``train.log_every`` steps and at the end (finite check, progress bar): no per-step sync."""
-        d, loader, opt = self.distiller, self.loaders.train, self.optimizer
+        d, loader = self.distiller, self.loaders.train
         d.train()
         steps = len(loader)
         stage = "stage 1" if epoch < d.pretrain_epochs else "train"
@@ -248,18 +248,7 @@ class Trainer:
         lr = lr_at(self.cfg, epoch, 0, steps, d.pretrain_epochs)
         for i, (x, y, idx) in enumerate(bar):
             lr = lr_at(self.cfg, epoch, i, steps, d.pretrain_epochs)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            with self.autocast():
-                terms = self.model(x, y, idx, epoch=epoch, teacher=self._teacher(x, idx))
-            loss = sum(terms.values())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.cfg.train.grad_clip:
-                torch.nn.utils.clip_grad_norm_(d.parameters(), self.cfg.train.grad_clip)
-            opt.step()
-            self.step += 1
-            values = torch.stack([v.detach().float() for v in terms.values()])
+            terms, values = self.train_step(x, y, idx, epoch, lr)
             if sums is None:
                 names = list(terms)
                 sums = torch.zeros_like(values)
@@ -277,6 +266,24 @@ class Trainer:
         metrics["train/loss"] = sum(vals.values())
         metrics.update({f"train/{k}": v for k, v in vals.items()})
         return metrics
+
+    def train_step(self, x: Tensor, y: Tensor, idx: Tensor, epoch: int,
+                   lr: float) -> tuple[dict[str, Tensor], Tensor]:
+        """One optimisation step; returns the loss terms and their detached values stacked (on the device,
+        not read: reading them would synchronise with the device)."""
+        opt = self.optimizer
+        for group in opt.param_groups:
+            group["lr"] = lr
+        with self.autocast():
+            terms = self.model(x, y, idx, epoch=epoch, teacher=self._teacher(x, idx))
+        loss = sum(terms.values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.distiller.parameters(), self.cfg.train.grad_clip)
+        opt.step()
+        self.step += 1
+        return terms, torch.stack([v.detach().float() for v in terms.values()])
 
     def _read_sums(self, names: list[str], sums: Tensor, first_bad: Tensor, n: int, epoch: int) -> dict[str, float]:
         """Mean of each loss term over the ``n`` steps so far (over all ranks); stops the run, naming the

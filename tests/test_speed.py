@@ -1,0 +1,172 @@
+"""The fast path's pieces: teacher cache, replayed augmentation, cutout, the reference pipeline,
+compile, and `kdkit bench`."""
+
+import json
+
+import pytest
+import torch
+
+from kdkit.data.loader import cutout
+from kdkit.engine.trainer import Trainer
+from kdkit.errors import ConfigError
+
+QUIET = {"log": lambda m: None}
+
+
+def _kd_cfg(digits_cfg, tmp_path, teacher_ckpt, data=None, train=None, name="run"):
+    return digits_cfg(tmp_path, model="cnn_tiny", teacher={"name": "cnn_small", "checkpoint": teacher_ckpt},
+                      method=[{"name": "kd"}, {"name": "at", "student_layers": ["stage1"],
+                                                "teacher_layers": ["stage1"]}],
+                      data={"name": "digits", **(data or {})},
+                      train={"epochs": 3, "progress": False, "out_dir": str(tmp_path), "run_name": name,
+                             **(train or {})})
+
+
+def _weights(trainer):
+    return {k: v.clone() for k, v in trainer.distiller.state_dict().items()}
+
+
+def _same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _augmented_digits(cfg):
+    """digits with crop and flip augmentation switched on (the real set has none)."""
+    from kdkit.build import build
+    from kdkit.data import load_dataset
+
+    ds = load_dataset(cfg.data)
+    ds.crop_padding, ds.flip = 1, True
+    return build(cfg, dataset=ds)
+
+
+@pytest.mark.parametrize("data", [{"augment": False}, {"replay_views": 2}])
+def test_teacher_cache_is_exact(tmp_path, digits_cfg, teacher_ckpt, data):
+    """With augmentation off or replayed, a run served from the cache ends with the same weights."""
+    cfg = _kd_cfg(digits_cfg, tmp_path, teacher_ckpt, data, name="plain")
+    plain = Trainer(cfg, built=_augmented_digits(cfg), **QUIET)
+    plain.fit()
+    cfg = _kd_cfg(digits_cfg, tmp_path, teacher_ckpt, data, {"teacher_cache": {}}, "cached")
+    cached = Trainer(cfg, built=_augmented_digits(cfg), **QUIET)
+    calls = []
+    cached.distiller.teachers[0].register_forward_hook(lambda *a: calls.append(1))
+    cached.fit()
+    assert _same(_weights(plain), _weights(cached))
+    n_train = len(cached.loaders.train.data)
+    views = data.get("replay_views", 1)
+    assert cached.cache.num_keys == views * n_train
+    # the teacher ran only to fill the cache (one pass per view) and to evaluate, never in a training step
+    fill = views * -(-n_train // cached.loaders.train.batch_size)
+    evals = 3 * len(cached.loaders.val) + len(cached.loaders.test)
+    assert len(calls) == fill + evals
+
+
+def test_teacher_cache_refuses_fresh_augmentation(tmp_path, digits_cfg, teacher_ckpt):
+    cfg = _kd_cfg(digits_cfg, tmp_path, teacher_ckpt, train={"teacher_cache": {}})
+    with pytest.raises(ConfigError, match="exact only when every training input repeats"):
+        Trainer(cfg, built=_augmented_digits(cfg), **QUIET).fit()
+
+
+def test_disk_cache_is_reused_and_checked(tmp_path, digits_cfg, teacher_ckpt):
+    path = tmp_path / "tcache"
+    opts = {"teacher_cache": {"store": "disk", "path": str(path)}}
+    a = Trainer(_kd_cfg(digits_cfg, tmp_path, teacher_ckpt, {"augment": False}, opts, "a"), **QUIET)
+    a.fit()
+    meta = json.loads((path / "meta.json").read_text())
+    assert meta["complete"] and meta["num_keys"] == len(a.loaders.train.data)
+    b = Trainer(_kd_cfg(digits_cfg, tmp_path, teacher_ckpt, {"augment": False}, opts, "b"), **QUIET)
+    logs = []
+    b.log = logs.append
+    b.fit()
+    assert any("reused" in line for line in logs) and _same(_weights(a), _weights(b))
+    # another seed splits the data differently: the fingerprint differs and the cache is rebuilt
+    c = Trainer(_kd_cfg(digits_cfg, tmp_path, teacher_ckpt, {"augment": False}, {**opts, "seed": 1}, "c"), **QUIET)
+    logs.clear()
+    c.log = logs.append
+    c.fit()
+    assert any("filled" in line for line in logs)
+    assert json.loads((path / "meta.json").read_text())["fingerprint"] != meta["fingerprint"]
+
+
+def test_topk_cache_keeps_top_logits_and_tail_mass(tmp_path):
+    from kdkit.config import TeacherCacheConfig
+    from kdkit.engine.cache import TeacherCache
+
+    cache = TeacherCache(TeacherCacheConfig(topk=3), 4, torch.device("cpu"), "x")
+    logits = torch.randn(4, 10, generator=torch.Generator().manual_seed(0)) * 3
+    keys = torch.arange(4)
+    for suffix, v in cache._compress(logits).items():
+        cache._put(f"logits0{suffix}", keys, v)
+    cache.n_teachers = 1
+    (back,), _ = cache.lookup(keys, 10)
+    top = logits.topk(3, dim=1)
+    assert torch.equal(back.gather(1, top.indices), top.values)  # the top-k logits are kept exactly
+    p, q = logits.softmax(1), back.softmax(1)
+    torch.testing.assert_close(q.gather(1, top.indices), p.gather(1, top.indices))  # and their probabilities
+    assert not torch.allclose(p, q)  # the tail is flattened: approximate
+
+
+def test_replayed_augmentation_repeats_every_n_epochs():
+    from kdkit.data import BatchLoader
+    from kdkit.data.base import ImageSet
+
+    imgs = torch.randint(0, 256, (12, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    data = ImageSet(torch.arange(12), images=imgs)
+    loader = BatchLoader(data, 4, mean=(0.5,), std=(0.2,), shuffle=True, crop_padding=2, flip=True, cutout=3,
+                         replay_views=2)
+
+    def epoch():
+        out = {}
+        for x, _, idx in loader:
+            for i, k in enumerate(loader.view_keys(idx).tolist()):
+                out[k] = x[i]
+        return out
+
+    e1, e2, e3 = epoch(), epoch(), epoch()
+    assert set(e1) == set(range(12)) and set(e2) == set(range(12, 24))  # keys: view * N + index
+    assert all(torch.equal(e1[k], e3[k]) for k in e1)  # view 0 again, image for image
+    assert any(not torch.equal(e1[k - 12], e2[k]) for k in e2)  # the two views differ
+    enumerated = {int(k): x for xs, ks in loader.iter_views() for x, k in zip(xs, ks)}
+    assert all(torch.equal(enumerated[k], v) for k, v in {**e1, **e2}.items())
+
+
+def test_cutout_zeroes_a_clipped_square():
+    x = torch.ones(2, 3, 6, 6)
+    out = cutout(x, 4, torch.tensor([[2, 0], [3, 5]]))  # centres (2,3) and (0,5)
+    assert (out[0, :, 0:4, 1:5] == 0).all() and out[0].sum() == 3 * (36 - 16)
+    assert (out[1, :, 0:2, 3:6] == 0).all() and out[1].sum() == 3 * (36 - 6)  # clipped at the corner
+
+
+def test_dataloader_pipeline_trains_and_resumes_by_epoch(tmp_path, digits_cfg):
+    cfg = digits_cfg(tmp_path, data={"name": "digits", "pipeline": "dataloader", "cutout": 2},
+                     train={"epochs": 2, "progress": False, "out_dir": str(tmp_path), "run_name": "dl"})
+    t = Trainer(cfg, **QUIET)
+    res = t.fit()
+    assert res["test/top1"] > 30 and t.loaders.train.state_dict() == {"epoch": 2}
+
+
+def test_compiled_step_matches_eager(tmp_path, digits_cfg, teacher_ckpt):
+    """torch.compile of the step (eager backend here: inductor needs minutes on this CPU; the benchmark
+    covers it) traces the distiller with its feature hooks and gives the same weights."""
+    eager = Trainer(_kd_cfg(digits_cfg, tmp_path, teacher_ckpt, train={"epochs": 1}, name="e"), **QUIET)
+    eager.fit()
+    comp = Trainer(_kd_cfg(digits_cfg, tmp_path, teacher_ckpt, name="c",
+                           train={"epochs": 1, "compile": "default", "compile_backend": "eager",
+                                  "compile_teacher": True}), **QUIET)
+    comp.fit()
+    assert _same(_weights(eager), _weights(comp))
+
+
+def test_bench_cli_writes_json(tmp_path, capsys):
+    from kdkit.cli import main
+
+    out = tmp_path / "b.json"
+    code = main(["bench", "--teacher", "cnn_small", "--student", "cnn_tiny", "--dataset", "digits", "--steps", "2",
+                 "--warmup", "1", "--repeats", "1", "--reference", "--minimal", "--workers", "1", "--out", str(out)])
+    assert code == 0
+    r = json.loads(out.read_text())
+    assert set(r["results"]) == {"kdkit", "reference", "minimal"} and r["flops_per_step"] > 0
+    assert r["results"]["kdkit"]["images_per_s"] > 0 and r["speedup_vs_reference"] > 0
+    assert "kdkit vs reference" in capsys.readouterr().out
+    assert main(["bench", "--student", "cnn_tiny", "--method", "at", "--teacher", "cnn_small", "--minimal",
+                 "--dataset", "digits", "--no-write", "--steps", "1"]) == 2  # minimal loop is KD only
