@@ -144,7 +144,8 @@ class ReferenceLoop:
 
     def step(self) -> None:
         x, y, idx = next(self.batches)
-        terms = self.distiller(x, y, idx, epoch=self.epoch)  # teacher under no_grad inside
+        teacher = self.distiller.teacher_outputs(x, inference_mode=False)  # under no_grad
+        terms = self.distiller(x, y, idx, epoch=self.epoch, teacher=teacher)
         loss = sum(terms.values())
         self.opt.zero_grad()
         loss.backward()
@@ -257,7 +258,10 @@ def run_bench(teacher: str | None, student: str, method: str, dataset: str, *, s
         loops.append(MinimalLoop(load_config(base=base), ds, dev))
     if reference:
         loops.append(ReferenceLoop(load_config(base=base), ds, dev, workers))
-    flops = count_flops(loops[0].step)  # also one warm-up step
+    # FLOPs of one step, counted on an eager kdkit step (the counter does not see into compiled graphs)
+    flops = count_flops((loops[0] if compile_mode == "none" else
+                         KdkitLoop(load_config(base={**base, "train": {**base["train"], "compile": "none"}}),
+                                   ds, dev)).step)
     peak_tf, device_name = peak_tflops(dev)
     peak_tf = peak if peak is not None else peak_tf
     for loop in loops:

@@ -170,3 +170,15 @@ def test_bench_cli_writes_json(tmp_path, capsys):
     assert "kdkit vs reference" in capsys.readouterr().out
     assert main(["bench", "--student", "cnn_tiny", "--method", "at", "--teacher", "cnn_small", "--minimal",
                  "--dataset", "digits", "--no-write", "--steps", "1"]) == 2  # minimal loop is KD only
+
+
+@pytest.mark.slow
+def test_inductor_compiled_step_trains_like_eager(tmp_path, digits_cfg, teacher_ckpt):
+    """The real compiler (inductor, C++ on CPU): same loss trajectory as eager up to fused-kernel rounding."""
+    eager = Trainer(_kd_cfg(digits_cfg, tmp_path, teacher_ckpt, train={"epochs": 2}, name="e"), **QUIET)
+    a = eager.fit()
+    comp = Trainer(_kd_cfg(digits_cfg, tmp_path, teacher_ckpt, name="c",
+                           train={"epochs": 2, "compile": "default", "compile_teacher": True}), **QUIET)
+    b = comp.fit()
+    assert b["train/loss"] == pytest.approx(a["train/loss"], rel=0.05)
+    assert abs(b["test/top1"] - a["test/top1"]) < 3.0

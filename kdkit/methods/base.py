@@ -9,6 +9,7 @@ trained, not saved in checkpoints, and always in ``eval()`` mode.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -274,12 +275,17 @@ class Distiller(nn.Module):
     def teacher_logits(self, x: Tensor) -> list[Tensor]:
         return [t(x) for t in self.teachers]
 
-    def teacher_outputs(self, x: Tensor) -> tuple[list[Tensor], dict[str, Tensor]]:
+    def teacher_outputs(self, x: Tensor, inference_mode: bool = True) -> tuple[list[Tensor], dict[str, Tensor]]:
         """The teachers' logits and the first teacher's tapped features for ``x``, computed in inference
         mode (no autograd bookkeeping at all) and then copied out of it: inference tensors may not be
-        saved for backward, and feature losses save their inputs."""
+        saved for backward, and feature losses save their inputs. ``inference_mode=False`` runs them under
+        plain ``no_grad`` (what most training loops do; the benchmark's reference loop)."""
         if not self._uses_teacher:
             return [], {}
+        if not inference_mode:
+            with torch.no_grad(), self.t_tap or nullcontext():
+                logits = self.teacher_logits(x)
+            return logits, dict(self.t_tap.features) if self.t_tap is not None else {}
         with torch.inference_mode():
             if self.t_tap is not None:
                 with self.t_tap:
