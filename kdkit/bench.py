@@ -319,6 +319,8 @@ def default_out(r: dict[str, Any]) -> Path:
     parts = ["bench", r["dataset"], str(r["teacher"]), r["student"], r["method"], f"b{r['batch_size']}", dev]
     if r["compile"] != "none":
         parts.append(r["compile"])
+    if not r["synthetic"]:
+        parts.append("real")
     return Path("docs/results") / ("-".join(parts) + ".json")
 
 
