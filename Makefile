@@ -25,7 +25,7 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(PY) -m pytest -q
 
-# Tests that take minutes here (torch.compile with inductor): not in `make test`.
+# torch.compile with the inductor backend: needs a C++ compiler, about 40 s here; not in `make test`.
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
 
