@@ -128,15 +128,14 @@ class ReferenceLoop:
 
     def __init__(self, cfg, dataset, device, workers: int):
         from .build import build
-        from .engine.trainer import make_optimizer
 
         cfg.train.amp, cfg.train.channels_last, cfg.train.compile = False, False, "none"
         cfg.data.pipeline, cfg.data.num_workers = "dataloader", workers
         built = build(cfg, device, dataset=dataset, load_teachers=False)
         self.distiller, self.device = built.distiller.train(), built.device
+        # plain torch SGD with its defaults, as the reference repositories use (the bench's recipe is SGD)
         self.opt = torch.optim.SGD([p for p in self.distiller.parameters() if p.requires_grad], lr=cfg.optim.lr,
-                                   momentum=0.9, weight_decay=5e-4) if cfg.optim.name == "sgd" else \
-            make_optimizer(cfg, self.distiller.parameters())
+                                   momentum=cfg.optim.momentum, weight_decay=cfg.optim.weight_decay)
         self.loader = built.loaders.train
         self.batches = _cycle(self.loader)
         self.running = 0.0

@@ -9,6 +9,7 @@ reproducible and a resumed run continues the same stream (see :meth:`BatchLoader
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterator, Sequence
 
@@ -140,7 +141,7 @@ class BatchLoader:
             table["flips"] = torch.rand(r, n, generator=gen, device=gen.device) < 0.5
         if self.cutout > 0:
             table["centers"] = torch.stack([
-                torch.stack([torch.randint(0, s, (n,), generator=gen, device=gen.device) for s in self.data_size()])
+                torch.stack([torch.randint(0, s, (n,), generator=gen, device=gen.device) for s in self.data_size])
                 for _ in range(r)])
         return table
 
@@ -193,10 +194,12 @@ class BatchLoader:
             p["flips"] = torch.rand(b, generator=gen, device=gen.device) < 0.5
         if self.cutout > 0:
             p["centers"] = torch.stack([torch.randint(0, s, (b,), generator=gen, device=gen.device)
-                                        for s in self.data_size()])
+                                        for s in self.data_size])
         return {k: self._local(v) for k, v in p.items()}
 
+    @functools.cached_property
     def data_size(self) -> tuple[int, int]:
+        """Image height and width (read once: for lazy sets it costs reading an image)."""
         if self.data.images is not None:
             return tuple(self.data.images.shape[-2:])
         return tuple(self.data.reader(0).shape[-2:])
@@ -224,7 +227,7 @@ class BatchLoader:
             if augment and self.replay_views:
                 p = self._view_params(view, idx)
             elif augment:
-                p = self._augment_params(len(idx) * (self.world_size if self.world_size > 1 else 1))
+                p = self._augment_params(len(idx) * self.world_size)
             else:
                 p = None
             yield self._transform(x, p), y, idx.to(self.device)

@@ -116,7 +116,7 @@ class TeacherCache:
         rest = logits.scatter(1, indices, float("-inf")).logsumexp(1) - np.log(logits.shape[1] - k)
         return {".values": values.to(self.dtype), ".indices": indices.to(torch.int32), ".rest": rest.float()}
 
-    def _expand(self, name: str, keys: Tensor, num_classes: int | None) -> Tensor:
+    def _expand(self, name: str, keys: Tensor, num_classes: int) -> Tensor:
         if self.cfg.topk is None or f"{name}.values" not in self.entries:
             return self._get(name, keys, self.dtype).float()
         values = self._get(f"{name}.values", keys, self.dtype).float()
@@ -143,7 +143,6 @@ class TeacherCache:
                 logits, feats = distiller.teacher_outputs(x)
             self.n_teachers, self.feature_names = len(logits), list(feats)
             for i, lg in enumerate(logits):
-                self.num_classes = lg.shape[1]
                 for suffix, v in self._compress(lg).items():
                     self._put(f"logits{i}{suffix}", keys, v)
             for j, f in enumerate(feats.values()):

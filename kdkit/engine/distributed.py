@@ -49,26 +49,14 @@ def setup(info: DistInfo, device_name: str = "auto") -> torch.device:
     return torch.device("cuda", info.local_rank) if use_cuda else torch.device("cpu")
 
 
-def all_reduce_mean(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    if info.enabled:
-        t = t.clone()
-        dist.all_reduce(t)
-        t /= info.world_size
-    return t
-
-
-def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    if info.enabled:
-        t = t.clone()
-        dist.all_reduce(t)
-    return t
-
-
-def all_reduce_max(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    if info.enabled:
-        t = t.clone()
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t
+def all_reduce(t: torch.Tensor, info: DistInfo, op: str = "sum") -> torch.Tensor:
+    """``t`` reduced over all ranks (``op``: sum, mean or min), as a new tensor; ``t`` itself when not
+    distributed."""
+    if not info.enabled:
+        return t
+    t = t.clone()
+    dist.all_reduce(t, op=dist.ReduceOp.MIN if op == "min" else dist.ReduceOp.SUM)
+    return t / info.world_size if op == "mean" else t
 
 
 def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:

@@ -288,12 +288,9 @@ class Trainer:
     def _read_sums(self, names: list[str], sums: Tensor, first_bad: Tensor, n: int, epoch: int) -> dict[str, float]:
         """Mean of each loss term over the ``n`` steps so far (over all ranks); stops the run, naming the
         term that went bad first, if any is not finite. The training loop's only host synchronisation."""
-        packed = torch.cat([sums / n, first_bad.double()])
-        if self.dist.enabled:  # mean of the sums; the first bad step is the minimum over ranks
-            mean = distributed.all_reduce_mean(sums / n, self.dist)
-            fb = -distributed.all_reduce_max(-first_bad, self.dist)
-            packed = torch.cat([mean, fb.double()])
-        vals = packed.tolist()
+        mean = distributed.all_reduce(sums / n, self.dist, "mean")
+        first = distributed.all_reduce(first_bad, self.dist, "min")  # the earliest bad step on any rank
+        vals = torch.cat([mean, first.double()]).tolist()
         k = len(names)
         means, bad_at = dict(zip(names, vals[:k])), vals[k:]
         if min(bad_at) < NEVER:
@@ -380,7 +377,7 @@ def evaluate(model: torch.nn.Module, loader, teachers: Sequence[torch.nn.Module]
     if counts is None:
         counts = torch.zeros(5, dtype=torch.float64)
     if dist_info is not None:
-        counts = distributed.all_reduce_sum(counts, dist_info)
+        counts = distributed.all_reduce(counts, dist_info)
     n, top1, top5, loss, agree = counts.tolist()
     out = {"top1": 100.0 * top1 / max(n, 1), "top5": 100.0 * top5 / max(n, 1), "loss": loss / max(n, 1)}
     if teachers:
