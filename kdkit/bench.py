@@ -234,7 +234,7 @@ def run_bench(teacher: str | None, student: str, method: str, dataset: str, *, s
               batch_size: int = 64, steps: int = 50, warmup: int = 10, repeats: int = 3,
               reference: bool = False, minimal: bool = False, compile_mode: str = "none", device: str = "auto",
               workers: int = 4, peak: float | None = None, data_root: str | None = None,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
+              ghost_batch_size: int | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     from .build import pick_device
     from .data import load_dataset
 
@@ -252,14 +252,17 @@ def run_bench(teacher: str | None, student: str, method: str, dataset: str, *, s
     cfg = load_config(base=base)  # validates the options before any data is made
     ds = synthetic_dataset(dataset) if synthetic else load_dataset(cfg.data)
     n_train = len(ds.train)
-    loops = [KdkitLoop(load_config(base=base), ds, dev)]
+    # the large-batch recipe's ghost batch norm is kdkit's: the minimal and reference loops keep plain BN
+    kdkit_base = {**base, "train": {**base["train"], "ghost_batch_size": ghost_batch_size}}
+    loops = [KdkitLoop(load_config(base=kdkit_base), ds, dev)]
     if minimal:
         loops.append(MinimalLoop(load_config(base=base), ds, dev))
     if reference:
         loops.append(ReferenceLoop(load_config(base=base), ds, dev, workers))
     # FLOPs of one step, counted on an eager kdkit step (the counter does not see into compiled graphs)
     flops = count_flops((loops[0] if compile_mode == "none" else
-                         KdkitLoop(load_config(base={**base, "train": {**base["train"], "compile": "none"}}),
+                         KdkitLoop(load_config(base={**kdkit_base,
+                                                     "train": {**kdkit_base["train"], "compile": "none"}}),
                                    ds, dev)).step)
     peak_tf, device_name = peak_tflops(dev)
     peak_tf = peak if peak is not None else peak_tf
@@ -284,8 +287,8 @@ def run_bench(teacher: str | None, student: str, method: str, dataset: str, *, s
     out: dict[str, Any] = {
         "teacher": teacher, "student": student, "method": method, "dataset": dataset, "synthetic": synthetic,
         "batch_size": batch_size, "train_images": n_train, "steps": steps, "warmup": warmup, "repeats": repeats,
-        "compile": compile_mode, "device": str(dev), "device_name": device_name,
-        "peak_tflops": peak_tf, "flops_per_step": flops, "torch": torch.__version__,
+        "compile": compile_mode, "ghost_batch_size": ghost_batch_size, "device": str(dev),
+        "device_name": device_name, "peak_tflops": peak_tf, "flops_per_step": flops, "torch": torch.__version__,
         "threads": torch.get_num_threads(), "results": results,
     }
     if "reference" in results:
@@ -318,6 +321,8 @@ def default_out(r: dict[str, Any]) -> Path:
     parts = ["bench", r["dataset"], str(r["teacher"]), r["student"], r["method"], f"b{r['batch_size']}", dev]
     if r["compile"] != "none":
         parts.append(r["compile"])
+    if r.get("ghost_batch_size"):
+        parts.append(f"ghost{r['ghost_batch_size']}")
     if not r["synthetic"]:
         parts.append("real")
     return Path("docs/results") / ("-".join(parts) + ".json")

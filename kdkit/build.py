@@ -13,6 +13,7 @@ from .engine.checkpoint import load_checkpoint, load_model_weights
 from .errors import ConfigError, KdkitError
 from .methods import Distiller, create_method
 from .models import create_model
+from .models.ghost_bn import convert_ghost_batch_norm
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -66,6 +67,9 @@ def build(cfg: RunConfig, device: torch.device | None = None, rank: int = 0, wor
     ds = loaders.dataset
     torch.manual_seed(cfg.train.seed)  # model initialisation depends on the seed only
     student = build_model(cfg.model, ds.num_classes, ds.in_channels)
+    ghost = cfg.train.ghost_batch_size
+    if ghost:  # before the Distiller: its feature taps hook the student's final modules
+        student = convert_ghost_batch_norm(student, ghost)
     teachers = []
     for spec in cfg.teacher:
         if not spec.checkpoint and load_teachers:
@@ -81,6 +85,8 @@ def build(cfg: RunConfig, device: torch.device | None = None, rank: int = 0, wor
         raise
     except RuntimeError as e:  # a model that cannot run on this input size
         raise ConfigError(f"cannot run the models on {ds.name} inputs {loaders.input_shape}: {e}") from None
+    if ghost:  # the methods' own trainable modules (regressors, embeddings) normalise the same way
+        convert_ghost_batch_norm(distiller.methods, ghost)
     distiller = distiller.to(device)
     if channels_last:
         distiller.to(memory_format=torch.channels_last)  # also moves the teachers (Distiller._apply)

@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minimal", action="store_true", help="also time a minimal hand-written loop (kd/vanilla)")
     p.add_argument("--compile", default="none", choices=["none", "default", "reduce-overhead", "max-autotune"])
     p.add_argument("--workers", type=int, default=4, help="DataLoader workers of the reference loop")
+    p.add_argument("--ghost-batch-size", type=int, default=None,
+                   help="kdkit loop: batch norm over groups of this many samples (the large-batch recipe)")
     p.add_argument("--device", default="auto")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (known GPUs: built in)")
     p.add_argument("--out", default=None, help="JSON file (default: docs/results/bench-<...>.json)")
@@ -116,7 +118,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                        batch_size=args.batch_size, steps=args.steps, warmup=args.warmup, repeats=args.repeats,
                        reference=args.reference, minimal=args.minimal, compile_mode=args.compile,
                        device=args.device, workers=args.workers, peak=args.peak_tflops, data_root=args.data_root,
-                       log=lambda m: print(m, file=sys.stderr))
+                       ghost_batch_size=args.ghost_batch_size, log=lambda m: print(m, file=sys.stderr))
     print(format_bench(result))
     if not args.no_write:
         path = Path(args.out) if args.out else default_out(result)

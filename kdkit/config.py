@@ -223,12 +223,16 @@ class TrainConfig:
     compile_backend: str = "inductor"
     compile_teacher: bool = False  # torch.compile the teacher's forward too
     teacher_cache: TeacherCacheConfig | None = None  # store teacher outputs (see docs/speed.md)
+    ghost_batch_size: int | None = None  # batch-norm statistics over groups of this many samples (per rank)
 
     def __post_init__(self) -> None:
         if self.log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {self.log_every}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.ghost_batch_size is not None and self.ghost_batch_size < 2:
+            raise ValueError(f"ghost_batch_size must be >= 2 (batch norm needs 2 samples), got "
+                             f"{self.ghost_batch_size}")
 
 
 @dataclass
