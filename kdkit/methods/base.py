@@ -282,17 +282,11 @@ class Distiller(nn.Module):
         plain ``no_grad`` (what most training loops do; the benchmark's reference loop)."""
         if not self._uses_teacher:
             return [], {}
+        with torch.inference_mode() if inference_mode else torch.no_grad(), self.t_tap or nullcontext():
+            logits = self.teacher_logits(x)
+        feats = dict(self.t_tap.features) if self.t_tap is not None else {}
         if not inference_mode:
-            with torch.no_grad(), self.t_tap or nullcontext():
-                logits = self.teacher_logits(x)
-            return logits, dict(self.t_tap.features) if self.t_tap is not None else {}
-        with torch.inference_mode():
-            if self.t_tap is not None:
-                with self.t_tap:
-                    logits = self.teacher_logits(x)
-                feats = dict(self.t_tap.features)
-            else:
-                logits, feats = self.teacher_logits(x), {}
+            return logits, feats
         return [v.clone() for v in logits], {k: v.clone() for k, v in feats.items()}
 
     def pin_taps(self) -> None:

@@ -98,8 +98,8 @@ def convert_ghost_batch_norm(module: nn.Module, group_size: int) -> nn.Module:
     returned, or its replacement if it is a batch norm) by its ghost version over groups of
     ``group_size``. Parameters and buffers are shared with the originals, so devices, dtypes and
     checkpoint keys stay as they were. Layers that already are ghost batch norms get the new size."""
-    if group_size < 1:
-        raise ValueError(f"ghost batch norm group size must be >= 1, got {group_size}")
+    if group_size < 2:
+        raise ValueError(f"ghost batch norm group size must be >= 2 (batch norm needs 2 samples), got {group_size}")
     if isinstance(module, _GhostMixin):
         module.group_size = group_size
         return module
