@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="applied to every recipe")
     ap.add_argument("--runs", default="runs/recipes", help="where the runs go")
+    ap.add_argument("--docs", default="docs/results", help="where OUT.md and OUT.json are written")
     args = ap.parse_args()
     t_start = time.time()
     rows = []
@@ -68,7 +69,7 @@ def main() -> None:
     for r in rows:
         lines.append(f"| {r['name']} | `{r['config']}` | {' '.join(r['overrides']) or '-'} | "
                      f"{r['mean']:.2f} ± {r['std']:.2f} | {r['train_s_mean']:.0f} |")
-    out = Path("docs/results")
+    out = Path(args.docs)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.out}.md").write_text("\n".join(lines) + "\n")
     (out / f"{args.out}.json").write_text(json.dumps({"command": cmd, "rows": rows}, indent=1) + "\n")

@@ -139,22 +139,58 @@ def test_ranks_share_the_global_batch_and_augmentation():
     assert seen == list(range(8))  # evaluation shards are disjoint and cover the set
 
 
+def _ghost_cfg(teacher_ckpt, tmp_path, method) -> dict:
+    """Digits, 1 epoch, global batch 64 with ghost batch norm groups of 8 (inside each rank's 32)."""
+    return {"model": "cnn_tiny", "teacher": {"name": "cnn_small", "checkpoint": teacher_ckpt}, "method": method,
+            "data": {"name": "digits", "batch_size": 64},
+            "train": {"epochs": 1, "progress": False, "out_dir": str(tmp_path), "ghost_batch_size": 8}}
+
+
+def _ddp_and_single(cfg: dict, tmp_path: Path, name: str):
+    """Rank 0's final state after 2-rank DDP (checked identical to rank 1's), and a single-process trainer
+    run on the same config."""
+    from kdkit.engine.trainer import Trainer
+
+    ranks = _spawn(cfg, tmp_path / name, tmp_path / f"w_{name}", "full")
+    _assert_same(ranks[0], ranks[1])
+    single = Trainer(load_config(base=cfg), run_dir=tmp_path / f"{name}_single", log=lambda m: None)
+    single.fit()
+    return ranks[0], single
+
+
 def test_ddp_with_input_gradients_and_ghost_batch_norm(tmp_path, teacher_ckpt):
     """at_grad (double backward through the student) and ghost batch norm under DDP: the ranks stay identical,
     and with ghost groups inside each rank's share the parameters follow a single process on the whole batch
     (same groups, gradients averaged over the ranks = the whole batch's gradient)."""
-    from kdkit.engine.trainer import Trainer
-
-    cfg = {"model": "cnn_tiny", "teacher": {"name": "cnn_small", "checkpoint": teacher_ckpt},
-           "method": [{"name": "kd"}, {"name": "at_grad"},
-                      {"name": "fitnets", "student_layer": "stage2.1", "teacher_layer": "stage2.1"}],
-           "data": {"name": "digits", "batch_size": 64},
-           "train": {"epochs": 1, "progress": False, "out_dir": str(tmp_path), "ghost_batch_size": 8}}
-    ranks = _spawn(cfg, tmp_path / "ddp", tmp_path / "w_ddp", "full")
-    _assert_same(ranks[0], ranks[1])
-    single = Trainer(load_config(base=cfg), run_dir=tmp_path / "single", log=lambda m: None)
-    single.fit()
+    cfg = _ghost_cfg(teacher_ckpt, tmp_path, [{"name": "kd"}, {"name": "at_grad"},
+                                              {"name": "fitnets", "student_layer": "stage2.1",
+                                               "teacher_layer": "stage2.1"}])
+    rank0, single = _ddp_and_single(cfg, tmp_path, "ddp")
     params = dict(single.distiller.named_parameters())
     assert any(k.startswith("methods.") for k in params)  # the fitnets regressor is compared too
     for name, p in params.items():  # buffers differ: DDP keeps rank 0's running statistics
-        torch.testing.assert_close(ranks[0][name], p.detach(), rtol=1e-3, atol=1e-4, msg=name)
+        torch.testing.assert_close(rank0[name], p.detach(), rtol=1e-3, atol=1e-4, msg=name)
+
+
+def test_crd_memory_is_gathered_across_ranks(tmp_path, teacher_ckpt):
+    """CRD's negative queue under DDP: every rank enqueues the whole global batch, so the ranks' memories
+    stay identical and equal to one process on the whole batch (ghost batch norm keeps the statistics
+    groups inside each rank's share). The dataset-sized bank: every training image's row is written,
+    not only rank 0's half."""
+    from kdkit.engine.trainer import Trainer
+
+    cfg = _ghost_cfg(teacher_ckpt, tmp_path, {"name": "crd", "feat_dim": 16, "negatives": 200})
+    rank0, single = _ddp_and_single(cfg, tmp_path, "queue")
+    state = single.distiller.state_dict()
+    assert int(state["methods.0.ptr"]) == int(rank0["methods.0.ptr"])
+    for name in ("methods.0.mem_s", "methods.0.mem_t", "methods.0.embed_s.fc.weight"):
+        torch.testing.assert_close(rank0[name], state[name], rtol=1e-3, atol=1e-4, msg=name)
+
+    cfg["method"] = {"name": "crd", "feat_dim": 16, "negatives": 100, "memory": "bank"}
+    ranks = _spawn(cfg, tmp_path / "bank", tmp_path / "w_bank", "full")
+    _assert_same(ranks[0], ranks[1])
+    fresh = Trainer(load_config(base=cfg), run_dir=tmp_path / "b0", log=lambda m: None)  # built, not trained
+    fresh = fresh.distiller.state_dict()["methods.0.mem_s"]
+    written = (ranks[0]["methods.0.mem_s"] != fresh).any(1).sum().item()
+    seen = len(single.built.loaders.train) * 64  # full global batches of one epoch (the last partial one dropped)
+    assert written == seen, (written, seen)

@@ -59,6 +59,30 @@ def all_reduce(t: torch.Tensor, info: DistInfo, op: str = "sum") -> torch.Tensor
     return t / info.world_size if op == "mean" else t
 
 
+def gather_batches(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each tensor concatenated over the ranks along dimension 0 (rank 0's rows first), without gradient:
+    what a method that keeps a memory of past samples enqueues, so that every rank stores the whole
+    global batch, in the order a single process would (MoCo's ``concat_all_gather``). Ranks may hold
+    different numbers of rows. Outside an initialised process group of several ranks: the tensors as
+    they are."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensors
+    world = dist.get_world_size()
+    first = tensors[0]
+    sizes = [torch.zeros(1, dtype=torch.long, device=first.device) for _ in range(world)]
+    dist.all_gather(sizes, torch.tensor([len(first)], dtype=torch.long, device=first.device))
+    sizes = [int(n) for n in sizes]
+    out = []
+    for t in tensors:
+        t = t.detach().contiguous()
+        padded = t.new_zeros((max(sizes), *t.shape[1:]))
+        padded[:len(t)] = t
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded)
+        out.append(torch.cat([p[:n] for p, n in zip(parts, sizes)]))
+    return tuple(out)
+
+
 def broadcast_buffers(module: torch.nn.Module, info: DistInfo) -> None:
     """Copy rank 0's buffers (batch-norm running statistics) to every rank. DDP does this at the start
     of each forward, so after an epoch's last step each rank still holds its own update."""

@@ -84,26 +84,44 @@ def fsp_matrix(f1: Tensor, f2: Tensor) -> Tensor:
     return f1.float().flatten(2) @ f2.float().flatten(2).transpose(1, 2) / (f2.shape[-1] * f2.shape[-2])
 
 
-def ab_loss(s_pre: Tensor, t_pre: Tensor, margin: float = 1.0) -> Tensor:
+def ab_loss(s_pre: Tensor, t_pre: Tensor, margin: float = 1.0, reduction: str = "mean") -> Tensor:
     """Activation-boundary loss (Heo et al., "Knowledge Transfer via Distillation of Activation
     Boundaries Formed by Hidden Neurons", AAAI 2019, eq. (5)): with ``rho = 1[t > 0]`` from the teacher's
-    pre-activation, ``rho * relu(m - s)^2 + (1 - rho) * relu(m + s)^2`` (mean over elements), where ``s``
-    is the student's (connected) pre-activation. Zero when every neuron is on the right side by ``m``."""
+    pre-activation, ``rho * relu(m - s)^2 + (1 - rho) * relu(m + s)^2``, where ``s`` is the student's
+    (connected) pre-activation. Zero when every neuron is on the right side by ``m``.
+
+    ``reduction``: ``"mean"`` over all elements, or ``"sum"`` over each sample's elements, averaged over
+    the batch (the authors' code and RepDistiller, before their constant factors)."""
     s_pre, t_pre = match_spatial(s_pre.float(), t_pre.detach().float())
     active = (t_pre > 0).float()
-    return (active * F.relu(margin - s_pre).pow(2) + (1 - active) * F.relu(margin + s_pre).pow(2)).mean()
+    per_element = active * F.relu(margin - s_pre).pow(2) + (1 - active) * F.relu(margin + s_pre).pow(2)
+    if reduction == "sum":
+        return per_element.sum() / per_element.shape[0]
+    if reduction != "mean":
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    return per_element.mean()
 
 
-def factor_transfer(factor_s: Tensor, factor_t: Tensor, p: float = 1.0) -> Tensor:
+def factor_transfer(factor_s: Tensor, factor_t: Tensor, p: float = 1.0, factor: str = "flat") -> Tensor:
     """Factor transfer loss (Kim et al., "Paraphrasing Complex Network: Network Compression via Factor
-    Transfer", NeurIPS 2018, eq. (3)): the distance between the L2-normalised, flattened factors
-    ``d = F_s / ||F_s||_2 - F_t / ||F_t||_2`` (p=1 in the paper).
+    Transfer", NeurIPS 2018, eq. (3)) between the student's and the teacher's factors ``[B, C, H, W]``.
 
-    Eq. (3) writes the p-norm ``||d||_p``; the authors' released code and the CRD benchmark take the mean
-    of ``|d|`` over the factor's elements instead (an L1 loss), and their beta values were tuned on that
-    scale. We follow the code: ``(mean_i |d_i|^p)^(1/p)`` per sample, averaged over the batch, i.e. the
-    paper's norm divided by ``D^(1/p)`` for a factor of ``D`` elements. The plain norm grows with the factor
-    size, so with it beta=200 would overwhelm the task loss on larger maps."""
+    Each factor is turned into a vector per sample and L2-normalised, then ``d = v_s - v_t`` is reduced
+    to ``(mean_i |d_i|^p)^(1/p)`` per sample and averaged over the batch. Two vectors are in use:
+
+    - ``"flat"``: the whole factor flattened, ``[B, C*H*W]``: the paper's and the authors' code
+      (``F.normalize(x.view(B, -1))`` with ``nn.L1Loss``), which they ran with beta=500;
+    - ``"spatial"``: first collapsed over channels as an attention map, ``mean_c F_c^2``, ``[B, H*W]``:
+      RepDistiller's ``FactorTransfer`` (the CRD CIFAR-100 benchmark, beta=200).
+
+    Eq. (3) writes the p-norm ``||d||_p``; both codes take the mean of ``|d|`` over the vector's elements
+    (an L1 loss) and their weights were tuned on that scale, so we take the mean too. The two vectors
+    give different scales (on a 128x8x8 factor "spatial" is about 10x "flat"), so each has its own beta.
+    """
+    if factor == "spatial":
+        factor_s, factor_t = factor_s.float().pow(2).mean(1), factor_t.float().pow(2).mean(1)
+    elif factor != "flat":
+        raise ValueError(f"factor must be 'flat' or 'spatial', got {factor!r}")
     fs = F.normalize(factor_s.float().flatten(1), dim=1)
     ft = F.normalize(factor_t.detach().float().flatten(1), dim=1)
     return (fs - ft).abs().pow(p).mean(1).pow(1.0 / p).mean()

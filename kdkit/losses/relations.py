@@ -23,9 +23,22 @@ def similarity_preserving(f_s: Tensor, f_t: Tensor) -> Tensor:
     return (gs - gt).pow(2).sum() / (b * b)
 
 
+def pairwise_distances(e: Tensor) -> Tensor:
+    """Euclidean distances ``[B, B]`` between the rows of ``e`` ``[B, D]``, with an exactly zero diagonal.
+
+    Computed from the differences, not from the expansion ``|a|^2 + |b|^2 - 2 a.b`` that ``torch.cdist``
+    switches to above 25 rows: the expansion cancels for near points and leaves "distances" of about
+    1e-2 on the diagonal of a 64-row batch, which then enter RKD's and IRG's mean distance (RepDistiller
+    and mdistiller use the expansion too, but zero the diagonal by hand). The gradient at a zero distance
+    is zero."""
+    return torch.cdist(e, e, compute_mode="donot_use_mm_for_euclid_dist")
+
+
 def _normalised_distances(e: Tensor) -> Tensor:
-    d = torch.cdist(e, e)
-    mean = d[d > 0].mean() if (d > 0).any() else d.new_tensor(1.0)
+    """Pairwise distances divided by their mean over the pairs at non-zero distance (RKD's ``mu``)."""
+    d = pairwise_distances(e)
+    positive = d > 0
+    mean = d[positive].mean() if positive.any() else d.new_tensor(1.0)
     return d / mean
 
 

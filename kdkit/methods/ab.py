@@ -4,6 +4,7 @@ AAAI 2019."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from torch import Tensor, nn
 
@@ -17,10 +18,7 @@ class ABConfig(LayerPairsConfig):  # layers: stages; their pre-activations are u
     margin: float = 1.0
     stage1_epochs: int = 30  # the paper's initialisation stage: AB loss only
     beta: float = 0.0  # AB weight in the main stage (the paper then trains on the task loss)
-
-    def __post_init__(self) -> None:
-        if self.stage1_epochs < 0:
-            raise ValueError("stage1_epochs must be >= 0")
+    scale: Literal["authors", "mean"] = "authors"  # how the per-neuron losses are summed (see below)
 
 
 @register_method
@@ -34,6 +32,12 @@ class AB(LayerPairsMethod):
     in pre-activation networks). As in the paper, AB is an initialisation stage (``stage1_epochs``, 30
     as in the CRD benchmark), after which the student trains on the task loss (``beta: 0``; combine with
     ``kd`` for the paper's AB+KD). The connectors are trained and checkpointed with the student.
+
+    ``scale: authors`` (default) sums the loss as the authors' code and RepDistiller do, so that the
+    initialisation stage takes steps of the size their learning rate was set for: over each sample's
+    elements, averaged over the batch, times 3/1000, with layer ``i`` of ``n`` (shallow to deep)
+    weighted ``2^-(n-1-i)`` (the deepest 1, the one before 1/2, ...). At resnet32x4's stage shapes that is
+    49x the per-element mean; ``scale: mean`` is that mean (kdkit's earlier default), whose steps are 49x smaller.
     """
 
     name = "ab"
@@ -51,10 +55,14 @@ class AB(LayerPairsMethod):
             for s, t in zip(s_layers, t_layers))
 
     def _ab(self, out: Outputs) -> Tensor:
+        authors, n = self.cfg.scale == "authors", len(self.connectors)
         total = 0.0
-        for conn, s, t in zip(self.connectors, self.student_specs, self.teacher_specs):
+        for i, (conn, s, t) in enumerate(zip(self.connectors, self.student_specs, self.teacher_specs)):
             f_s, f_t = match_spatial(conn(out.s_feats[s]), out.t_feats[t])
-            total = total + ab_loss(f_s, f_t, self.cfg.margin)
+            if authors:
+                total = total + 2.0 ** (i - n + 1) * 3e-3 * ab_loss(f_s, f_t, self.cfg.margin, "sum")
+            else:
+                total = total + ab_loss(f_s, f_t, self.cfg.margin)
         return total
 
     def pretrain_losses(self, out: Outputs) -> dict[str, Tensor]:

@@ -23,11 +23,14 @@ class ATConfig(LayerPairsConfig):
 class AT(LayerPairsMethod):
     """Activation-based attention transfer on several layer pairs.
 
-    ``L = CE + beta/2 * sum_j mean_b || Q_s^j / ||Q_s^j|| - Q_t^j / ||Q_t^j|| ||^2 / (H_j W_j)`` with
-    ``Q = sum_c |A_c|^p``, p=2 and beta=1000 (paper, section 4.1: beta=10^3 divided by the number of
-    attention elements and the batch size, which the mean implements). Pairs default to the last stage of
-    each resolution of both models (as many pairs as the shallower model has stages); when a pair differs
-    in spatial size, the larger map is average-pooled to the smaller. Combine with ``kd`` for AT+KD.
+    ``L = CE + beta * sum_j mean_{b,k} (Q_s^j[b,k] / ||Q_s^j[b]|| - Q_t^j[b,k] / ||Q_t^j[b]||)^2`` with
+    ``Q = mean_c |A_c|^p``, p=2 and beta=1000. This is the authors' code (``opt.beta * sum(at_losses)``,
+    run with ``--beta 1e+3``), which RepDistiller (``-b 1000``) and mdistiller (``FEAT_WEIGHT: 1000``)
+    follow and which produced the published numbers. The paper's eq. (2) writes ``beta/2`` and a p-norm,
+    with beta=10^3 "divided by the number of elements in the attention map and the batch size"; its code
+    applies the full beta to the mean, and so do we. Pairs default to the last stage of each resolution
+    of both models (as many pairs as the shallower model has stages); when a pair differs in spatial
+    size, the larger map is average-pooled to the smaller. Combine with ``kd`` for AT+KD.
     """
 
     name = "at"
@@ -45,4 +48,4 @@ class AT(LayerPairsMethod):
     def losses(self, out: Outputs) -> dict[str, Tensor]:
         total = sum(attention_transfer(out.s_feats[s], out.t_feats[t], self.cfg.p)
                     for s, t in zip(self.student_specs, self.teacher_specs))
-        return {"at": self.cfg.beta / 2 * total}
+        return {"at": self.cfg.beta * total}

@@ -25,7 +25,11 @@ class ATGrad(Method):
 
     ``L = CE + beta/2 * mean_b || J_s/|J_s| - J_t/|J_t| ||^2``. The paper matches raw gradients; we
     L2-normalise each sample's gradient so that teacher and student are comparable whatever their
-    confidence (documented deviation), and beta=1 is our choice for that normalised form. The student's
+    confidence (documented deviation), and beta=1 is our choice for that normalised form. The ``/2`` is
+    the paper's (section 3.2 writes ``beta/2 ||J_S - J_T||_2``). Unlike activation-based AT, whose ``/2``
+    we drop to follow the authors' code, there is no reference code to follow here: the authors never
+    released gradient-based AT (their README lists it as "coming"), and neither RepDistiller nor
+    mdistiller implements it. The student's
     gradient is taken with ``create_graph`` (double backpropagation), so a step costs about twice a plain
     one; the teacher needs one extra forward and backward pass, without parameter gradients.
     """

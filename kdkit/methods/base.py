@@ -9,6 +9,7 @@ trained, not saved in checkpoints, and always in ``eval()`` mode.
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -25,9 +26,25 @@ from ..registry import Registry
 
 @dataclass
 class MethodConfig:
-    """Fields every method has. ``weight`` multiplies every loss term the method returns."""
+    """Fields every method has. ``weight`` multiplies every loss term the method returns.
+
+    Checks shared by every method run here, once, for every Config: a field named ``*_epochs`` (a
+    preliminary stage, a warm-up) must be an integer >= 0. A method's own checks go in ``validate``;
+    a Config may not define ``__post_init__`` itself (``register_method`` refuses it), so no method
+    can skip the shared checks.
+    """
 
     weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name.endswith("_epochs") and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"{f.name} must be an integer >= 0, got {value!r}")
+        self.validate()
+
+    def validate(self) -> None:
+        """The method's own checks of its fields; raise ``ValueError`` with a message that names them."""
 
 
 @dataclass
@@ -108,6 +125,10 @@ def register_method(cls: type[Method]) -> type[Method]:
         raise TypeError(f"{cls.__name__} needs a name")
     if cls.Config in (MethodConfig, LayerPairsConfig, EmbeddingConfig) or getattr(cls.Config, "method_name", None):
         raise TypeError(f"{cls.__name__} needs a Config class of its own")
+    for klass in cls.Config.__mro__:
+        if klass is not MethodConfig and "__post_init__" in vars(klass):
+            raise TypeError(f"{klass.__name__} defines __post_init__: put its checks in validate() so that "
+                            "MethodConfig's shared checks (stage and warm-up epochs) still run")
     cls.Config.method_name = cls.name  # type: ignore[attr-defined]
     METHODS.add(cls.name, cls)
     return cls

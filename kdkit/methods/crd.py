@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..engine.distributed import gather_batches
 from ..errors import ConfigError
 from ..features import ModelInfo
 from ..losses.contrastive import info_nce
@@ -35,7 +36,7 @@ class CRDConfig(EmbeddingConfig):
     momentum: float = 0.5  # bank update momentum
     beta: float = 0.8
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if self.negatives < 1 or self.feat_dim < 1:
             raise ValueError("negatives and feat_dim must be >= 1")
 
@@ -52,7 +53,9 @@ class CRD(EmbeddingMethod):
     with the dataset). ``memory: queue`` (default) instead keeps fixed-size FIFO queues of recent
     embeddings (memory independent of the dataset size); ``memory: bank`` is the paper's dataset-sized
     bank with momentum 0.5 updates, which needs sample indices (a declared capability). beta=0.8 is the
-    CRD CIFAR-100 setting. Queues and banks are buffers: saved in checkpoints, resumed exactly.
+    CRD CIFAR-100 setting. Queues and banks are buffers: saved in checkpoints, resumed exactly. Under
+    data-parallel training each rank enqueues the embeddings (and indices) of the whole global batch,
+    gathered across ranks, so every rank holds the same memory as one process on the whole batch.
     """
 
     name = "crd"
@@ -111,6 +114,8 @@ class CRD(EmbeddingMethod):
         t = self.cfg.temperature
         loss = info_nce(e_s, e_t, self._negatives(self.mem_t, out.index), t) + info_nce(
             e_t, e_s, self._negatives(self.mem_s, out.index), t)
-        if self.training:
-            self._update(e_s.detach(), e_t.detach(), out.index)
+        if self.training:  # under DDP every rank enqueues the whole global batch, so memories stay equal
+            rows = (e_s.detach(), e_t.detach()) + ((out.index.to(e_s.device),) if out.index is not None else ())
+            gathered = gather_batches(*rows)
+            self._update(gathered[0], gathered[1], gathered[2] if len(gathered) > 2 else None)
         return {"crd": self.cfg.beta * loss}

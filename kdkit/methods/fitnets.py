@@ -20,10 +20,6 @@ class FitNetsConfig(MethodConfig):
     beta: float = 100.0  # weight of the hint loss when trained jointly with the task loss
     stage1_epochs: int = 0  # the paper's hint-only pre-training of the student up to the guided layer
 
-    def __post_init__(self) -> None:
-        if self.stage1_epochs < 0:
-            raise ValueError("stage1_epochs must be >= 0")
-
 
 @register_method
 class FitNets(Method):

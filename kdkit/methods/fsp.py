@@ -18,10 +18,6 @@ class FSPConfig(LayerPairsConfig):
     stage1_epochs: int = 30  # the paper's first stage: FSP loss only
     beta: float = 0.0  # FSP weight in the main stage (the paper trains on the task loss alone there)
 
-    def __post_init__(self) -> None:
-        if self.stage1_epochs < 0:
-            raise ValueError("stage1_epochs must be >= 0")
-
 
 @register_method
 class FSP(LayerPairsMethod):

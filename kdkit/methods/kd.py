@@ -17,7 +17,7 @@ class KDConfig(MethodConfig):
     alpha: float = 0.9  # weight of the soft loss; the hard (cross-entropy) loss gets 1 - alpha
     ensemble: Literal["logits", "probs"] = "logits"  # how several teachers are combined
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if not 0.0 <= self.alpha <= 1.0:
