@@ -8,7 +8,7 @@ standard deviation over seeds), agreement with the teacher, parameters and time,
 
 Attention transfer uses the student's and teacher's ``stage1`` and ``stage2`` (8x8 and 4x4 maps): the
 last stage is 2x2 on 8x8 digits, where the paper's beta=1000 (set for 32x32 CIFAR maps) makes the
-attention term's gradient about 90 times the cross-entropy's at initialisation and the student does not
+attention term's gradient about 190 times the cross-entropy's at initialisation and the student does not
 learn (see docs/methods.md).
 """
 

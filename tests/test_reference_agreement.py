@@ -153,7 +153,7 @@ def test_at_and_nst_apply_the_full_published_weight(name, weight, fn):
                                                  ("flat", 500.0, ref.factor_flat)])
 def test_ft_factor_forms_carry_their_own_weights(factor, weight, fn):
     s, t, x, y = _pair()
-    cfg = {} if factor == "spatial" else {"factor": "flat"}  # spatial is the default
+    cfg = {} if factor == "flat" else {"factor": "spatial"}  # flat (the paper, the authors' code) is the default
     d, terms = _terms(create_method("ft", **cfg), s, t, x, y, epoch=40)
     m = d.methods[0]
     (f_s,), (f_t,) = _features(s, m.student_specs, x), _features(t, m.teacher_specs, x)
@@ -225,3 +225,11 @@ def test_a_config_cannot_bypass_the_shared_checks():
 def test_cifar100_recipes_carry_the_published_per_pair_weights(pair, method, beta):
     rec = yaml.safe_load((ROOT / "configs" / "cifar100" / pair / f"{method}.yaml").read_text())
     assert rec["method"]["beta"] == beta
+
+
+def test_cifar100_ft_recipes_run_ft_as_the_crd_benchmark_did():
+    paths = sorted((ROOT / "configs" / "cifar100").glob("*/ft.yaml"))
+    assert len(paths) == 6
+    for path in paths:
+        method = yaml.safe_load(path.read_text())["method"]
+        assert (method["factor"], method["beta"]) == ("spatial", 200.0), path

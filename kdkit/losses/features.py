@@ -11,8 +11,8 @@ def hint_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
     """FitNets hint loss (Romero et al., ICLR 2015): mean squared error between the regressed student
     feature and the teacher's hint, both ``[B, C, H, W]`` (or ``[B, D]``); teacher detached.
 
-    The paper writes ``1/2 ||u_h - r(v_g)||^2``; we average over elements (as the authors' and the
-    benchmark code do), so the weight is independent of the feature size.
+    The paper writes ``1/2 ||u_h - r(v_g)||^2``; we average over elements (as RepDistiller's ``HintLoss``,
+    whose beta=100 we use, does), so the weight is independent of the feature size.
     """
     return F.mse_loss(f_s.float(), f_t.detach().float())
 

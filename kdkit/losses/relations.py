@@ -67,7 +67,8 @@ def pkt_loss(f_s: Tensor, f_t: Tensor, eps: float = 1e-7) -> Tensor:
     Probabilistic Knowledge Transfer", ECCV 2018), with the cosine-similarity kernel.
 
     Conditional probabilities ``p_{i|j} = K(i, j) / sum_i K(i, j)`` with ``K = (cos + 1) / 2`` per model;
-    returns the mean over all pairs of ``p_t * log(p_t / p_s)`` (the authors' normalisation).
+    returns the mean over all pairs of ``p_t * log(p_t / p_s)``, the normalisation of the authors' code as
+    RepDistiller carries it (checked in ``tests/test_reference_agreement.py``).
     """
     def cond(f: Tensor) -> Tensor:
         f = F.normalize(f.float().reshape(f.shape[0], -1), dim=1)
