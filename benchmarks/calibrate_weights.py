@@ -33,7 +33,7 @@ import reference_losses as ref  # noqa: E402
 from kdkit import create_method, create_model  # noqa: E402
 from kdkit.features import FeatureTap, probe  # noqa: E402
 from kdkit.losses import ab_loss  # noqa: E402
-from kdkit.methods.base import Distiller  # noqa: E402
+from kdkit.methods import Distiller  # noqa: E402
 
 CIFAR_PAIRS = [("resnet32x4", "resnet8x4"), ("resnet56", "resnet20"), ("wrn_40_2", "wrn_16_2"), ("vgg13", "vgg8")]
 REF_WEIGHT = {"cc": 0.02, "kdsvd": 1.0}

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from .config import load_config
 from .errors import ConfigError
+from .methods import method_name
 
 # name -> (channels, height, width, classes, training images, crop padding, flip)
 SHAPES = {
@@ -161,13 +162,13 @@ class MinimalLoop:
         from .build import build, use_channels_last
 
         method = cfg.method[0]
-        if len(cfg.method) != 1 or method.method_name not in ("kd", "vanilla"):
+        if len(cfg.method) != 1 or method_name(method) not in ("kd", "vanilla"):
             raise ConfigError("--minimal is a hand-written KD loop: use --method kd or vanilla")
         built = build(cfg, device, dataset=dataset, load_teachers=False)
         self.device = built.device
         self.student = built.distiller.student.train()
         self.teacher = built.distiller.teachers[0] if built.distiller.teachers else None
-        self.T, self.alpha = (method.temperature, method.alpha) if method.method_name == "kd" else (1.0, 0.0)
+        self.T, self.alpha = (method.temperature, method.alpha) if method_name(method) == "kd" else (1.0, 0.0)
         self.opt = torch.optim.SGD(self.student.parameters(), lr=cfg.optim.lr, momentum=cfg.optim.momentum,
                                    weight_decay=cfg.optim.weight_decay,
                                    **({"fused": True} if self.device.type == "cuda" else {"foreach": True}))

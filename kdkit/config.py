@@ -1,134 +1,21 @@
 """Typed, strict run configuration: YAML in, validated dataclasses out.
 
-Every section is a dataclass. :func:`from_dict` checks each key against the dataclass fields and each
-value against the field's type annotation, so a misspelled key or a string where a number belongs is an
-error that names the key (and the closest valid one). It is written here rather than taken from a
-validation library because the checks needed are small (scalars, lists, optionals, literals, nested
-dataclasses) and the error messages (with a close-match suggestion and a dotted path) matter most.
+Every section is a dataclass validated by :func:`kdkit.schema.from_dict` (unknown keys and wrong types
+are errors that name the dotted key and the closest valid one); method entries are validated by the
+method registry (:func:`kdkit.methods.method_config`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import yaml
 
 from .errors import ConfigError
-from .registry import suggest
-
-# ----------------------------------------------------------------------------- generic validation
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _convert(value: Any, tp: Any, where: str) -> Any:
-    """Check ``value`` against annotation ``tp`` and return it (ints are widened to float)."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {tp}")
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        if value not in choices:
-            hint = suggest(str(value), [str(c) for c in choices])
-            raise ConfigError(f"{where}: {value!r} is not one of {list(choices)}{hint}")
-        return value
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        (item,) = typing.get_args(tp) or (Any,)
-        return [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        _, vt = typing.get_args(tp) or (str, Any)
-        return {str(k): _convert(v, vt, f"{where}.{k}") for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        return from_dict(tp, value, where)
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        return value
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{where}: expected a string, got {value!r}")
-        return value
-    raise ConfigError(f"{where}: unsupported type {_type_name(tp)}")  # pragma: no cover
-
-
-def from_dict(cls: type, data: Any, where: str = "") -> Any:
-    """Build dataclass ``cls`` from a mapping, rejecting unknown keys and wrongly typed values."""
-    name = where or cls.__name__
-    if not isinstance(data, dict):
-        raise ConfigError(f"{name}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    kwargs = {}
-    for key, value in data.items():
-        if key not in fields:
-            raise ConfigError(
-                f"unknown key '{_join(where, key)}'{suggest(str(key), list(fields))}"
-                f" (valid keys: {', '.join(fields)})"
-            )
-        kwargs[key] = _convert(value, hints[key], _join(where, key))
-    missing = [
-        k
-        for k, f in fields.items()
-        if k not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-    ]
-    if missing:
-        raise ConfigError(f"{name}: missing required key(s) {', '.join(_join(where, m) for m in missing)}")
-    try:
-        return cls(**kwargs)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"{name}: {e}") from None
-
-
-def _join(where: str, key: Any) -> str:
-    return f"{where}.{key}" if where else str(key)
-
-
-def to_dict(obj: Any) -> Any:
-    """Plain-data view of a config (dataclasses become dicts), suitable for YAML and checkpoints."""
-    if dataclasses.is_dataclass(obj):
-        out = {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-        name = getattr(type(obj), "method_name", None)
-        return {"name": name, **out} if name else out
-    if isinstance(obj, list | tuple):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    return obj
-
+from .methods import method_config, method_name
+from .schema import from_dict, to_dict
 
 # ----------------------------------------------------------------------------- the run schema
 
@@ -248,8 +135,6 @@ class RunConfig:
 
 def parse_config(data: dict[str, Any]) -> RunConfig:
     """Validate a plain mapping (from YAML) into a :class:`RunConfig`."""
-    from .methods import method_config  # local import: methods import the config module
-
     if not isinstance(data, dict):
         raise ConfigError(f"a config must be a mapping, got {type(data).__name__}")
     data = dict(data)
@@ -339,5 +224,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return parse_config(apply_overrides(data, list(overrides or [])))
 
 
+def config_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The run configuration as plain data (method entries carry their registered names)."""
+    return to_dict(cfg, method_name)
+
+
 def dump_yaml(cfg: RunConfig) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    return yaml.safe_dump(config_dict(cfg), sort_keys=False)

@@ -4,7 +4,7 @@ import pytest
 
 from kdkit.config import apply_overrides, dump_yaml, load_config, parse_config
 from kdkit.errors import ConfigError
-from kdkit.methods import create_method
+from kdkit.methods import create_method, method_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,7 +58,7 @@ def test_overrides():
 
 def test_defaults_and_shorthands():
     cfg = parse_config({"model": "resnet8", "teacher": "resnet32x4"})
-    assert cfg.method[0].method_name == "vanilla"
+    assert method_name(cfg.method[0]) == "vanilla"
     assert cfg.teacher[0].name == "resnet32x4"
 
 

@@ -21,7 +21,8 @@ def test_readme_recipe_block_validates():
     import yaml
 
     from kdkit.config import parse_config
+    from kdkit.methods import method_name
 
     block = re.findall(r"```yaml\n(.*?)```", README.read_text(), re.S)[0]
     cfg = parse_config(yaml.safe_load(block))
-    assert [m.method_name for m in cfg.method] == ["kd", "at"]
+    assert [method_name(m) for m in cfg.method] == ["kd", "at"]

@@ -24,8 +24,7 @@ from kdkit.losses import (
     soft_targets,
     vid_loss,
 )
-from kdkit.methods import METHODS, list_methods
-from kdkit.methods.base import Distiller
+from kdkit.methods import METHODS, Distiller, list_methods
 
 ROOT = Path(__file__).resolve().parents[1]
 

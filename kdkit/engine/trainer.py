@@ -23,8 +23,9 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..build import Built, build
-from ..config import RunConfig, dump_yaml, parse_config, to_dict
+from ..config import RunConfig, config_dict, dump_yaml, parse_config
 from ..errors import ConfigError, KdkitError, NonFiniteLossError
+from ..methods import method_name
 from . import distributed
 from .checkpoint import FORMAT, VERSION, load_checkpoint, model_record, save_atomic
 
@@ -67,7 +68,7 @@ def lr_at(cfg: RunConfig, epoch: int, i: int = 0, steps: int = 1, pretrain_epoch
 
 def default_run_dir(cfg: RunConfig) -> Path:
     name = cfg.train.run_name or "-".join(
-        [cfg.data.name, cfg.model.name, "+".join(m.method_name for m in cfg.method), time.strftime("%Y%m%d-%H%M%S")])
+        [cfg.data.name, cfg.model.name, "+".join(method_name(m) for m in cfg.method), time.strftime("%Y%m%d-%H%M%S")])
     return Path(cfg.train.out_dir) / name
 
 
@@ -162,7 +163,7 @@ class Trainer:
         ds, spec = self.loaders.dataset, self.cfg.model
         return {
             "format": FORMAT, "version": VERSION,
-            "config": to_dict(self.cfg),
+            "config": config_dict(self.cfg),
             "model": model_record(spec.name, ds.num_classes, ds.in_channels, spec.kwargs),
             "student": self.distiller.student.state_dict(),
             "distiller": self.distiller.state_dict(),

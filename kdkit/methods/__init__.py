@@ -25,15 +25,16 @@ from . import (  # noqa: F401  (importing a method's module registers it)
 )
 from .base import (
     METHODS,
-    Distiller,
     Method,
     MethodConfig,
     Outputs,
     create_method,
     list_methods,
     method_config,
+    method_name,
     register_method,
 )
+from .distiller import Distiller
 
 __all__ = ["METHODS", "Distiller", "Method", "MethodConfig", "Outputs", "create_method", "list_methods",
-           "method_config", "register_method"]
+           "method_config", "method_name", "register_method"]

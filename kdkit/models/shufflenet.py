@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from . import register_model
+from .zoo import register_model
 
 
 def channel_shuffle(x: Tensor, groups: int) -> Tensor:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from . import register_model
+from .zoo import register_model
 
 
 class MLP(nn.Module):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from . import register_model
+from .zoo import register_model
 
 _CFG = {
     "vgg8": [[64], [128], [256], [512], [512]],

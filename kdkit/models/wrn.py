@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from . import register_model
+from .zoo import register_model
 
 
 class PreActBlock(nn.Module):
