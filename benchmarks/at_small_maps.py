@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from kdkit import Trainer, load_config
+from kdkit import from_config, load_config
 from kdkit.build import build
 
 
@@ -46,9 +46,9 @@ def main() -> None:
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     quiet = lambda *_: None  # noqa: E731
-    Trainer(cfg(out, "teacher", args.epochs, model="cnn_medium"), log=quiet).fit()
+    from_config(cfg(out, "teacher", args.epochs, model="cnn_medium"), log=quiet).fit()
     teacher = {"name": "cnn_medium", "checkpoint": str(out / "teacher" / "checkpoint.pt")}
-    rows = [("vanilla", "-", "-", Trainer(cfg(out, "vanilla", args.epochs), log=quiet).fit()["test/top1"], None)]
+    rows = [("vanilla", "-", "-", from_config(cfg(out, "vanilla", args.epochs), log=quiet).fit()["test/top1"], None)]
     for beta in (1000.0, 100.0, 10.0):
         for label, layers in (("stage1-3", None), ("stage1-2", ["stage1", "stage2"])):
             m = {"name": "at", "beta": beta}
@@ -56,7 +56,7 @@ def main() -> None:
                 m.update(student_layers=layers, teacher_layers=layers)
             c = cfg(out, f"at-{beta:g}-{label}", args.epochs, teacher=teacher, method=m)
             ratio = grad_ratio(c)
-            rows.append(("at", f"{beta:g}", label, Trainer(c, log=quiet).fit()["test/top1"], ratio))
+            rows.append(("at", f"{beta:g}", label, from_config(c, log=quiet).fit()["test/top1"], ratio))
     print(f"\ndigits, cnn_medium -> cnn_tiny, {args.epochs} epochs, seed 0\n")
     print("| method | beta | layer pairs | test top-1 (%) | AT/CE gradient norm at init |")
     print("|---|---:|---|---:|---:|")

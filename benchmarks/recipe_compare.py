@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from kdkit import Trainer, load_config
+from kdkit import from_config, load_config
 
 
 def main() -> None:
@@ -51,7 +51,7 @@ def main() -> None:
                     shutil.rmtree(run_dir)
                 cfg = load_config(config, args.overrides + extra + [f"train.seed={seed}", "train.progress=false"])
                 print(f"{name} seed {seed} ...", file=sys.stderr, flush=True)
-                Trainer(cfg, run_dir=run_dir, log=lambda m: None).fit()
+                from_config(cfg, run_dir=run_dir, log=lambda m: None).fit()
                 final = [m for m in map(json.loads, done.read_text().splitlines()) if m.get("final")]
             epochs = [json.loads(line) for line in done.read_text().splitlines() if '"time/train_s"' in line]
             results.append({"seed": seed, "test_top1": final[-1]["test/top1"],

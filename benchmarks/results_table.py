@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kdkit import Trainer, list_methods, load_config
+from kdkit import from_config, list_methods, load_config
 from kdkit.methods import METHODS
 
 
@@ -78,7 +78,7 @@ def main() -> None:
         say(f"training teacher {args.teacher} for {args.teacher_epochs} epochs on the full training set")
         cfg = run_config(args, out, "teacher", args.teacher, 0, args.teacher_epochs)
         cfg.data.limit_train = None
-        Trainer(cfg, log=quiet).fit()
+        from_config(cfg, log=quiet).fit()
     teacher_top1 = json.loads((out / "teacher" / "metrics.jsonl").read_text().splitlines()[-1])["test/top1"]
 
     methods = ["vanilla"] + [m for m in list_methods(args.methods) if m != "vanilla"]
@@ -98,7 +98,7 @@ def main() -> None:
             if (run_dir / "checkpoint.pt").exists():  # finished earlier: reuse (rerun with a fresh --out)
                 reused += 1
             else:
-                Trainer(cfg, log=quiet).fit()
+                from_config(cfg, log=quiet).fit()
             lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
             r = {k: v for k, v in lines[-1].items() if k.startswith("test/")}
             r["time_s"] = sum(line.get("time/train_s", 0.0) for line in lines)  # training time, all epochs

@@ -2,11 +2,12 @@
 
 >>> import kdkit
 >>> cfg = kdkit.load_config("configs/digits/kd.yaml", ["method.temperature=2"])
->>> result = kdkit.Trainer(cfg).fit()
+>>> result = kdkit.from_config(cfg).fit()
 """
 
 __version__ = "0.1.0"
 
+from .build import from_config, resume
 from .config import RunConfig, load_config, parse_config
 from .data import list_datasets, load_dataset
 from .engine.checkpoint import load_checkpoint
@@ -16,7 +17,7 @@ from .methods import Distiller, Method, create_method, list_methods, register_me
 from .models import create_model, list_models, register_model
 
 __all__ = [
-    "__version__", "RunConfig", "load_config", "parse_config", "list_datasets", "load_dataset",
+    "__version__", "RunConfig", "load_config", "parse_config", "from_config", "resume", "list_datasets", "load_dataset",
     "load_checkpoint", "Trainer", "evaluate", "FeatureTap", "probe", "Distiller", "Method", "create_method",
     "list_methods", "register_method", "create_model", "list_models", "register_model",
 ]

@@ -112,7 +112,7 @@ class KdkitLoop:
         from .engine.trainer import Trainer
 
         built = build(cfg, device, dataset=dataset, load_teachers=False)
-        self.trainer = Trainer(cfg, built=built, write_files=False, log=lambda m: None)
+        self.trainer = Trainer(cfg, built, write_files=False, log=lambda m: None)
         self.trainer.distiller.train()
         self.batches = _cycle(self.trainer.loaders.train)
         self.device, self.lr = built.device, cfg.optim.lr

@@ -1,15 +1,21 @@
-"""From a validated :class:`~kdkit.config.RunConfig` to data loaders, models and a distiller."""
+"""From a validated :class:`~kdkit.config.RunConfig` to data loaders, models and a distiller, and to a
+:class:`~kdkit.engine.trainer.Trainer` over them (:func:`from_config`, :func:`resume`): the layer above
+the engine, which takes built parts and never builds."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-from .config import ModelSpec, RunConfig
-from .data import Dataset, Loaders, build_loaders
+from .config import ModelSpec, RunConfig, parse_config
+from .data import Dataset, build_loaders
+from .engine import distributed
 from .engine.checkpoint import load_checkpoint, load_model_weights
+from .engine.trainer import Built, Callback, Trainer
 from .errors import ConfigError, KdkitError
 from .methods import Distiller, create_method
 from .models import create_model
@@ -41,13 +47,6 @@ def build_model(spec: ModelSpec, num_classes: int, in_channels: int, load: bool 
         ckpt = load_checkpoint(spec.checkpoint)
         load_model_weights(model, ckpt, spec.name, num_classes, in_channels, source=spec.checkpoint)
     return model
-
-
-@dataclass
-class Built:
-    loaders: Loaders
-    distiller: Distiller
-    device: torch.device
 
 
 def use_channels_last(cfg: RunConfig, device: torch.device) -> bool:
@@ -91,3 +90,29 @@ def build(cfg: RunConfig, device: torch.device | None = None, rank: int = 0, wor
     if channels_last:
         distiller.to(memory_format=torch.channels_last)  # also moves the teachers (Distiller._apply)
     return Built(loaders, distiller, device)
+
+
+def from_config(cfg: RunConfig, built: Built | None = None, run_dir: str | Path | None = None,
+                callbacks: Sequence[Callback] = (), log: Callable[[str], None] | None = None,
+                write_files: bool = True, dist_info: distributed.DistInfo | None = None) -> Trainer:
+    """A :class:`Trainer` for ``cfg``: joins the process group under ``torchrun``, builds the parts on
+    this rank's device (unless ``built`` is given) and hands them to the trainer."""
+    dist = dist_info or distributed.from_env()
+    if built is None:
+        device = distributed.setup(dist, cfg.train.device) if dist.enabled else None
+        built = build(cfg, device, dist.rank, dist.world_size)
+    return Trainer(cfg, built, run_dir=run_dir, callbacks=callbacks, log=log, write_files=write_files,
+                   dist_info=dist)
+
+
+def resume(run_dir: str | Path, **kwargs: Any) -> Trainer:
+    """Continue the run in ``run_dir`` (or from a checkpoint file) from its last checkpoint, with the
+    config it was started with; ``kwargs`` as for :func:`from_config`."""
+    run_dir = Path(run_dir)
+    ckpt = load_checkpoint(run_dir / "checkpoint.pt" if run_dir.is_dir() else run_dir)
+    if "optimizer" not in ckpt or "config" not in ckpt:
+        raise KdkitError(f"{run_dir} holds a model-only checkpoint, which cannot be resumed")
+    trainer = from_config(parse_config(ckpt["config"]), run_dir=run_dir if run_dir.is_dir() else run_dir.parent,
+                          **kwargs)
+    trainer.load_state(ckpt)
+    return trainer

@@ -78,14 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace, distill: bool) -> int:
+    from .build import from_config, resume
     from .config import load_config
     from .engine import distributed
-    from .engine.trainer import Trainer
 
     if args.resume:
         if args.config or args.overrides:
             raise ConfigError("--resume continues a run with its saved config; drop the config and --set")
-        trainer = Trainer.resume(args.resume)
+        trainer = resume(args.resume)
     else:
         if not args.config:
             raise ConfigError(f"kdkit {args.command} needs a config file (or --resume RUN_DIR)")
@@ -94,7 +94,7 @@ def cmd_run(args: argparse.Namespace, distill: bool) -> int:
             raise ConfigError("kdkit distill needs a teacher in the config (use `kdkit train` without one)")
         if not distill and cfg.teacher:
             raise ConfigError("this config has a teacher: use `kdkit distill`")
-        trainer = Trainer(cfg, run_dir=args.out)
+        trainer = from_config(cfg, run_dir=args.out)
     try:
         result = trainer.fit()
     except BaseException:

@@ -49,7 +49,7 @@ def demo_config(kind: str, seed: int, epochs: int, out: Path, teacher_ckpt: str 
 def run_demo(seeds: int = 3, epochs: int | None = None, out: Path | None = None) -> list[dict[str, Any]]:
     import torch
 
-    from .engine.trainer import Trainer
+    from .build import from_config
     from .models import count_params, create_model
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -69,7 +69,7 @@ def run_demo(seeds: int = 3, epochs: int | None = None, out: Path | None = None)
             for kind in RECIPES:
                 cfg = demo_config(kind, seed, epochs, out, None if kind in ("teacher", "scratch") else ckpt)
                 t0 = time.perf_counter()
-                trainer = Trainer(cfg, log=lambda _msg: None)
+                trainer = from_config(cfg, log=lambda _msg: None)
                 r = trainer.fit()
                 dt = time.perf_counter() - t0
                 if kind == "teacher":

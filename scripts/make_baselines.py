@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from kdkit import Trainer, load_config
+from kdkit import from_config, load_config
 
 OUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "baseline_weights.pt"
 RUNS = {
@@ -48,7 +48,7 @@ def train_all(out: Path) -> dict[str, dict[str, torch.Tensor]]:
     """The weights of the teacher and of each student run, trained in ``out``."""
     base = {"data": {"name": "digits"}, "train": {"epochs": 2, "seed": 0, "progress": False, "out_dir": str(out),
                                                  "device": "cpu"}}
-    teacher = Trainer(load_config(base={**base, "model": "cnn_small", "train": {**base["train"], "run_name": "t"}}),
+    teacher = from_config(load_config(base={**base, "model": "cnn_small", "train": {**base["train"], "run_name": "t"}}),
                       log=lambda m: None)
     teacher.fit()
     weights = {"teacher": {k: v.clone() for k, v in teacher.distiller.state_dict().items()}}
@@ -56,7 +56,7 @@ def train_all(out: Path) -> dict[str, dict[str, torch.Tensor]]:
         cfg = load_config(base={**base, "model": "cnn_tiny", "method": method,
                                 "teacher": {"name": "cnn_small", "checkpoint": str(out / "t" / "checkpoint.pt")},
                                 "train": {**base["train"], "run_name": name}})
-        trainer = Trainer(cfg, log=lambda m: None)
+        trainer = from_config(cfg, log=lambda m: None)
         trainer.fit()
         weights[name] = {k: v.clone() for k, v in trainer.distiller.state_dict().items()}
     return weights

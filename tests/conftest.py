@@ -27,12 +27,12 @@ def _digits_cfg(tmp_path, **over):
 @pytest.fixture(scope="session")
 def teacher_ckpt(tmp_path_factory):
     """A cnn_small teacher trained for 2 epochs on digits (session-wide, about a second)."""
-    from kdkit.engine.trainer import Trainer
+    from kdkit import from_config
 
     out = tmp_path_factory.mktemp("teacher")
     cfg = load_config(base={"model": "cnn_small", "data": {"name": "digits"},
                             "train": {"epochs": 2, "progress": False, "out_dir": str(out), "run_name": "t"}})
-    Trainer(cfg, log=lambda m: None).fit()
+    from_config(cfg, log=lambda m: None).fit()
     return str(out / "t" / "checkpoint.pt")
 
 

@@ -76,11 +76,11 @@ def test_crd_bank_is_dataset_sized_and_needs_indices():
 
 
 def test_crd_trains_through_trainer_with_bank(tmp_path, digits_cfg, teacher_ckpt):
-    from kdkit.engine.trainer import Trainer
+    from kdkit import from_config
 
     cfg = digits_cfg(tmp_path, teacher={"name": "cnn_small", "checkpoint": teacher_ckpt},
                      method={"name": "crd", "memory": "bank"}, train={"epochs": 1})
-    trainer = Trainer(cfg, log=lambda *_: None)
+    trainer = from_config(cfg, log=lambda *_: None)
     trainer.fit()
     assert trainer.distiller.methods[0].mem_s.shape[0] == len(trainer.loaders.train.data)
 

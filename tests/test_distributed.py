@@ -31,8 +31,8 @@ def _worker(rank: int, world: int, port: int, cfg_dict: dict, run_dir: str, out:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
+    from kdkit import from_config, resume
     from kdkit.engine import distributed
-    from kdkit.engine.trainer import Trainer
 
     def crash(trainer, epoch, metrics):
         if mode == "crash" and epoch == 1:
@@ -40,9 +40,9 @@ def _worker(rank: int, world: int, port: int, cfg_dict: dict, run_dir: str, out:
 
     try:
         if mode == "resume":
-            trainer = Trainer.resume(run_dir, log=lambda m: None)
+            trainer = resume(run_dir, log=lambda m: None)
         else:
-            trainer = Trainer(load_config(base=cfg_dict), run_dir=run_dir, log=lambda m: None, callbacks=[crash])
+            trainer = from_config(load_config(base=cfg_dict), run_dir=run_dir, log=lambda m: None, callbacks=[crash])
         try:
             trainer.fit()
         except _Crash:
@@ -149,11 +149,11 @@ def _ghost_cfg(teacher_ckpt, tmp_path, method) -> dict:
 def _ddp_and_single(cfg: dict, tmp_path: Path, name: str):
     """Rank 0's final state after 2-rank DDP (checked identical to rank 1's), and a single-process trainer
     run on the same config."""
-    from kdkit.engine.trainer import Trainer
+    from kdkit import from_config
 
     ranks = _spawn(cfg, tmp_path / name, tmp_path / f"w_{name}", "full")
     _assert_same(ranks[0], ranks[1])
-    single = Trainer(load_config(base=cfg), run_dir=tmp_path / f"{name}_single", log=lambda m: None)
+    single = from_config(load_config(base=cfg), run_dir=tmp_path / f"{name}_single", log=lambda m: None)
     single.fit()
     return ranks[0], single
 
@@ -177,7 +177,7 @@ def test_crd_memory_is_gathered_across_ranks(tmp_path, teacher_ckpt):
     stay identical and equal to one process on the whole batch (ghost batch norm keeps the statistics
     groups inside each rank's share). The dataset-sized bank: every training image's row is written,
     not only rank 0's half."""
-    from kdkit.engine.trainer import Trainer
+    from kdkit import from_config
 
     cfg = _ghost_cfg(teacher_ckpt, tmp_path, {"name": "crd", "feat_dim": 16, "negatives": 200})
     rank0, single = _ddp_and_single(cfg, tmp_path, "queue")
@@ -189,7 +189,7 @@ def test_crd_memory_is_gathered_across_ranks(tmp_path, teacher_ckpt):
     cfg["method"] = {"name": "crd", "feat_dim": 16, "negatives": 100, "memory": "bank"}
     ranks = _spawn(cfg, tmp_path / "bank", tmp_path / "w_bank", "full")
     _assert_same(ranks[0], ranks[1])
-    fresh = Trainer(load_config(base=cfg), run_dir=tmp_path / "b0", log=lambda m: None)  # built, not trained
+    fresh = from_config(load_config(base=cfg), run_dir=tmp_path / "b0", log=lambda m: None)  # built, not trained
     fresh = fresh.distiller.state_dict()["methods.0.mem_s"]
     written = (ranks[0]["methods.0.mem_s"] != fresh).any(1).sum().item()
     seen = len(single.built.loaders.train) * 64  # full global batches of one epoch (the last partial one dropped)

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from kdkit import from_config
 from kdkit.engine.checkpoint import load_checkpoint, load_model_weights
-from kdkit.engine.trainer import Trainer
 from kdkit.errors import ConfigError
 from kdkit.models import create_model
 from kdkit.models.ghost_bn import GhostBatchNorm1d, GhostBatchNorm2d, convert_ghost_batch_norm
@@ -126,7 +126,7 @@ def test_ghost_batch_size_in_a_run(tmp_path, digits_cfg, teacher_ckpt):
                      data={"name": "digits", "batch_size": 64},
                      train={"epochs": 1, "progress": False, "out_dir": str(tmp_path), "run_name": "ghost",
                             "ghost_batch_size": 16})
-    trainer = Trainer(cfg, log=lambda m: None)
+    trainer = from_config(cfg, log=lambda m: None)
     student = trainer.distiller.student
     assert isinstance(student.stage2[1], GhostBatchNorm2d)  # the tapped layer is the converted one
     helpers = list(trainer.distiller.methods.modules())

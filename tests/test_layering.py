@@ -70,3 +70,34 @@ def test_the_import_graph_has_no_cycle():
 def test_find_cycle_finds_one():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+# Layers, bottom to top: a module may import its own layer and those below, never one above. A new module
+# must be placed here (the test fails on a module it cannot place).
+LAYERS = [
+    ("foundations", ["kdkit.errors", "kdkit.registry", "kdkit.schema"]),
+    ("tensors and models", ["kdkit.features", "kdkit.adapters", "kdkit.losses", "kdkit.models",
+                            "kdkit.engine.distributed", "kdkit.engine.checkpoint"]),
+    ("methods", ["kdkit.methods"]),
+    ("run schema", ["kdkit.config"]),
+    ("data", ["kdkit.data"]),
+    ("engine", ["kdkit.engine"]),
+    ("build", ["kdkit.build"]),
+    ("front ends", ["kdkit.bench", "kdkit.demo", "kdkit.cli", "kdkit.__main__", "kdkit"]),
+]
+
+
+def layer_of(module: str) -> int:
+    best, depth = None, -1
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and p.count(".") > depth:
+                best, depth = i, p.count(".")
+    assert best is not None, f"{module} is in no layer of tests/test_layering.py"
+    return best
+
+
+def test_no_module_imports_a_layer_above_its_own():
+    upward = [f"{m} ({LAYERS[layer_of(m)][0]}) imports {n} ({LAYERS[layer_of(n)][0]})"
+              for m, targets in import_graph().items() for n in targets if layer_of(n) > layer_of(m)]
+    assert not upward, "\n".join(upward)

@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
+from kdkit import from_config
 from kdkit.data.loader import cutout
-from kdkit.engine.trainer import Trainer
 from kdkit.errors import ConfigError
 
 QUIET = {"log": lambda m: None}
@@ -44,10 +44,10 @@ def _augmented_digits(cfg):
 def test_teacher_cache_is_exact(tmp_path, digits_cfg, teacher_ckpt, data):
     """With augmentation off or replayed, a run served from the cache ends with the same weights."""
     cfg = _kd_cfg(digits_cfg, tmp_path, teacher_ckpt, data, name="plain")
-    plain = Trainer(cfg, built=_augmented_digits(cfg), **QUIET)
+    plain = from_config(cfg, built=_augmented_digits(cfg), **QUIET)
     plain.fit()
     cfg = _kd_cfg(digits_cfg, tmp_path, teacher_ckpt, data, {"teacher_cache": {}}, "cached")
-    cached = Trainer(cfg, built=_augmented_digits(cfg), **QUIET)
+    cached = from_config(cfg, built=_augmented_digits(cfg), **QUIET)
     calls = []
     cached.distiller.teachers[0].register_forward_hook(lambda *a: calls.append(1))
     cached.fit()
@@ -64,23 +64,23 @@ def test_teacher_cache_is_exact(tmp_path, digits_cfg, teacher_ckpt, data):
 def test_teacher_cache_refuses_fresh_augmentation(tmp_path, digits_cfg, teacher_ckpt):
     cfg = _kd_cfg(digits_cfg, tmp_path, teacher_ckpt, train={"teacher_cache": {}})
     with pytest.raises(ConfigError, match="exact only when every training input repeats"):
-        Trainer(cfg, built=_augmented_digits(cfg), **QUIET).fit()
+        from_config(cfg, built=_augmented_digits(cfg), **QUIET).fit()
 
 
 def test_disk_cache_is_reused_and_checked(tmp_path, digits_cfg, teacher_ckpt):
     path = tmp_path / "tcache"
     opts = {"teacher_cache": {"store": "disk", "path": str(path)}}
-    a = Trainer(_kd_cfg(digits_cfg, tmp_path, teacher_ckpt, {"augment": False}, opts, "a"), **QUIET)
+    a = from_config(_kd_cfg(digits_cfg, tmp_path, teacher_ckpt, {"augment": False}, opts, "a"), **QUIET)
     a.fit()
     meta = json.loads((path / "meta.json").read_text())
     assert meta["complete"] and meta["num_keys"] == len(a.loaders.train.data)
-    b = Trainer(_kd_cfg(digits_cfg, tmp_path, teacher_ckpt, {"augment": False}, opts, "b"), **QUIET)
+    b = from_config(_kd_cfg(digits_cfg, tmp_path, teacher_ckpt, {"augment": False}, opts, "b"), **QUIET)
     logs = []
     b.log = logs.append
     b.fit()
     assert any("reused" in line for line in logs) and _same(_weights(a), _weights(b))
     # another seed splits the data differently: the fingerprint differs and the cache is rebuilt
-    c = Trainer(_kd_cfg(digits_cfg, tmp_path, teacher_ckpt, {"augment": False}, {**opts, "seed": 1}, "c"), **QUIET)
+    c = from_config(_kd_cfg(digits_cfg, tmp_path, teacher_ckpt, {"augment": False}, {**opts, "seed": 1}, "c"), **QUIET)
     logs.clear()
     c.log = logs.append
     c.fit()
@@ -140,7 +140,7 @@ def test_cutout_zeroes_a_clipped_square():
 def test_dataloader_pipeline_trains_and_resumes_by_epoch(tmp_path, digits_cfg):
     cfg = digits_cfg(tmp_path, data={"name": "digits", "pipeline": "dataloader", "cutout": 2},
                      train={"epochs": 2, "progress": False, "out_dir": str(tmp_path), "run_name": "dl"})
-    t = Trainer(cfg, **QUIET)
+    t = from_config(cfg, **QUIET)
     res = t.fit()
     assert res["test/top1"] > 30 and t.loaders.train.state_dict() == {"epoch": 2}
 
@@ -148,9 +148,9 @@ def test_dataloader_pipeline_trains_and_resumes_by_epoch(tmp_path, digits_cfg):
 def test_compiled_step_matches_eager(tmp_path, digits_cfg, teacher_ckpt):
     """torch.compile of the step (eager backend here: inductor needs minutes on this CPU; the benchmark
     covers it) traces the distiller with its feature hooks and gives the same weights."""
-    eager = Trainer(_kd_cfg(digits_cfg, tmp_path, teacher_ckpt, train={"epochs": 1}, name="e"), **QUIET)
+    eager = from_config(_kd_cfg(digits_cfg, tmp_path, teacher_ckpt, train={"epochs": 1}, name="e"), **QUIET)
     eager.fit()
-    comp = Trainer(_kd_cfg(digits_cfg, tmp_path, teacher_ckpt, name="c",
+    comp = from_config(_kd_cfg(digits_cfg, tmp_path, teacher_ckpt, name="c",
                            train={"epochs": 1, "compile": "default", "compile_backend": "eager",
                                   "compile_teacher": True}), **QUIET)
     comp.fit()
@@ -175,9 +175,9 @@ def test_bench_cli_writes_json(tmp_path, capsys):
 @pytest.mark.slow
 def test_inductor_compiled_step_trains_like_eager(tmp_path, digits_cfg, teacher_ckpt):
     """The real compiler (inductor, C++ on CPU): same loss trajectory as eager up to fused-kernel rounding."""
-    eager = Trainer(_kd_cfg(digits_cfg, tmp_path, teacher_ckpt, train={"epochs": 2}, name="e"), **QUIET)
+    eager = from_config(_kd_cfg(digits_cfg, tmp_path, teacher_ckpt, train={"epochs": 2}, name="e"), **QUIET)
     a = eager.fit()
-    comp = Trainer(_kd_cfg(digits_cfg, tmp_path, teacher_ckpt, name="c",
+    comp = from_config(_kd_cfg(digits_cfg, tmp_path, teacher_ckpt, name="c",
                            train={"epochs": 2, "compile": "default", "compile_teacher": True}), **QUIET)
     b = comp.fit()
     assert b["train/loss"] == pytest.approx(a["train/loss"], rel=0.05)

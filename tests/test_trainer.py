@@ -4,9 +4,10 @@ import math
 import pytest
 import torch
 
+from kdkit import from_config, resume
 from kdkit.config import load_config
 from kdkit.engine.checkpoint import load_checkpoint, save_atomic
-from kdkit.engine.trainer import Trainer, lr_at
+from kdkit.engine.trainer import lr_at
 from kdkit.errors import CheckpointError, NonFiniteLossError
 
 
@@ -16,7 +17,7 @@ def quiet(*_):
 
 def test_fit_lowers_loss_and_writes_run_dir(digits_cfg, tmp_path):
     cfg = digits_cfg(tmp_path, train={"epochs": 3})
-    trainer = Trainer(cfg, log=quiet)
+    trainer = from_config(cfg, log=quiet)
     result = trainer.fit()
     losses = [h["train/loss"] for h in trainer.history]
     assert losses[-1] < losses[0]
@@ -35,10 +36,10 @@ def test_fit_lowers_loss_and_writes_run_dir(digits_cfg, tmp_path):
 
 def test_existing_run_dir_is_not_overwritten(digits_cfg, tmp_path):
     cfg = digits_cfg(tmp_path)
-    Trainer(cfg, log=quiet).fit()
+    from_config(cfg, log=quiet).fit()
     before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
     with pytest.raises(Exception, match="already holds a run"):
-        Trainer(cfg, log=quiet).fit()
+        from_config(cfg, log=quiet).fit()
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
 
 
@@ -57,13 +58,13 @@ def _crash_after(n):
 def test_resume_equals_uninterrupted_run(digits_cfg, tmp_path, teacher_ckpt):
     over = {"teacher": {"name": "cnn_small", "checkpoint": teacher_ckpt},
             "method": [{"name": "kd"}, {"name": "fitnets"}], "train": {"epochs": 3}}
-    full = Trainer(digits_cfg(tmp_path / "a", **over), log=quiet)
+    full = from_config(digits_cfg(tmp_path / "a", **over), log=quiet)
     full.fit()
-    crashed = Trainer(digits_cfg(tmp_path / "b", **over), log=quiet, callbacks=[_crash_after(1)])
+    crashed = from_config(digits_cfg(tmp_path / "b", **over), log=quiet, callbacks=[_crash_after(1)])
     with pytest.raises(_Crash):
         crashed.fit()
     assert load_checkpoint(tmp_path / "b" / "run" / "checkpoint.pt")["epoch"] == 1
-    resumed = Trainer.resume(tmp_path / "b" / "run", log=quiet)
+    resumed = resume(tmp_path / "b" / "run", log=quiet)
     assert resumed.epoch == 1
     resumed.fit()
     a, b = full.distiller.state_dict(), resumed.distiller.state_dict()
@@ -86,7 +87,7 @@ def test_nan_loss_stops_names_term_and_keeps_checkpoint(digits_cfg, tmp_path, te
         return out * float("nan") if trainer.epoch >= 1 else out
 
     monkeypatch.setattr(kd_module, "kd_loss", flaky)
-    trainer = Trainer(cfg, log=quiet)
+    trainer = from_config(cfg, log=quiet)
     with pytest.raises(NonFiniteLossError, match="loss term 'kd' became nan at epoch 2"):
         trainer.fit()
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
@@ -113,7 +114,7 @@ def test_schedules():
 def test_adamw_with_step_schedule_and_warmup(digits_cfg, tmp_path):
     cfg = digits_cfg(tmp_path, optim={"name": "adamw", "lr": 0.003, "weight_decay": 0.01},
                      schedule={"name": "step", "milestones": [1], "warmup_epochs": 0.5}, train={"epochs": 2})
-    trainer = Trainer(cfg, log=quiet)
+    trainer = from_config(cfg, log=quiet)
     result = trainer.fit()
     assert isinstance(trainer.optimizer, torch.optim.AdamW)
     assert [h["lr"] for h in trainer.history] == pytest.approx([0.003, 0.0003])
@@ -123,7 +124,7 @@ def test_adamw_with_step_schedule_and_warmup(digits_cfg, tmp_path):
 def test_fitnets_stage1_runs_before_main_epochs(digits_cfg, tmp_path, teacher_ckpt):
     cfg = digits_cfg(tmp_path, teacher={"name": "cnn_small", "checkpoint": teacher_ckpt},
                      method={"name": "fitnets", "stage1_epochs": 1}, train={"epochs": 1})
-    trainer = Trainer(cfg, log=quiet)
+    trainer = from_config(cfg, log=quiet)
     trainer.fit()
     assert [h["stage"] for h in trainer.history] == ["stage 1", "train"]
     assert "train/ce" not in trainer.history[0] and "train/ce" in trainer.history[1]

@@ -14,6 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +23,12 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
-from ..build import Built, build
-from ..config import RunConfig, config_dict, dump_yaml, parse_config
+from ..config import RunConfig, config_dict, dump_yaml
+from ..data import Loaders
 from ..errors import ConfigError, KdkitError, NonFiniteLossError
-from ..methods import method_name
+from ..methods import Distiller, method_name
 from . import distributed
-from .checkpoint import FORMAT, VERSION, load_checkpoint, model_record, save_atomic
+from .checkpoint import FORMAT, VERSION, model_record, save_atomic
 
 Callback = Callable[["Trainer", int, dict[str, Any]], None]
 NEVER = 2**62  # "no non-finite value yet", as a step number
@@ -72,14 +73,28 @@ def default_run_dir(cfg: RunConfig) -> Path:
     return Path(cfg.train.out_dir) / name
 
 
-class Trainer:
-    """Trains ``built.distiller`` on ``built.loaders`` as ``cfg`` says.
+@dataclass
+class Built:
+    """What a trainer trains: the data loaders, the distiller (student, methods, teachers), the device.
+    ``kdkit.build.build`` makes them from a config."""
 
-    >>> trainer = Trainer(cfg)            # builds data, models and methods from the config
+    loaders: Loaders
+    distiller: Distiller
+    device: torch.device
+
+
+class Trainer:
+    """Trains ``built.distiller`` on ``built.loaders`` as ``cfg`` says. It takes built parts; the build
+    layer makes them from a config (``kdkit.from_config(cfg)``, ``kdkit.resume(run_dir)``).
+
+    >>> trainer = kdkit.from_config(cfg)  # builds data, models and methods, then this Trainer
     >>> result = trainer.fit()            # {"epoch": ..., "val/top1": ..., "test/top1": ...}
+
+    Under ``torchrun`` the process group must be joined (``distributed.setup``) before the parts are
+    built, on the device it returns; ``from_config`` does both.
     """
 
-    def __init__(self, cfg: RunConfig, built: Built | None = None, run_dir: str | Path | None = None,
+    def __init__(self, cfg: RunConfig, built: Built, run_dir: str | Path | None = None,
                  callbacks: Sequence[Callback] = (), log: Callable[[str], None] | None = None,
                  write_files: bool = True, dist_info: distributed.DistInfo | None = None):
         self.cfg = cfg
@@ -89,8 +104,7 @@ class Trainer:
         if cfg.train.deterministic:
             torch.backends.cudnn.benchmark = False
             torch.backends.cudnn.deterministic = True
-        device = distributed.setup(self.dist, cfg.train.device) if self.dist.enabled else None
-        self.built = built or build(cfg, device, self.dist.rank, self.dist.world_size)
+        self.built = built
         self.distiller, self.loaders, self.device = self.built.distiller, self.built.loaders, self.built.device
         self.optimizer = make_optimizer(cfg, self.distiller.parameters(), self.device)
         self.callbacks = list(callbacks)
@@ -138,18 +152,6 @@ class Trainer:
         return self.distiller.pretrain_epochs + self.cfg.train.epochs
 
     # ------------------------------------------------------------------------------------ resume
-    @classmethod
-    def resume(cls, run_dir: str | Path, **kwargs: Any) -> Trainer:
-        """Continue the run in ``run_dir`` from its last checkpoint, with the config it was started with."""
-        run_dir = Path(run_dir)
-        ckpt = load_checkpoint(run_dir / "checkpoint.pt" if run_dir.is_dir() else run_dir)
-        if "optimizer" not in ckpt or "config" not in ckpt:
-            raise KdkitError(f"{run_dir} holds a model-only checkpoint, which cannot be resumed")
-        cfg = parse_config(ckpt["config"])
-        trainer = cls(cfg, run_dir=run_dir if run_dir.is_dir() else run_dir.parent, **kwargs)
-        trainer.load_state(ckpt)
-        return trainer
-
     def load_state(self, ckpt: dict[str, Any]) -> None:
         self.distiller.load_state_dict(ckpt["distiller"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
