@@ -40,9 +40,11 @@ def _augmented_digits(cfg):
     return build(cfg, dataset=ds)
 
 
-@pytest.mark.parametrize("data", [{"augment": False}, {"replay_views": 2}])
+@pytest.mark.parametrize("data", [{"augment": False}, {"replay_views": 2},
+                                  {"augment": False, "pipeline": "dataloader"}])
 def test_teacher_cache_is_exact(tmp_path, digits_cfg, teacher_ckpt, data):
-    """With augmentation off or replayed, a run served from the cache ends with the same weights."""
+    """With augmentation off or replayed, a run served from the cache ends with the same weights (either
+    pipeline: both implement the TrainLoader protocol the cache uses)."""
     cfg = _kd_cfg(digits_cfg, tmp_path, teacher_ckpt, data, name="plain")
     plain = from_config(cfg, built=_augmented_digits(cfg), **QUIET)
     plain.fit()
@@ -182,3 +184,17 @@ def test_inductor_compiled_step_trains_like_eager(tmp_path, digits_cfg, teacher_
     b = comp.fit()
     assert b["train/loss"] == pytest.approx(a["train/loss"], rel=0.05)
     assert abs(b["test/top1"] - a["test/top1"]) < 3.0
+
+
+def test_both_training_pipelines_implement_the_loader_protocol(digits_cfg, tmp_path):
+    from kdkit.data import TrainLoader, build_loaders
+    from kdkit.data.reference import DataLoaderPipeline
+
+    for pipeline in ("memory", "dataloader"):
+        cfg = digits_cfg(tmp_path, data={"name": "digits", "pipeline": pipeline})
+        train = build_loaders(cfg.data, 0).train
+        assert isinstance(train, TrainLoader), pipeline
+        assert isinstance(train, DataLoaderPipeline) == (pipeline == "dataloader")
+        assert train.num_views == 1  # digits has no augmentation of its own: every input repeats
+        x, keys = next(iter(train.iter_views()))
+        assert len(x) == len(keys) == train.batch_size and train.fingerprint()["views"] == "1"

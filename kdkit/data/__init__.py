@@ -10,7 +10,7 @@ import torch
 from ..config import DataConfig
 from ..errors import ConfigError
 from ..registry import Registry
-from .base import Dataset, ImageSet
+from .base import Dataset, ImageSet, TrainLoader
 from .loader import BatchLoader
 
 DATASETS: Registry[Callable[[DataConfig], Dataset]] = Registry("dataset")
@@ -79,7 +79,7 @@ def list_datasets(pattern: str = "*") -> list[str]:
 @dataclass
 class Loaders:
     dataset: Dataset
-    train: BatchLoader
+    train: TrainLoader  # BatchLoader, or the reference DataLoaderPipeline
     val: BatchLoader | None
     test: BatchLoader
 
@@ -107,7 +107,8 @@ def build_loaders(cfg: DataConfig, seed: int, device: torch.device | str = "cpu"
     if cfg.limit_train is not None:
         train = train.subset(torch.arange(min(cfg.limit_train, len(train))))
     common = {"mean": ds.mean, "std": ds.std, "device": device, "num_workers": cfg.num_workers,
-              "rank": rank, "world_size": world_size, "channels_last": channels_last}
+              "channels_last": channels_last}
+    shard = {"rank": rank, "world_size": world_size}  # the in-memory loader only (the other is refused above)
     aug = {"crop_padding": ds.crop_padding, "flip": ds.flip, "cutout": cfg.cutout} if cfg.augment else {}
     if cfg.pipeline == "dataloader":
         if cfg.replay_views:
@@ -124,14 +125,14 @@ def build_loaders(cfg: DataConfig, seed: int, device: torch.device | str = "cpu"
                                           **aug, **common)
     else:
         train_loader = BatchLoader(train, cfg.batch_size, shuffle=True, seed=seed, drop_last=True, **aug,
-                                   replay_views=cfg.replay_views, **common)
+                                   replay_views=cfg.replay_views, **common, **shard)
     return Loaders(
         ds,
         train_loader,
-        BatchLoader(val, cfg.eval_batch_size, **common) if val is not None else None,
-        BatchLoader(ds.test, cfg.eval_batch_size, **common),
+        BatchLoader(val, cfg.eval_batch_size, **common, **shard) if val is not None else None,
+        BatchLoader(ds.test, cfg.eval_batch_size, **common, **shard),
     )
 
 
-__all__ = ["DATASETS", "Dataset", "ImageSet", "BatchLoader", "Loaders", "build_loaders", "load_dataset",
+__all__ = ["DATASETS", "Dataset", "ImageSet", "BatchLoader", "Loaders", "TrainLoader", "build_loaders", "load_dataset",
            "list_datasets", "register_dataset", "split_train_val"]

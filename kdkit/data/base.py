@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -59,3 +60,40 @@ def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]
 
 def as_labels(values) -> Tensor:
     return torch.as_tensor(values, dtype=torch.int64)
+
+
+@runtime_checkable
+class TrainLoader(Protocol):
+    """What the trainer and the teacher cache use of a training loader. Both pipelines implement it:
+    :class:`~kdkit.data.loader.BatchLoader` (in memory, on the device) and
+    :class:`~kdkit.data.reference.DataLoaderPipeline` (per-image transforms in DataLoader workers)."""
+
+    data: ImageSet
+    batch_size: int
+    epoch: int  # epochs started
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """One epoch of ``(inputs, labels, sample indices)``, on the loader's device."""
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+
+    @property
+    def num_views(self) -> int:
+        """Distinct inputs per sample over a run: 1 without augmentation, the number of replayed views
+        with replayed augmentation, 0 (unbounded) with fresh random augmentation every epoch."""
+
+    def view_keys(self, idx: Tensor) -> Tensor:
+        """Keys of the exact inputs of the current epoch's samples ``idx`` (teacher cache lookups)."""
+
+    def iter_views(self, batch_size: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        """Every distinct input once, as ``(inputs, keys)``; only when ``num_views >= 1``."""
+
+    def fingerprint(self) -> dict[str, str]:
+        """What determines the inputs, to check a stored teacher cache against."""
+
+    def state_dict(self) -> dict:
+        """What resuming at an epoch boundary needs."""
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""

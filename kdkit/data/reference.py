@@ -13,12 +13,14 @@ path's.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import ConfigError
 from .base import ImageSet
 
 
@@ -56,12 +58,13 @@ class PerImageTransform(torch.utils.data.Dataset):
 
 
 class DataLoaderPipeline:
-    """Same interface as :class:`~kdkit.data.loader.BatchLoader`, over a ``DataLoader``."""
+    """The :class:`~kdkit.data.base.TrainLoader` protocol over a ``DataLoader`` (one process: kdkit's
+    distributed training uses the in-memory loader)."""
 
     def __init__(self, data: ImageSet, batch_size: int, *, mean: Sequence[float], std: Sequence[float],
                  shuffle: bool = False, seed: int = 0, crop_padding: int = 0, flip: bool = False,
                  cutout: int = 0, device: torch.device | str = "cpu", drop_last: bool = False,
-                 num_workers: int = 2, channels_last: bool = False, **_unused):
+                 num_workers: int = 2, channels_last: bool = False):
         self.data, self.batch_size, self.shuffle, self.seed = data, batch_size, shuffle, seed
         self.device = torch.device(device)
         self.drop_last = drop_last and len(data) > batch_size
@@ -69,6 +72,7 @@ class DataLoaderPipeline:
         self.epoch = 0
         self.dataset = PerImageTransform(data, mean, std, crop_padding, flip, cutout, train=shuffle)
         self.num_workers = num_workers
+        self.augments = shuffle and (crop_padding > 0 or flip or cutout > 0)
 
     def __len__(self) -> int:
         n = len(self.data)
@@ -87,6 +91,34 @@ class DataLoaderPipeline:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield x, y.to(self.device, non_blocking=True), idx.to(self.device, non_blocking=True)
+
+    @property
+    def num_views(self) -> int:
+        """1 without augmentation (every input repeats), 0 with per-image random augmentation."""
+        return 0 if self.augments else 1
+
+    def view_keys(self, idx: Tensor) -> Tensor:
+        return idx
+
+    def iter_views(self, batch_size: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+        """Every training input once (without augmentation only), as ``(inputs, sample indices)``."""
+        if self.num_views < 1:
+            raise ConfigError("the training inputs are freshly augmented every epoch; they cannot be enumerated")
+        loader = torch.utils.data.DataLoader(self.dataset, batch_size=batch_size or self.batch_size,
+                                             num_workers=self.num_workers)
+        for x, _, idx in loader:
+            x = x.to(self.device, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            yield x, idx.to(self.device)
+
+    def fingerprint(self) -> dict[str, str]:
+        h = hashlib.sha256()
+        for t in (self.data.labels, self.dataset.mean, self.dataset.std, self.data.images):
+            h.update(t.contiguous().numpy().tobytes())
+        d = self.dataset
+        return {"inputs": h.hexdigest(), "augment": f"{d.crop_padding},{d.flip},{d.cutout}",
+                "views": str(self.num_views), "pipeline": "dataloader"}
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch}

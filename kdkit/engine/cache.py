@@ -32,6 +32,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from ..config import TeacherCacheConfig
+from ..data.base import TrainLoader
 from ..errors import ConfigError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -182,10 +183,11 @@ def cache_fingerprint(distiller, loader, cfg: TeacherCacheConfig) -> str:
     return h.hexdigest()
 
 
-def build_cache(cfg: TeacherCacheConfig, distiller, loader, device: torch.device, run_dir: Path) -> TeacherCache:
+def build_cache(cfg: TeacherCacheConfig, distiller, loader: TrainLoader, device: torch.device,
+                run_dir: Path) -> TeacherCache:
     if not distiller.teachers:
         raise ConfigError("train.teacher_cache is set but no method uses a teacher")
-    if getattr(loader, "num_views", 0) < 1:
+    if loader.num_views < 1:
         raise ConfigError(
             "train.teacher_cache is exact only when every training input repeats: turn augmentation off "
             "(data.augment=false) or replay it (data.replay_views=N); with fresh random augmentation each "
