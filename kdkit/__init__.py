@@ -15,9 +15,11 @@ from .engine.trainer import Trainer, evaluate
 from .features import FeatureTap, probe
 from .methods import Distiller, Method, create_method, list_methods, register_method
 from .models import create_model, list_models, register_model
+from .transforms import Transform, list_transforms, register_transform
 
 __all__ = [
     "__version__", "RunConfig", "load_config", "parse_config", "from_config", "resume", "list_datasets", "load_dataset",
     "load_checkpoint", "Trainer", "evaluate", "FeatureTap", "probe", "Distiller", "Method", "create_method",
-    "list_methods", "register_method", "create_model", "list_models", "register_model",
+    "list_methods", "register_method", "create_model", "list_models", "register_model", "Transform",
+    "list_transforms", "register_transform",
 ]

@@ -19,7 +19,7 @@ from .engine.trainer import Built, Callback, Trainer
 from .errors import ConfigError, KdkitError
 from .methods import Distiller, create_method
 from .models import create_model
-from .models.ghost_bn import convert_ghost_batch_norm
+from .transforms import GhostBatchNorm, apply_transforms
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -45,7 +45,7 @@ def build_model(spec: ModelSpec, num_classes: int, in_channels: int, load: bool 
         raise ConfigError(f"model '{spec.name}': {e}") from None
     if load and spec.checkpoint:
         ckpt = load_checkpoint(spec.checkpoint)
-        load_model_weights(model, ckpt, spec.name, num_classes, in_channels, source=spec.checkpoint)
+        model = load_model_weights(model, ckpt, spec.name, num_classes, in_channels, source=spec.checkpoint)
     return model
 
 
@@ -66,14 +66,16 @@ def build(cfg: RunConfig, device: torch.device | None = None, rank: int = 0, wor
     ds = loaders.dataset
     torch.manual_seed(cfg.train.seed)  # model initialisation depends on the seed only
     student = build_model(cfg.model, ds.num_classes, ds.in_channels)
-    ghost = cfg.train.ghost_batch_size
-    if ghost:  # before the Distiller: its feature taps hook the student's final modules
-        student = convert_ghost_batch_norm(student, ghost)
+    ghost = GhostBatchNorm(cfg.train.ghost_batch_size) if cfg.train.ghost_batch_size else None
+    transforms = list(cfg.model.transforms) + ([ghost] if ghost else [])
+    # before the Distiller: its feature taps must hook the transformed network's modules
+    student, _ = apply_transforms(student, transforms)
     teachers = []
     for spec in cfg.teacher:
         if not spec.checkpoint and load_teachers:
             raise ConfigError(f"teacher '{spec.name}' needs a checkpoint (train one with `kdkit train`)")
-        teachers.append(build_model(spec, ds.num_classes, ds.in_channels, load=load_teachers))
+        teacher = build_model(spec, ds.num_classes, ds.in_channels, load=load_teachers)
+        teachers.append(apply_transforms(teacher, spec.transforms)[0])
     methods = [create_method(m) for m in cfg.method]
     if teachers and not any(m.needs_teacher for m in methods):
         raise ConfigError(f"a teacher is set but method(s) {', '.join(m.name for m in methods)} do not use one")
@@ -85,11 +87,11 @@ def build(cfg: RunConfig, device: torch.device | None = None, rank: int = 0, wor
     except RuntimeError as e:  # a model that cannot run on this input size
         raise ConfigError(f"cannot run the models on {ds.name} inputs {loaders.input_shape}: {e}") from None
     if ghost:  # the methods' own trainable modules (regressors, embeddings) normalise the same way
-        convert_ghost_batch_norm(distiller.methods, ghost)
+        ghost.apply(distiller.methods)
     distiller = distiller.to(device)
     if channels_last:
         distiller.to(memory_format=torch.channels_last)  # also moves the teachers (Distiller._apply)
-    return Built(loaders, distiller, device)
+    return Built(loaders, distiller, device, transforms)
 
 
 def from_config(cfg: RunConfig, built: Built | None = None, run_dir: str | Path | None = None,

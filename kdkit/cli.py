@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-classes", type=int, default=10)
 
     p = sub.add_parser("list", help="list models, datasets or methods")
-    p.add_argument("what", choices=["models", "datasets", "methods"])
+    p.add_argument("what", choices=["models", "datasets", "methods", "transforms"])
     p.add_argument("pattern", nargs="?", default="*", help="glob filter, e.g. 'resnet*'")
 
     p = sub.add_parser("bench", help="training speed (images/s, s/epoch, MFU, memory), optionally against "
@@ -187,6 +187,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
         for name in DATASETS.names(args.pattern):
             print(f"{name:14s} {(DATASETS.get(name).__doc__ or '').strip()}")
+    elif args.what == "transforms":
+        from .transforms import TRANSFORMS
+
+        for name in TRANSFORMS.names(args.pattern):
+            doc = (TRANSFORMS.get(name).__doc__ or "").strip().splitlines()[0]
+            print(f"{name:14s} {doc}")
     else:
         from .methods import METHODS
 

@@ -16,6 +16,7 @@ import yaml
 from .errors import ConfigError
 from .methods import method_config, method_name
 from .schema import from_dict, to_dict
+from .transforms import Transform, transform_config
 
 # ----------------------------------------------------------------------------- the run schema
 
@@ -27,6 +28,7 @@ class ModelSpec:
     name: str
     checkpoint: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
+    transforms: list[Any] = field(default_factory=list)  # model transforms, validated by their registry
 
 
 @dataclass
@@ -150,6 +152,8 @@ def parse_config(data: dict[str, Any]) -> RunConfig:
     if not isinstance(methods, list):
         raise ConfigError(f"method: expected a mapping or a list of mappings, got {methods!r}")
     cfg = from_dict(RunConfig, data)
+    for where, spec in [("model", cfg.model)] + [(f"teacher[{i}]", t) for i, t in enumerate(cfg.teacher)]:
+        spec.transforms = [transform_config(t, f"{where}.transforms[{i}]") for i, t in enumerate(spec.transforms)]
     cfg.method = [method_config(m, f"method[{i}]" if len(methods) > 1 else "method")
                   for i, m in enumerate(methods)]
     return cfg
@@ -226,7 +230,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def config_dict(cfg: RunConfig) -> dict[str, Any]:
     """The run configuration as plain data (method entries carry their registered names)."""
-    return to_dict(cfg, method_name)
+    return to_dict(cfg, lambda obj: method_name(obj) or (obj.name if isinstance(obj, Transform) else None))
 
 
 def dump_yaml(cfg: RunConfig) -> str:

@@ -137,7 +137,8 @@ def test_ghost_batch_size_in_a_run(tmp_path, digits_cfg, teacher_ckpt):
     result = trainer.fit()
     assert calls and result["test/top1"] > 10
     ckpt = load_checkpoint(tmp_path / "ghost" / "checkpoint.pt")
-    plain = create_model("cnn_tiny", num_classes=10, in_channels=1)
+    assert ckpt["model"]["transforms"] == [{"name": "ghost_bn", "group_size": 16, "structure": {}}]  # recorded
+    plain = create_model("cnn_tiny", num_classes=10, in_channels=1)  # not structural: loads into the plain model
     load_model_weights(plain, ckpt, "cnn_tiny", 10, 1)
     assert all(type(m) is not GhostBatchNorm2d for m in plain.modules())
 

@@ -76,7 +76,7 @@ def test_find_cycle_finds_one():
 # must be placed here (the test fails on a module it cannot place).
 LAYERS = [
     ("foundations", ["kdkit.errors", "kdkit.registry", "kdkit.schema"]),
-    ("tensors and models", ["kdkit.features", "kdkit.adapters", "kdkit.losses", "kdkit.models",
+    ("tensors and models", ["kdkit.features", "kdkit.adapters", "kdkit.losses", "kdkit.models", "kdkit.transforms",
                             "kdkit.engine.distributed", "kdkit.engine.checkpoint"]),
     ("methods", ["kdkit.methods"]),
     ("run schema", ["kdkit.config"]),

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..transforms import rebuild_transforms
 
 FORMAT = "kdkit-checkpoint"
 VERSION = 1
@@ -69,13 +70,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return obj
 
 
-def model_record(name: str, num_classes: int, in_channels: int, kwargs: dict[str, Any]) -> dict[str, Any]:
-    return {"name": name, "num_classes": num_classes, "in_channels": in_channels, "kwargs": dict(kwargs)}
+def model_record(name: str, num_classes: int, in_channels: int, kwargs: dict[str, Any],
+                 transforms: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """What a checkpoint says of its model: enough to create it again (zoo name, classes, input channels,
+    keyword arguments) and to give it the recorded structure (``kdkit.transforms.records``)."""
+    return {"name": name, "num_classes": num_classes, "in_channels": in_channels, "kwargs": dict(kwargs),
+            "transforms": list(transforms or [])}
 
 
 def load_model_weights(model: nn.Module, ckpt: dict[str, Any], name: str, num_classes: int,
-                       in_channels: int, source: str = "checkpoint") -> None:
-    """Load a checkpoint's model weights into ``model`` after checking that it is the same network."""
+                       in_channels: int, source: str = "checkpoint") -> nn.Module:
+    """Load a checkpoint's model weights into ``model`` after checking that it is the same network and
+    giving it the structure the checkpoint recorded (its transforms); returns the model to use."""
     rec = ckpt["model"]
     if rec.get("name") != name:
         raise CheckpointError(f"{source} holds a '{rec.get('name')}' model, but the config asks for '{name}'")
@@ -85,8 +91,10 @@ def load_model_weights(model: nn.Module, ckpt: dict[str, Any], name: str, num_cl
     if rec.get("in_channels") != in_channels:
         raise CheckpointError(
             f"{source} expects {rec.get('in_channels')} input channels, the dataset has {in_channels}")
+    model = rebuild_transforms(model, rec.get("transforms") or [], source)
     try:
         model.load_state_dict(ckpt["student"])
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise CheckpointError(f"{source} does not fit model '{name}': {first}") from None
+    return model

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from ..config import RunConfig, config_dict, dump_yaml
 from ..data import Loaders
 from ..errors import ConfigError, KdkitError, NonFiniteLossError
 from ..methods import Distiller, method_name
+from ..transforms import Transform, records
 from . import distributed
 from .checkpoint import FORMAT, VERSION, model_record, save_atomic
 
@@ -81,6 +82,7 @@ class Built:
     loaders: Loaders
     distiller: Distiller
     device: torch.device
+    transforms: list[Transform] = field(default_factory=list)  # applied to the student, recorded when saved
 
 
 class Trainer:
@@ -166,7 +168,8 @@ class Trainer:
         return {
             "format": FORMAT, "version": VERSION,
             "config": config_dict(self.cfg),
-            "model": model_record(spec.name, ds.num_classes, ds.in_channels, spec.kwargs),
+            "model": model_record(spec.name, ds.num_classes, ds.in_channels, spec.kwargs,
+                                  records(self.distiller.student, self.built.transforms)),
             "student": self.distiller.student.state_dict(),
             "distiller": self.distiller.state_dict(),
             "optimizer": self.optimizer.state_dict(),

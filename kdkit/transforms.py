@@ -1,0 +1,117 @@
+"""Model transforms: rewrites of a network that the build step applies before feature taps are resolved,
+and that checkpoints record so that the same structure is rebuilt on load, from plain data (no pickled
+modules, no code execution).
+
+A transform is a dataclass registered by name; its fields are its parameters, validated like a method's
+config (``{name: ghost_bn, group_size: 64}`` in a model's ``transforms`` list). It provides
+
+- ``apply(model) -> model``: the rewrite (in place where it can be, the returned model is the one to use);
+- ``structure(model) -> dict``: plain data that rebuilding needs beyond the parameters, read after
+  ``apply`` and training (for a structurally pruned network, its channel counts); empty by default;
+- ``rebuild(model, structure) -> model``: the same structure on a freshly created model, before a
+  checkpoint's weights are loaded into it; ``apply`` by default. Only ``structural`` transforms are
+  rebuilt on load; the others (ghost batch norm) are recorded, but their weights fit the plain model and
+  how it is trained next is the next run's choice.
+
+Ghost batch normalisation is the first transform; pruning, factorization, quantization-aware wrappers and
+fusion are meant to be added as new files registering here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar
+
+from torch import nn
+
+from .errors import CheckpointError, ConfigError
+from .models.ghost_bn import convert_ghost_batch_norm
+from .registry import Registry
+from .schema import from_dict
+
+
+@dataclass
+class Transform:
+    name: ClassVar[str] = ""
+    structural: ClassVar[bool] = True  # False: weights fit the untransformed model, nothing to rebuild
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        raise NotImplementedError
+
+    def structure(self, model: nn.Module) -> dict[str, Any]:
+        return {}
+
+    def rebuild(self, model: nn.Module, structure: dict[str, Any]) -> nn.Module:
+        return self.apply(model)
+
+
+TRANSFORMS: Registry[type[Transform]] = Registry("transform")
+
+
+def register_transform(cls: type[Transform]) -> type[Transform]:
+    if not cls.name:
+        raise TypeError(f"{cls.__name__} needs a name")
+    TRANSFORMS.add(cls.name, cls)
+    return cls
+
+
+def list_transforms(pattern: str = "*") -> list[str]:
+    return TRANSFORMS.names(pattern)
+
+
+def transform_config(entry: Any, where: str = "transform") -> Transform:
+    """Validate one transform entry (``"ghost_bn"`` or ``{"name": "ghost_bn", "group_size": 64}``)."""
+    if isinstance(entry, Transform):
+        return entry
+    if isinstance(entry, str):
+        entry = {"name": entry}
+    if not isinstance(entry, dict) or "name" not in entry:
+        raise ConfigError(f"{where}: expected a transform name or a mapping with 'name', got {entry!r}")
+    entry = dict(entry)
+    return from_dict(TRANSFORMS.get(str(entry.pop("name"))), entry, where)
+
+
+def apply_transforms(model: nn.Module, transforms: list[Transform]) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """Apply ``transforms`` in order; returns the model and their records (name, parameters; the
+    structure is filled in by :func:`records` when the model is saved)."""
+    for t in transforms:
+        model = t.apply(model)
+    return model, [{"name": t.name, **asdict(t)} for t in transforms]
+
+
+def records(model: nn.Module, transforms: list[Transform]) -> list[dict[str, Any]]:
+    """What a checkpoint stores of a transformed model: each transform's name, parameters and structure."""
+    return [{"name": t.name, **asdict(t), "structure": t.structure(model)} for t in transforms]
+
+
+def rebuild_transforms(model: nn.Module, recorded: list[dict[str, Any]], source: str = "checkpoint") -> nn.Module:
+    """Give a freshly created ``model`` the structure a checkpoint recorded, so its weights fit."""
+    for i, rec in enumerate(recorded):
+        rec = dict(rec)
+        structure = rec.pop("structure", {}) or {}
+        try:
+            t = transform_config(rec, f"{source}: transform[{i}]")
+        except ConfigError as e:
+            raise CheckpointError(f"{e} (recorded in the checkpoint)") from None
+        if t.structural:
+            model = t.rebuild(model, structure)
+    return model
+
+
+@register_transform
+@dataclass
+class GhostBatchNorm(Transform):
+    """Batch-norm statistics over groups of ``group_size`` samples (Hoffer et al. 2017; see
+    :mod:`kdkit.models.ghost_bn`). Parameters and buffers keep the plain batch-norm names, so weights
+    load either way; ``train.ghost_batch_size`` is a shorthand that also converts the methods' modules."""
+
+    name = "ghost_bn"
+    structural = False  # plain batch-norm parameters and buffers
+    group_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be >= 2 (batch norm needs 2 samples), got {self.group_size}")
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        return convert_ghost_batch_norm(model, self.group_size)
