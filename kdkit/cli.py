@@ -70,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="JSON file (default: docs/results/bench-<...>.json)")
     p.add_argument("--no-write", action="store_true", help="print only")
 
+    p = sub.add_parser("pipeline", help="run named runs in order, later ones taught by earlier ones")
+    p.add_argument("file", help="pipeline YAML (see docs/architecture.md): runs, each a recipe")
+    p.add_argument("--out", default=None, help="where the runs go (default: the file's out_dir)")
+
     p = sub.add_parser("demo", help="distill on the embedded digits dataset and print a results table")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=None, help="epochs per model (default: the demo's recipe)")
@@ -215,6 +219,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_list(args)
         if args.command == "bench":
             return cmd_bench(args)
+        if args.command == "pipeline":
+            from .pipeline import run_pipeline
+
+            for row in run_pipeline(args.file, args.out, log=lambda m: print(m, file=sys.stderr)):
+                print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
+            return 0
         from .demo import run_demo
 
         run_demo(seeds=args.seeds, epochs=args.epochs, out=Path(args.out) if args.out else None)

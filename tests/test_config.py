@@ -9,7 +9,8 @@ from kdkit.methods import create_method, method_name
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml")))
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml")
+                                         if p.parent.name != "pipelines"))
 def test_every_recipe_validates(path):
     cfg = load_config(ROOT / path)
     assert cfg.model.name and cfg.method
@@ -86,3 +87,14 @@ def test_methods_doc_lists_every_method():
     text = (ROOT / "docs" / "methods.md").read_text()
     missing = [m for m in list_methods() if f"| `{m}` |" not in text]
     assert not missing, f"docs/methods.md lacks {missing}"
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT))
+                                         for p in (ROOT / "configs" / "pipelines").glob("*.yaml")))
+def test_every_pipeline_validates_with_its_recipes(path, monkeypatch):
+    from kdkit.pipeline import load_pipeline
+
+    monkeypatch.chdir(ROOT)  # recipe paths are relative to the repository root
+    pipe = load_pipeline(ROOT / path)
+    for run in pipe.runs:
+        load_config(run.config, run.set)

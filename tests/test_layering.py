@@ -83,6 +83,7 @@ LAYERS = [
     ("data", ["kdkit.data"]),
     ("engine", ["kdkit.engine"]),
     ("build", ["kdkit.build"]),
+    ("pipelines", ["kdkit.pipeline"]),
     ("front ends", ["kdkit.bench", "kdkit.demo", "kdkit.cli", "kdkit.__main__", "kdkit"]),
 ]
 

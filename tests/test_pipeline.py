@@ -1,0 +1,98 @@
+"""`kdkit pipeline`: named runs in order, a later run taught (or initialised) by an earlier one; finished
+runs are skipped and a killed pipeline resumes in the run where it stopped."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from kdkit.cli import main as cli
+from kdkit.engine.checkpoint import load_checkpoint
+from kdkit.errors import ConfigError
+from kdkit.pipeline import load_pipeline, run_pipeline
+
+BASE = {"data": {"name": "digits"}, "train": {"epochs": 2, "progress": False, "seed": 0}, "optim": {"lr": 0.05}}
+
+
+def _write(tmp_path, runs, name="pipe.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump({"out_dir": str(tmp_path / "runs"), "runs": runs}))
+    return path
+
+
+def _two_runs():
+    return [{"name": "teacher", "config": {**BASE, "model": "cnn_small"}},
+            {"name": "student", "config": {**BASE, "model": "cnn_tiny", "method": "kd"},
+             "teacher": {"from": "teacher"}}]
+
+
+def test_two_run_pipeline_through_the_cli(tmp_path, capsys):
+    path = _write(tmp_path, _two_runs())
+    assert cli(["pipeline", str(path)]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["run"], r["status"]) for r in rows] == [("teacher", "trained"), ("student", "trained")]
+    assert all(r["test/top1"] > 50 for r in rows)
+    student = yaml.safe_load((tmp_path / "runs" / "student" / "config.yaml").read_text())
+    assert student["teacher"][0]["checkpoint"] == str(tmp_path / "runs" / "teacher" / "checkpoint.pt")
+    assert "test/agreement" in rows[1]  # the student was distilled from that teacher
+    assert cli(["pipeline", str(path)]) == 0  # again: everything is finished
+    assert [json.loads(line)["status"] for line in capsys.readouterr().out.splitlines()] == ["skipped (finished)"] * 2
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_a_killed_pipeline_resumes_in_the_run_where_it_stopped(tmp_path):
+    def kill(trainer, epoch, metrics):
+        if trainer.run_dir.name == "student" and epoch == 1:
+            raise _Killed
+
+    (tmp_path / "a").mkdir()
+    full = run_pipeline(_write(tmp_path / "a", _two_runs()), log=lambda m: None)  # uninterrupted
+    assert [r["status"] for r in full] == ["trained", "trained"]
+    path = _write(tmp_path, _two_runs())
+    with pytest.raises(_Killed):
+        run_pipeline(path, callbacks=[kill], log=lambda m: None)
+    assert load_checkpoint(tmp_path / "runs" / "student" / "checkpoint.pt")["epoch"] == 1
+    again = run_pipeline(path, log=lambda m: None)
+    assert [r["status"] for r in again] == ["skipped (finished)", "resumed"]
+    a = load_checkpoint(tmp_path / "a" / "runs" / "student" / "checkpoint.pt")["student"]
+    b = load_checkpoint(tmp_path / "runs" / "student" / "checkpoint.pt")["student"]
+    assert all(torch.equal(a[k], b[k]) for k in a)  # as if it had never stopped
+
+
+def test_repeat_chains_generations_and_init_takes_weights(tmp_path):
+    runs = _two_runs() + [{"name": "ban", "config": {**BASE, "model": "cnn_tiny", "method": "kd"},
+                           "init": {"from": "student"}, "teacher": {"from": "student"}, "repeat": 2,
+                           "set": ["train.epochs=1"]}]
+    rows = run_pipeline(_write(tmp_path, runs), log=lambda m: None)
+    assert [r["run"] for r in rows] == ["teacher", "student", "ban.1", "ban.2"]
+    root = tmp_path / "runs"
+    cfg1 = yaml.safe_load((root / "ban.1" / "config.yaml").read_text())
+    cfg2 = yaml.safe_load((root / "ban.2" / "config.yaml").read_text())
+    assert cfg1["teacher"][0]["checkpoint"] == str(root / "student" / "checkpoint.pt")
+    assert cfg2["teacher"][0]["checkpoint"] == str(root / "ban.1" / "checkpoint.pt")  # born-again chain
+    assert cfg1["model"]["checkpoint"] == str(root / "student" / "checkpoint.pt")
+    assert cfg1["train"]["epochs"] == 1
+
+
+@pytest.mark.parametrize("runs, message", [
+    ([{"name": "a", "config": {}, "teacher": {"from": "b"}}, {"name": "b", "config": {}}], "a later run"),
+    ([{"name": "a", "config": {}}, {"name": "a", "config": {}}], "two runs are named 'a'"),
+    ([{"name": "teacher", "config": {}}, {"name": "s", "config": {}, "teacher": {"from": "teachr"}}],
+     "did you mean 'teacher'"),
+    ([{"name": "a", "config": {}, "repeat": 0}], "repeat must be >= 1"),
+    ([{"name": "a", "config": {}, "epochs": 3}], "unknown key"),
+])
+def test_pipeline_files_are_validated(tmp_path, runs, message):
+    with pytest.raises(ConfigError, match=message):
+        load_pipeline(_write(tmp_path, runs))
+
+
+def test_init_from_another_architecture_is_refused(tmp_path):
+    runs = _two_runs() + [{"name": "x", "config": {**BASE, "model": "cnn_medium"}, "init": {"from": "student"},
+                           "set": ["train.epochs=1"]}]
+    with pytest.raises(ConfigError, match="initialises a 'cnn_medium' from run 'student'"):
+        run_pipeline(_write(tmp_path, runs), log=lambda m: None)
