@@ -42,17 +42,21 @@ def test_crd_queue_is_fixed_size_fifo():
     d.train()
     with torch.no_grad():
         d(x, y)
+    assert int(m.ptr) == 0  # enqueued after the optimiser step, not in the forward
+    d.after_step()
     assert int(m.ptr) == 4
     with torch.no_grad():
         e_t = m.embed_t(d.teacher_outputs(x)[1][m.teacher_specs[0]])
     torch.testing.assert_close(m.mem_t[:4], e_t)  # newest entries in FIFO order
     with torch.no_grad():
         d(x, y)
+    d.after_step()
     assert int(m.ptr) == 2 and m.mem_s.shape == (6, 4)  # wrapped around, size unchanged
     d.eval()
     before = m.mem_s.clone()
     with torch.no_grad():
         d(x, y)
+    d.after_step()
     assert torch.equal(before, m.mem_s)  # evaluation does not touch the memory
 
 
@@ -69,6 +73,7 @@ def test_crd_bank_is_dataset_sized_and_needs_indices():
     d.train()
     with torch.no_grad():
         d(x, y, index=idx)
+    d.after_step()
     changed = (m.mem_s != old).any(1).nonzero().flatten().tolist()
     assert changed == [2, 7, 9]
     e_s = m.embed_s(d.s_tap.features[m.student_specs[0]])

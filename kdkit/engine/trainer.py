@@ -288,6 +288,7 @@ class Trainer:
         if self.cfg.train.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.distiller.parameters(), self.cfg.train.grad_clip)
         opt.step()
+        self.distiller.after_step()
         self.step += 1
         return terms, torch.stack([v.detach().float() for v in terms.values()])
 

@@ -66,6 +66,7 @@ class CRD(EmbeddingMethod):
     def __init__(self, cfg: CRDConfig | None = None):
         super().__init__(cfg)
         self.needs_sample_index = self.cfg.memory == "bank"
+        self._pending: tuple[Tensor, ...] | None = None  # this step's embeddings, enqueued in after_step
 
     def setup(self, s_info: ModelInfo, t_info: ModelInfo | None) -> None:
         super().setup(s_info, t_info)
@@ -91,6 +92,14 @@ class CRD(EmbeddingMethod):
         draw = torch.randint(0, len(mem), (len(index), k), device=mem.device)
         return mem[draw]  # [B, K, D]; a positive drawn by chance is rare and harmless at this K/N
 
+    def after_step(self) -> None:
+        """Enqueue this step's embeddings; under DDP every rank enqueues the whole global batch (gathered
+        across ranks), so the memories stay equal."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            gathered = gather_batches(*pending)
+            self._update(gathered[0], gathered[1], gathered[2] if len(gathered) > 2 else None)
+
     @torch.no_grad()
     def _update(self, e_s: Tensor, e_t: Tensor, index: Tensor | None) -> None:
         # out of place: this step's graph still holds the old memory for its backward pass
@@ -114,8 +123,7 @@ class CRD(EmbeddingMethod):
         t = self.cfg.temperature
         loss = info_nce(e_s, e_t, self._negatives(self.mem_t, out.index), t) + info_nce(
             e_t, e_s, self._negatives(self.mem_s, out.index), t)
-        if self.training:  # under DDP every rank enqueues the whole global batch, so memories stay equal
-            rows = (e_s.detach(), e_t.detach()) + ((out.index.to(e_s.device),) if out.index is not None else ())
-            gathered = gather_batches(*rows)
-            self._update(gathered[0], gathered[1], gathered[2] if len(gathered) > 2 else None)
+        if self.training:  # enqueued after the optimiser step (after_step)
+            self._pending = (e_s.detach(), e_t.detach()) + (
+                (out.index.to(e_s.device),) if out.index is not None else ())
         return {"crd": self.cfg.beta * loss}

@@ -118,6 +118,12 @@ class Distiller(nn.Module):
         return self._merge([terms] + [
             {k: m.cfg.weight * v for k, v in m.losses(out).items()} for m in self.methods])
 
+    def after_step(self) -> None:
+        """Every method's :meth:`~kdkit.methods.Method.after_step` (the trainer calls it after each
+        optimiser step)."""
+        for m in self.methods:
+            m.after_step()
+
     @staticmethod
     def _merge(parts) -> dict[str, Tensor]:
         merged: dict[str, Tensor] = {}
