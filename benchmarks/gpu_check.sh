@@ -37,16 +37,16 @@ torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'cpu', 'kdkit', 
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv || true
 
 step() { echo; echo "== $*"; }
+MODES=(none)
+[ "$COMPILE" != none ] && MODES+=("$COMPILE")
 for b in 64 512; do
   [ -n "${GPU_CHECK_TINY:-}" ] && bs=$((b / 32)) || bs=$b
-  step "bench b$b eager"
-  "$PY" -m kdkit bench --teacher $TEACHER --student $STUDENT --method kd --dataset $DATASET --batch-size "$bs" \
-    --reference "${BENCH[@]}" --out "$DOCS/gpu_check-bench-b$b-eager.json"
-  if [ "$COMPILE" != none ]; then
-    step "bench b$b compiled ($COMPILE)"
+  for mode in "${MODES[@]}"; do
+    [ "$mode" = none ] && name=eager || name=$mode
+    step "bench b$b $name"
     "$PY" -m kdkit bench --teacher $TEACHER --student $STUDENT --method kd --dataset $DATASET --batch-size "$bs" \
-      --reference "${BENCH[@]}" --compile "$COMPILE" --out "$DOCS/gpu_check-bench-b$b-$COMPILE.json"
-  fi
+      --reference "${BENCH[@]}" --compile "$mode" --out "$DOCS/gpu_check-bench-b$b-$name.json"
+  done
 done
 
 step "Fashion-MNIST teacher ($EPOCHS epochs)"

@@ -69,13 +69,13 @@ def build(cfg: RunConfig, device: torch.device | None = None, rank: int = 0, wor
     ghost = GhostBatchNorm(cfg.train.ghost_batch_size) if cfg.train.ghost_batch_size else None
     transforms = list(cfg.model.transforms) + ([ghost] if ghost else [])
     # before the Distiller: its feature taps must hook the transformed network's modules
-    student, _ = apply_transforms(student, transforms)
+    student = apply_transforms(student, transforms)
     teachers = []
     for spec in cfg.teacher:
         if not spec.checkpoint and load_teachers:
             raise ConfigError(f"teacher '{spec.name}' needs a checkpoint (train one with `kdkit train`)")
         teacher = build_model(spec, ds.num_classes, ds.in_channels, load=load_teachers)
-        teachers.append(apply_transforms(teacher, spec.transforms)[0])
+        teachers.append(apply_transforms(teacher, spec.transforms))
     methods = [create_method(m) for m in cfg.method]
     if teachers and not any(m.needs_teacher for m in methods):
         raise ConfigError(f"a teacher is set but method(s) {', '.join(m.name for m in methods)} do not use one")

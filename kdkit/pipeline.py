@@ -97,10 +97,13 @@ def _refs(run: RunEntry) -> list[str]:
     return [str(r) for r in out]
 
 
-def is_finished(run_dir: Path) -> bool:
+def final_metrics(run_dir: Path) -> dict[str, Any] | None:
+    """The final test metrics of the run in ``run_dir``, or None while it has not finished."""
     metrics = run_dir / "metrics.jsonl"
-    return metrics.is_file() and any(json.loads(line).get("final") for line in metrics.read_text().splitlines()
-                                     if line.strip())
+    if not metrics.is_file():
+        return None
+    finals = [m for m in map(json.loads, filter(str.strip, metrics.read_text().splitlines())) if m.get("final")]
+    return finals[-1] if finals else None
 
 
 def _network(run_dir: Path) -> dict[str, Any]:
@@ -123,8 +126,7 @@ def run_pipeline(path: str | Path, out_dir: str | Path | None = None, callbacks:
         for k in range(1, entry.repeat + 1):
             name = entry.name if entry.repeat == 1 else f"{entry.name}.{k}"
             run_dir = root / name
-            teacher = _resolve_teachers(entry, done, previous)
-            if is_finished(run_dir):
+            if final_metrics(run_dir) is not None:
                 status = "skipped (finished)"
             elif (run_dir / "checkpoint.pt").is_file():
                 log(f"pipeline: resuming {name} in {run_dir}")
@@ -132,11 +134,12 @@ def run_pipeline(path: str | Path, out_dir: str | Path | None = None, callbacks:
                 status = "resumed"
             else:
                 log(f"pipeline: starting {name} in {run_dir}")
+                teacher = _resolve_teachers(entry, done, previous)
                 from_config(_run_config(entry, teacher, done), run_dir=run_dir, callbacks=callbacks, log=log).fit()
                 status = "trained"
-            final = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            final = final_metrics(run_dir) or {}
             summary.append({"run": name, "dir": str(run_dir), "status": status,
-                            **{k: v for k, v in final[-1].items() if k.startswith("test/")}})
+                            **{k: v for k, v in final.items() if k.startswith("test/")}})
             log(f"pipeline: {name}: {status}, test top1 {summary[-1].get('test/top1', float('nan')):.2f}%")
             previous = run_dir
         done[entry.name] = previous
@@ -165,5 +168,4 @@ def _run_config(entry: RunEntry, teacher: list[dict] | None, done: dict[str, Pat
             raise ConfigError(f"pipeline: run '{entry.name}' initialises a '{model.get('name')}' from run "
                               f"'{entry.init['from']}', whose network is a '{source['name']}'")
         data["model"] = {**model, "checkpoint": source["checkpoint"]}
-    data.setdefault("train", {})
     return load_config(base=data, overrides=list(entry.set))

@@ -71,12 +71,12 @@ def transform_config(entry: Any, where: str = "transform") -> Transform:
     return from_dict(TRANSFORMS.get(str(entry.pop("name"))), entry, where)
 
 
-def apply_transforms(model: nn.Module, transforms: list[Transform]) -> tuple[nn.Module, list[dict[str, Any]]]:
-    """Apply ``transforms`` in order; returns the model and their records (name, parameters; the
-    structure is filled in by :func:`records` when the model is saved)."""
+def apply_transforms(model: nn.Module, transforms: list[Transform]) -> nn.Module:
+    """Apply ``transforms`` in order; returns the model to use (:func:`records` describes the result
+    when it is saved)."""
     for t in transforms:
         model = t.apply(model)
-    return model, [{"name": t.name, **asdict(t)} for t in transforms]
+    return model
 
 
 def records(model: nn.Module, transforms: list[Transform]) -> list[dict[str, Any]]:

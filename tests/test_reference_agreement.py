@@ -162,6 +162,16 @@ def test_ft_factor_forms_carry_their_own_weights(factor, weight, fn):
     assert create_method("ft", factor=factor, beta=3.0).cfg.effective_beta == 3.0
 
 
+def test_ft_spatial_form_is_about_three_times_the_flat_one_on_random_factors():
+    """The scale difference the docs quote, on random 128x8x8 ReLU factors at batch 64."""
+    from kdkit.losses import factor_transfer
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(64, 128, 8, 8, generator=g).relu(), torch.randn(64, 128, 8, 8, generator=g).relu()
+    ratio = (factor_transfer(a, b, factor="spatial") / factor_transfer(a, b, factor="flat")).item()
+    assert 2.5 < ratio < 3.5
+
+
 def test_ab_initialisation_loss_is_the_authors_sum():
     s, t, x, y = _pair()
     d, terms = _terms(create_method("ab"), s, t, x, y, epoch=0)  # epoch 0: the initialisation stage

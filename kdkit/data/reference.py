@@ -87,10 +87,11 @@ class DataLoaderPipeline:
         if self.shuffle:
             self.epoch += 1
         for x, y, idx in loader:
-            x = x.to(self.device, non_blocking=True)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, y.to(self.device, non_blocking=True), idx.to(self.device, non_blocking=True)
+            yield self._to_device(x), y.to(self.device, non_blocking=True), idx.to(self.device, non_blocking=True)
+
+    def _to_device(self, x: Tensor) -> Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     @property
     def num_views(self) -> int:
@@ -107,10 +108,7 @@ class DataLoaderPipeline:
         loader = torch.utils.data.DataLoader(self.dataset, batch_size=batch_size or self.batch_size,
                                              num_workers=self.num_workers)
         for x, _, idx in loader:
-            x = x.to(self.device, non_blocking=True)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            yield x, idx.to(self.device)
+            yield self._to_device(x), idx.to(self.device)
 
     def fingerprint(self) -> dict[str, str]:
         h = hashlib.sha256()
