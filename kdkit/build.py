@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import ModelSpec, RunConfig, parse_config
+from .config import ModelSpec, RunConfig, network_names, parse_config
 from .data import Dataset, build_loaders
 from .engine import distributed
 from .engine.checkpoint import load_checkpoint, load_model_weights
@@ -19,6 +19,7 @@ from .engine.trainer import Built, Callback, Trainer
 from .errors import ConfigError, KdkitError
 from .methods import Distiller, create_method
 from .models import create_model
+from .tasks import create_task
 from .transforms import GhostBatchNorm, apply_transforms
 
 
@@ -45,7 +46,8 @@ def build_model(spec: ModelSpec, num_classes: int, in_channels: int, load: bool 
         raise ConfigError(f"model '{spec.name}': {e}") from None
     if load and spec.checkpoint:
         ckpt = load_checkpoint(spec.checkpoint)
-        model = load_model_weights(model, ckpt, spec.name, num_classes, in_channels, source=spec.checkpoint)
+        model = load_model_weights(model, ckpt, spec.name, num_classes, in_channels, source=spec.checkpoint,
+                                   net=spec.net)
     return model
 
 
@@ -70,6 +72,11 @@ def build(cfg: RunConfig, device: torch.device | None = None, rank: int = 0, wor
     transforms = list(cfg.model.transforms) + ([ghost] if ghost else [])
     # before the Distiller: its feature taps must hook the transformed network's modules
     student = apply_transforms(student, transforms)
+    peers, peer_transforms = {}, {}
+    for name, spec in zip(network_names(cfg)[1:], cfg.peers):
+        peer = build_model(spec, ds.num_classes, ds.in_channels)
+        peer_transforms[name] = list(spec.transforms) + ([ghost] if ghost else [])
+        peers[name] = apply_transforms(peer, peer_transforms[name]).to(device)
     teachers = []
     for spec in cfg.teacher:
         if not spec.checkpoint and load_teachers:
@@ -81,7 +88,8 @@ def build(cfg: RunConfig, device: torch.device | None = None, rank: int = 0, wor
         raise ConfigError(f"a teacher is set but method(s) {', '.join(m.name for m in methods)} do not use one")
     try:
         distiller = Distiller(student.to(device), methods, [t.to(device) for t in teachers],
-                              input_shape=loaders.input_shape, num_samples=len(loaders.train.data))
+                              input_shape=loaders.input_shape, num_samples=len(loaders.train.data), peers=peers,
+                              names=network_names(cfg)[1 + len(peers):], task=create_task(cfg.task))
     except KdkitError:
         raise
     except RuntimeError as e:  # a model that cannot run on this input size
@@ -91,7 +99,7 @@ def build(cfg: RunConfig, device: torch.device | None = None, rank: int = 0, wor
     distiller = distiller.to(device)
     if channels_last:
         distiller.to(memory_format=torch.channels_last)  # also moves the teachers (Distiller._apply)
-    return Built(loaders, distiller, device, transforms)
+    return Built(loaders, distiller, device, transforms, peer_transforms)
 
 
 def from_config(cfg: RunConfig, built: Built | None = None, run_dir: str | Path | None = None,

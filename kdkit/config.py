@@ -14,8 +14,10 @@ from typing import Any, Literal
 import yaml
 
 from .errors import ConfigError
-from .methods import method_config, method_name
+from .methods import Stage, method_config, method_name
+from .methods.distiller import teacher_names
 from .schema import from_dict, to_dict
+from .tasks import TASKS
 from .transforms import Transform, transform_config
 
 # ----------------------------------------------------------------------------- the run schema
@@ -29,6 +31,16 @@ class ModelSpec:
     checkpoint: str | None = None
     kwargs: dict[str, Any] = field(default_factory=dict)
     transforms: list[Any] = field(default_factory=list)  # model transforms, validated by their registry
+    net: str | None = None  # which of the checkpoint's networks to load (default: its student)
+    id: str | None = None  # the network's name in this run (peers: peer1, peer2..; teachers: teacher..)
+    lr: float | None = None  # trainable networks: this network's own base learning rate (default optim.lr)
+    weight_decay: float | None = None  # and its own weight decay (default optim.weight_decay)
+
+    def __post_init__(self) -> None:
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay is not None and self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
 
 @dataclass
@@ -126,10 +138,13 @@ class TrainConfig:
 
 @dataclass
 class RunConfig:
-    model: ModelSpec
+    model: ModelSpec  # the student
     data: DataConfig = field(default_factory=DataConfig)
     teacher: list[ModelSpec] = field(default_factory=list)
+    peers: list[ModelSpec] = field(default_factory=list)  # trainable networks besides the student
     method: list[Any] = field(default_factory=list)  # method configs, validated by the method registry
+    stages: list[Stage] = field(default_factory=list)  # default: the methods' preliminary stages, then main
+    task: str = "classification"
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -146,17 +161,33 @@ def parse_config(data: dict[str, Any]) -> RunConfig:
     data["teacher"] = [{"name": t} if isinstance(t, str) else t for t in data.get("teacher") or []]
     if isinstance(data.get("model"), str):
         data["model"] = {"name": data["model"]}
+    if isinstance(data.get("peers"), list):
+        data["peers"] = [{"name": p} if isinstance(p, str) else p for p in data["peers"]]
     methods = data.pop("method", None) or [{"name": "vanilla"}]
     if isinstance(methods, dict | str):
         methods = [methods]
     if not isinstance(methods, list):
         raise ConfigError(f"method: expected a mapping or a list of mappings, got {methods!r}")
     cfg = from_dict(RunConfig, data)
-    for where, spec in [("model", cfg.model)] + [(f"teacher[{i}]", t) for i, t in enumerate(cfg.teacher)]:
+    specs = [("model", cfg.model)] + [(f"teacher[{i}]", t) for i, t in enumerate(cfg.teacher)] + [
+        (f"peers[{i}]", p) for i, p in enumerate(cfg.peers)]
+    for where, spec in specs:
         spec.transforms = [transform_config(t, f"{where}.transforms[{i}]") for i, t in enumerate(spec.transforms)]
     cfg.method = [method_config(m, f"method[{i}]" if len(methods) > 1 else "method")
                   for i, m in enumerate(methods)]
+    TASKS.get(cfg.task)
+    names = network_names(cfg)
+    if len(set(names)) != len(names):
+        raise ConfigError(f"network names (model, peers[].id, teacher[].id) must be unique, got {names}")
     return cfg
+
+
+def network_names(cfg: RunConfig) -> list[str]:
+    """The run's network names: ``student``, the peers (``id``, default ``peer1``..), the teachers
+    (``id``, default ``teacher`` or ``teacher0``..)."""
+    teachers = teacher_names(len(cfg.teacher))
+    return (["student"] + [p.id or f"peer{i + 1}" for i, p in enumerate(cfg.peers)]
+            + [t.id or teachers[i] for i, t in enumerate(cfg.teacher)])
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -226,8 +226,10 @@ class ModelInfo:
 
 
 @torch.no_grad()
-def probe(model: nn.Module, input_shape: Sequence[int], device: torch.device | str | None = None) -> ModelInfo:
-    """Run one no-grad forward on zeros of ``[2, *input_shape]`` and record every module's output shape.
+def probe(model: nn.Module, input_shape: Sequence[int] | Tensor,
+          device: torch.device | str | None = None) -> ModelInfo:
+    """Run one no-grad forward on zeros of ``[2, *input_shape]`` (or on the given example batch: a task's
+    ``example_input``) and record every module's output shape.
 
     The model's train/eval mode is restored afterwards; batch-norm statistics are not touched (eval mode).
     """
@@ -254,13 +256,15 @@ def probe(model: nn.Module, input_shape: Sequence[int], device: torch.device | s
     was_training = base.training
     base.eval()
     try:
-        out = base(torch.zeros(2, *input_shape, device=device))
+        example = input_shape if isinstance(input_shape, Tensor) else torch.zeros(2, *input_shape, device=device)
+        out = base(example.to(device))
     finally:
         base.train(was_training)
         for h in handles:
             h.remove()
     out_shape = tuple(out.shape[1:]) if isinstance(out, Tensor) else None
-    return ModelInfo(layers, tuple(input_shape), out_shape)
+    shape = tuple(input_shape.shape[1:]) if isinstance(input_shape, Tensor) else tuple(input_shape)
+    return ModelInfo(layers, shape, out_shape)
 
 
 def format_inspect(model: nn.Module, info: ModelInfo) -> str:

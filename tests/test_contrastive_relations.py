@@ -46,7 +46,7 @@ def test_crd_queue_is_fixed_size_fifo():
     d.after_step()
     assert int(m.ptr) == 4
     with torch.no_grad():
-        e_t = m.embed_t(d.teacher_outputs(x)[1][m.teacher_specs[0]])
+        e_t = m.embed_t(d.teacher_outputs(x)[1]["teacher"][m.teacher_specs[0]])
     torch.testing.assert_close(m.mem_t[:4], e_t)  # newest entries in FIFO order
     with torch.no_grad():
         d(x, y)

@@ -97,7 +97,7 @@ def test_topk_cache_keeps_top_logits_and_tail_mass(tmp_path):
     cache = TeacherCache(TeacherCacheConfig(topk=3), 4, torch.device("cpu"), "x")
     logits = torch.randn(4, 10, generator=torch.Generator().manual_seed(0)) * 3
     keys = torch.arange(4)
-    for suffix, v in cache._compress(logits).items():
+    for suffix, v in cache.task.compress_output(logits, 3).items():
         cache._put(f"logits0{suffix}", keys, v)
     cache.n_teachers = 1
     (back,), _ = cache.lookup(keys, 10)

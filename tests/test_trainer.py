@@ -9,6 +9,8 @@ from kdkit.config import load_config
 from kdkit.engine.checkpoint import load_checkpoint, save_atomic
 from kdkit.engine.trainer import lr_at
 from kdkit.errors import CheckpointError, NonFiniteLossError
+from kdkit.methods import Distiller, create_method
+from kdkit.models import create_model
 
 
 def quiet(*_):
@@ -102,8 +104,11 @@ def test_schedules():
     assert lr_at(cfg, 4, 9, 10) == pytest.approx(0.1)  # last step before the milestone is not decayed
     assert lr_at(cfg, 5, 0, 10) == pytest.approx(0.01)
     assert lr_at(cfg, 9, 3, 10) == pytest.approx(0.001)
-    assert lr_at(cfg, 1, 0, 10, pretrain_epochs=3) == pytest.approx(0.1)  # stage 1 at the base rate
-    assert lr_at(cfg, 3, 0, 10, pretrain_epochs=3) == pytest.approx(0.005)  # then the schedule starts
+    stage1, main = Distiller(create_model("cnn_tiny", num_classes=10), [create_method("fitnets", stage1_epochs=3)],
+                             [create_model("cnn_tiny", num_classes=10)], (3, 32, 32)).set_plan(None, 10)
+    assert (stage1.start, stage1.epochs, main.start, main.epochs) == (0, 3, 3, 10)
+    assert lr_at(cfg, 1, 0, 10, stage1) == pytest.approx(0.1)  # stage 1 at the base rate
+    assert lr_at(cfg, 3, 0, 10, main) == pytest.approx(0.005)  # then the schedule starts
     cfg.schedule.name, cfg.schedule.warmup_epochs = "cosine", 0
     assert lr_at(cfg, 0, 0, 10) == pytest.approx(0.1)
     assert lr_at(cfg, 5, 0, 10) == pytest.approx(0.05)
@@ -126,7 +131,7 @@ def test_fitnets_stage1_runs_before_main_epochs(digits_cfg, tmp_path, teacher_ck
                      method={"name": "fitnets", "stage1_epochs": 1}, train={"epochs": 1})
     trainer = from_config(cfg, log=quiet)
     trainer.fit()
-    assert [h["stage"] for h in trainer.history] == ["stage 1", "train"]
+    assert [h["stage"] for h in trainer.history] == ["stage1", "main"]
     assert "train/ce" not in trainer.history[0] and "train/ce" in trainer.history[1]
 
 

@@ -34,6 +34,7 @@ from tqdm import tqdm
 from ..config import TeacherCacheConfig
 from ..data.base import TrainLoader
 from ..errors import ConfigError
+from ..tasks import Task, create_task
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -53,15 +54,16 @@ class TeacherCache:
     """Stored teacher outputs for ``num_keys`` distinct inputs (see the module docstring)."""
 
     def __init__(self, cfg: TeacherCacheConfig, num_keys: int, device: torch.device, fingerprint: str,
-                 path: Path | None = None):
+                 path: Path | None = None, task: Task | None = None):
         self.cfg, self.num_keys, self.device, self.fingerprint = cfg, num_keys, device, fingerprint
+        self.task = task or create_task()  # how an output is stored compactly (top-k logits)
         self.dtype = _DTYPES[cfg.dtype]
         self.path = Path(path) if cfg.store == "disk" and path is not None else None
         if cfg.store == "disk" and self.path is None:
             raise ConfigError("train.teacher_cache.store=disk needs a path")
         self.entries: dict[str, Tensor | np.ndarray] = {}
         self.n_teachers = 0
-        self.feature_names: list[str] = []
+        self.feature_names: list[list[str]] = []  # [teacher, layer] of each stored feature
         self.complete = False
         if self.path is not None:
             self._open_existing()
@@ -108,23 +110,15 @@ class TeacherCache:
         return _from_np(rows, dtype).to(self.device, non_blocking=True)
 
     # ------------------------------------------------------------------------------------ fill / look up
-    def _compress(self, logits: Tensor) -> dict[str, Tensor]:
-        k = self.cfg.topk
-        if k is None or k >= logits.shape[1]:
-            return {"": logits.to(self.dtype)}
-        logits = logits.float()
-        values, indices = logits.topk(k, dim=1)
-        rest = logits.scatter(1, indices, float("-inf")).logsumexp(1) - np.log(logits.shape[1] - k)
-        return {".values": values.to(self.dtype), ".indices": indices.to(torch.int32), ".rest": rest.float()}
-
-    def _expand(self, name: str, keys: Tensor, num_classes: int) -> Tensor:
-        if self.cfg.topk is None or f"{name}.values" not in self.entries:
-            return self._get(name, keys, self.dtype).float()
-        values = self._get(f"{name}.values", keys, self.dtype).float()
-        indices = self._get(f"{name}.indices", keys, torch.int32).long()
-        rest = self._get(f"{name}.rest", keys, torch.float32)
-        out = rest[:, None].expand(len(keys), num_classes).clone()
-        return out.scatter(1, indices, values)
+    def _parts(self, name: str, keys: Tensor) -> dict[str, Tensor]:
+        """The stored parts of output ``name`` (the task's compressed form) for these keys."""
+        parts = {}
+        for entry in self.entries:
+            if entry == name or (entry.startswith(name + ".") and "." not in entry[len(name) + 1:]):
+                suffix = entry[len(name):]
+                dtype = {".indices": torch.int32, ".rest": torch.float32}.get(suffix, self.dtype)
+                parts[suffix] = self._get(entry, keys, dtype)
+        return parts
 
     @torch.no_grad()
     def fill(self, distiller, loader, autocast, progress: bool = True) -> None:
@@ -142,12 +136,13 @@ class TeacherCache:
                             disable=None if progress else True, dynamic_ncols=True):
             with autocast():
                 logits, feats = distiller.teacher_outputs(x)
-            self.n_teachers, self.feature_names = len(logits), list(feats)
+            self.n_teachers = len(logits)
+            self.feature_names = [[net, spec] for net, fs in feats.items() for spec in fs]
             for i, lg in enumerate(logits):
-                for suffix, v in self._compress(lg).items():
-                    self._put(f"logits{i}{suffix}", keys, v)
-            for j, f in enumerate(feats.values()):
-                self._put(f"feat{j}", keys, f.to(self.dtype))
+                for suffix, v in self.task.compress_output(lg, self.cfg.topk).items():
+                    self._put(f"logits{i}{suffix}", keys, v if suffix in (".indices", ".rest") else v.to(self.dtype))
+            for j, (net, spec) in enumerate(self.feature_names):
+                self._put(f"feat{j}", keys, feats[net][spec].to(self.dtype))
         self.complete = True
         if self.path is not None:
             for store in self.entries.values():
@@ -159,10 +154,13 @@ class TeacherCache:
             tmp.write_text(json.dumps(meta, indent=1))
             os.replace(tmp, self._meta_file())  # the cache counts as complete only once this lands
 
-    def lookup(self, keys: Tensor, num_classes: int) -> tuple[list[Tensor], dict[str, Tensor]]:
-        """The stored ``(teacher logits list, teacher features)`` for the inputs with these keys."""
-        logits = [self._expand(f"logits{i}", keys, num_classes) for i in range(self.n_teachers)]
-        feats = {name: self._get(f"feat{j}", keys, self.dtype).float() for j, name in enumerate(self.feature_names)}
+    def lookup(self, keys: Tensor, num_classes: int) -> tuple[list[Tensor], dict[str, dict[str, Tensor]]]:
+        """The stored ``(teacher logits list, {teacher: {layer: feature}})`` for the inputs with these keys."""
+        meta = {"num_classes": num_classes}
+        logits = [self.task.expand_output(self._parts(f"logits{i}", keys), meta) for i in range(self.n_teachers)]
+        feats: dict[str, dict[str, Tensor]] = {}
+        for j, (net, spec) in enumerate(self.feature_names):
+            feats.setdefault(net, {})[spec] = self._get(f"feat{j}", keys, self.dtype).float()
         return logits, feats
 
     def nbytes(self) -> int:
@@ -177,7 +175,7 @@ def cache_fingerprint(distiller, loader, cfg: TeacherCacheConfig) -> str:
         for k, v in t.state_dict().items():
             h.update(k.encode())
             h.update(_np_view(v.float() if v.dtype == torch.bfloat16 else v).tobytes())
-    specs = distiller.t_tap.specs if distiller.t_tap is not None else []
+    specs = {net: tap.specs for net, tap in distiller.teacher_taps.items()}
     h.update(json.dumps({"specs": specs, "loader": loader.fingerprint(), "dtype": cfg.dtype,
                          "topk": cfg.topk}, sort_keys=True).encode())
     return h.hexdigest()
@@ -194,4 +192,4 @@ def build_cache(cfg: TeacherCacheConfig, distiller, loader: TrainLoader, device:
             "epoch the teacher must see each new image")
     n = loader.num_views * len(loader.data)
     path = Path(cfg.path) if cfg.path else run_dir / "teacher_cache"
-    return TeacherCache(cfg, n, device, cache_fingerprint(distiller, loader, cfg), path)
+    return TeacherCache(cfg, n, device, cache_fingerprint(distiller, loader, cfg), path, distiller.task)

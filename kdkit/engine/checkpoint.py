@@ -70,19 +70,34 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     return obj
 
 
-def model_record(name: str, num_classes: int, in_channels: int, kwargs: dict[str, Any],
-                 transforms: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """What a checkpoint says of its model: enough to create it again (zoo name, classes, input channels,
-    keyword arguments) and to give it the recorded structure (``kdkit.transforms.records``)."""
-    return {"name": name, "num_classes": num_classes, "in_channels": in_channels, "kwargs": dict(kwargs),
-            "transforms": list(transforms or [])}
+def model_record(name: str, kwargs: dict[str, Any], transforms: list[dict[str, Any]] | None = None,
+                 **task_fields: Any) -> dict[str, Any]:
+    """What a checkpoint says of a model: enough to create it again (zoo name, keyword arguments, what
+    the task records of its input and output: classes and input channels for classification) and to
+    give it the recorded structure (``kdkit.transforms.records``)."""
+    return {"name": name, **task_fields, "kwargs": dict(kwargs), "transforms": list(transforms or [])}
+
+
+def network_entry(ckpt: dict[str, Any], net: str | None, source: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The model record and weights of one of a checkpoint's trainable networks (default: the student;
+    peers are under ``networks``)."""
+    if net is None or net == "student":
+        return ckpt["model"], ckpt["student"]
+    nets = ckpt.get("networks") or {}
+    if net not in nets:
+        raise CheckpointError(f"{source} has no network '{net}' (networks: {', '.join(['student', *nets])})")
+    entry = nets[net]
+    if not isinstance(entry, dict) or "model" not in entry or "weights" not in entry:
+        raise CheckpointError(f"{source}: network '{net}' has no model record and weights")
+    return entry["model"], entry["weights"]
 
 
 def load_model_weights(model: nn.Module, ckpt: dict[str, Any], name: str, num_classes: int,
-                       in_channels: int, source: str = "checkpoint") -> nn.Module:
-    """Load a checkpoint's model weights into ``model`` after checking that it is the same network and
-    giving it the structure the checkpoint recorded (its transforms); returns the model to use."""
-    rec = ckpt["model"]
+                       in_channels: int, source: str = "checkpoint", net: str | None = None) -> nn.Module:
+    """Load the weights of one of a checkpoint's networks (``net``, default the student) into ``model``
+    after checking that it is the same network and giving it the structure the checkpoint recorded (its
+    transforms); returns the model to use."""
+    rec, weights = network_entry(ckpt, net, source)
     if rec.get("name") != name:
         raise CheckpointError(f"{source} holds a '{rec.get('name')}' model, but the config asks for '{name}'")
     if rec.get("num_classes") != num_classes:
@@ -93,7 +108,7 @@ def load_model_weights(model: nn.Module, ckpt: dict[str, Any], name: str, num_cl
             f"{source} expects {rec.get('in_channels')} input channels, the dataset has {in_channels}")
     model = rebuild_transforms(model, rec.get("transforms") or [], source)
     try:
-        model.load_state_dict(ckpt["student"])
+        model.load_state_dict(weights)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[0]
         raise CheckpointError(f"{source} does not fit model '{name}': {first}") from None

@@ -9,7 +9,6 @@ last epoch, written atomically) and ``best.pt`` (best validation top-1).
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -19,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from tqdm import tqdm
 
@@ -27,45 +25,15 @@ from ..config import RunConfig, config_dict, dump_yaml
 from ..data import Loaders
 from ..errors import ConfigError, KdkitError, NonFiniteLossError
 from ..methods import Distiller, method_name
+from ..methods.distiller import STUDENT
 from ..transforms import Transform, records
 from . import distributed
 from .checkpoint import FORMAT, VERSION, model_record, save_atomic
+from .evaluate import evaluate
+from .optim import group_lrs, lr_at, make_optimizer  # noqa: F401  (lr_at: part of this module's API)
 
 Callback = Callable[["Trainer", int, dict[str, Any]], None]
 NEVER = 2**62  # "no non-finite value yet", as a step number
-
-
-def make_optimizer(cfg: RunConfig, params, device: torch.device | None = None) -> torch.optim.Optimizer:
-    """SGD or AdamW; on CUDA the fused implementation (one kernel for all parameters), elsewhere the
-    multi-tensor ``foreach`` one."""
-    o = cfg.optim
-    params = [p for p in params if p.requires_grad]
-    impl = {"fused": True} if device is not None and device.type == "cuda" else {"foreach": True}
-    if o.name == "sgd":
-        return torch.optim.SGD(params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov,
-                               weight_decay=o.weight_decay, **impl)
-    return torch.optim.AdamW(params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay, **impl)
-
-
-def lr_at(cfg: RunConfig, epoch: int, i: int = 0, steps: int = 1, pretrain_epochs: int = 0) -> float:
-    """Learning rate for step ``i`` of ``steps`` in ``epoch`` (0-based).
-
-    Preliminary-stage epochs run at the base rate; the schedule covers the ``train.epochs`` main epochs that
-    follow: a linear warm-up that reaches the base rate at the last warm-up step, then step decay at the
-    start of each milestone epoch, or a cosine curve over the steps of the main epochs.
-    """
-    base, s = cfg.optim.lr, cfg.schedule
-    if epoch < pretrain_epochs:
-        return base
-    e = epoch - pretrain_epochs
-    pos = e + i / steps
-    if s.warmup_epochs > 0 and pos < s.warmup_epochs:
-        return base * min(1.0, (pos + 1 / steps) / s.warmup_epochs)
-    if s.name == "step":
-        return base * s.gamma ** sum(1 for m in s.milestones if e >= m)
-    if s.name == "cosine":
-        return s.min_lr + (base - s.min_lr) * 0.5 * (1 + math.cos(math.pi * min(pos / cfg.train.epochs, 1.0)))
-    return base
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
@@ -83,6 +51,7 @@ class Built:
     distiller: Distiller
     device: torch.device
     transforms: list[Transform] = field(default_factory=list)  # applied to the student, recorded when saved
+    peer_transforms: dict[str, list[Transform]] = field(default_factory=dict)  # each peer's, likewise
 
 
 class Trainer:
@@ -108,7 +77,13 @@ class Trainer:
             torch.backends.cudnn.deterministic = True
         self.built = built
         self.distiller, self.loaders, self.device = self.built.distiller, self.built.loaders, self.built.device
-        self.optimizer = make_optimizer(cfg, self.distiller.parameters(), self.device)
+        self.task = self.distiller.task
+        self.plan = self.distiller.set_plan(cfg.stages, cfg.train.epochs)
+        self.horizon = sum(s.epochs for s in self.plan if s.schedule) or cfg.train.epochs
+        peer_specs = dict(zip(self.distiller.peers, cfg.peers))
+        self.optimizer = make_optimizer(cfg, self.distiller.param_groups(), self.device, {
+            net: {"lr": spec.lr, "weight_decay": spec.weight_decay} for net, spec in peer_specs.items()})
+        self.peer_specs = peer_specs
         self.callbacks = list(callbacks)
         self.run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
         if self.dist.enabled:  # the default name holds the time: take rank 0's
@@ -118,7 +93,7 @@ class Trainer:
         self.cache = None
         self.epoch = 0  # epochs completed
         self.step = 0
-        self.best = -1.0
+        self.best: float | None = None  # the best validation value of the task's primary metric
         self.history: list[dict[str, Any]] = []
         self._tb = None
         use_amp = cfg.train.amp and self.device.type == "cuda"
@@ -135,9 +110,10 @@ class Trainer:
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            # a method with a preliminary stage trains only some helpers in it
+            # a stage that leaves some objectives off or freezes parameters trains only some of them
+            staged = len(self.plan) > 1 or any(s.frozen for s in self.plan)
             model = DDP(distiller, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                        find_unused_parameters=distiller.pretrain_epochs > 0)
+                        find_unused_parameters=staged)
         if t.compile != "none":
             model = self._compile(model)
         return model
@@ -151,25 +127,29 @@ class Trainer:
 
     @property
     def total_epochs(self) -> int:
-        return self.distiller.pretrain_epochs + self.cfg.train.epochs
+        return sum(s.epochs for s in self.plan)
 
     # ------------------------------------------------------------------------------------ resume
     def load_state(self, ckpt: dict[str, Any]) -> None:
         self.distiller.load_state_dict(ckpt["distiller"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.epoch, self.step, self.best = ckpt["epoch"], ckpt["step"], ckpt.get("best", -1.0)
+        self.epoch, self.step, self.best = ckpt["epoch"], ckpt["step"], ckpt.get("best")
         self.loaders.train.load_state_dict(ckpt["loader"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         if torch.cuda.is_available() and ckpt["rng"].get("cuda") is not None:
             torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
 
     def state(self) -> dict[str, Any]:
-        ds, spec = self.loaders.dataset, self.cfg.model
+        ds, spec, d = self.loaders.dataset, self.cfg.model, self.distiller
+        networks = {name: {"model": model_record(self.peer_specs[name].name, self.peer_specs[name].kwargs,
+                                                 records(peer, self.built.peer_transforms.get(name, [])),
+                                                 **self.task.record(ds)),
+                           "weights": peer.state_dict()} for name, peer in d.peers.items()}
         return {
             "format": FORMAT, "version": VERSION,
             "config": config_dict(self.cfg),
-            "model": model_record(spec.name, ds.num_classes, ds.in_channels, spec.kwargs,
-                                  records(self.distiller.student, self.built.transforms)),
+            "model": model_record(spec.name, spec.kwargs, records(d.student, self.built.transforms),
+                                  **self.task.record(ds)),
             "student": self.distiller.student.state_dict(),
             "distiller": self.distiller.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -178,7 +158,7 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             "metrics": self.history[-1] if self.history else {},
-        }
+        } | ({"networks": networks} if networks else {})
 
     # ------------------------------------------------------------------------------------ training
     def fit(self) -> dict[str, Any]:
@@ -194,11 +174,13 @@ class Trainer:
                 self.epoch += 1
                 metrics.update(self._evaluate_epoch())
                 self._end_epoch(metrics)
-            final = {f"test/{k}": v for k, v in self.evaluate(self.loaders.test).items()}
+            final = self.evaluate_networks(self.loaders.test, "test")
             final["epoch"] = self.epoch
             self._write_metrics({"final": True, **final})
-            self.log(f"test: top1 {final['test/top1']:.2f}%" + (
-                f", agreement with teacher {final['test/agreement']:.2f}%" if "test/agreement" in final else ""))
+            p = self.task.primary
+            self.log(f"test: {p} {final[f'test/{p}']:.2f}" + (
+                f", agreement with teacher {final['test/agreement']:.2f}" if "test/agreement" in final else "")
+                + "".join(f", {net} {p} {final[f'test/{net}/{p}']:.2f}" for net in self.distiller.peers))
             return {**(self.history[-1] if self.history else {}), **final}
         finally:
             if self._tb is not None:
@@ -242,19 +224,20 @@ class Trainer:
         """One epoch. Loss terms are summed on the device and read on the host only every
         ``train.log_every`` steps and at the end (finite check, progress bar): no per-step sync."""
         d, loader = self.distiller, self.loaders.train
+        stage = d.enter_stage(epoch)
         d.train()
         steps = len(loader)
-        stage = "stage 1" if epoch < d.pretrain_epochs else "train"
-        bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{self.total_epochs} {stage}", leave=False,
+        bar = tqdm(loader, total=steps, desc=f"epoch {epoch + 1}/{self.total_epochs} {stage.name}", leave=False,
                    disable=None if self.cfg.train.progress and self.dist.is_main else True, dynamic_ncols=True)
         names: list[str] = []
         sums = first_bad = None  # per term: summed value, and the first step at which it was not finite
         every = self.cfg.train.log_every
         t0 = time.perf_counter()
-        lr = lr_at(self.cfg, epoch, 0, steps, d.pretrain_epochs)
-        for i, (x, y, idx) in enumerate(bar):
-            lr = lr_at(self.cfg, epoch, i, steps, d.pretrain_epochs)
-            terms, values = self.train_step(x, y, idx, epoch, lr)
+        lrs = group_lrs(self.cfg, self.optimizer, epoch, 0, steps, stage, self.horizon)
+        for i, batch in enumerate(bar):
+            x, y, idx = self.task.split_batch(batch)
+            lrs = group_lrs(self.cfg, self.optimizer, epoch, i, steps, stage, self.horizon)
+            terms, values = self.train_step(x, y, idx, epoch, lrs)
             if sums is None:
                 names = list(terms)
                 sums = torch.zeros_like(values)
@@ -264,9 +247,9 @@ class Trainer:
             if (i + 1) % every == 0 or i + 1 == steps:
                 means = self._read_sums(names, sums, first_bad, i + 1, epoch)
                 if bar.disable is False:
-                    bar.set_postfix(loss=f"{sum(means.values()):.4f}", lr=f"{lr:.4g}")
+                    bar.set_postfix(loss=f"{sum(means.values()):.4f}", lr=f"{lrs[0]:.4g}")
         bar.close()
-        metrics: dict[str, Any] = {"epoch": epoch + 1, "stage": stage, "lr": lr,
+        metrics: dict[str, Any] = {"epoch": epoch + 1, "stage": stage.name, "lr": lrs[0],
                                    "time/train_s": time.perf_counter() - t0}
         vals = means if sums is not None else {}
         metrics["train/loss"] = sum(vals.values())
@@ -274,12 +257,14 @@ class Trainer:
         return metrics
 
     def train_step(self, x: Tensor, y: Tensor, idx: Tensor, epoch: int,
-                   lr: float) -> tuple[dict[str, Tensor], Tensor]:
-        """One optimisation step; returns the loss terms and their detached values stacked (on the device,
-        not read: reading them would synchronise with the device)."""
+                   lr: float | Sequence[float]) -> tuple[dict[str, Tensor], Tensor]:
+        """One optimisation step at learning rate ``lr`` (one per parameter group, or one for all);
+        returns the loss terms and their detached values stacked (on the device, not read: reading them
+        would synchronise with the device)."""
         opt = self.optimizer
-        for group in opt.param_groups:
-            group["lr"] = lr
+        lrs = [lr] * len(opt.param_groups) if isinstance(lr, int | float) else lr
+        for group, group_lr in zip(opt.param_groups, lrs):
+            group["lr"] = group_lr
         with self.autocast():
             terms = self.model(x, y, idx, epoch=epoch, teacher=self._teacher(x, idx))
         loss = sum(terms.values())
@@ -309,7 +294,7 @@ class Trainer:
         loader = self.loaders.val
         if loader is None or self.epoch % self.cfg.train.eval_every and self.epoch < self.total_epochs:
             return {}
-        return {f"val/{k}": v for k, v in self.evaluate(loader).items()}
+        return self.evaluate_networks(loader, "val")
 
     def _end_epoch(self, metrics: dict[str, Any]) -> None:
         if self.dist.enabled:
@@ -319,8 +304,9 @@ class Trainer:
                 raise KdkitError(f"after epoch {metrics['epoch']} the ranks hold different weights; "
                                  "stopping before a diverged checkpoint is written")
         self.history.append(metrics)
-        top1 = metrics.get("val/top1")
-        improved = top1 is not None and top1 > self.best
+        primary = f"val/{self.task.primary}"
+        top1 = metrics.get(primary)
+        improved = top1 is not None and self.task.better(top1, self.best)
         if improved:
             self.best = top1
         if self.write_files:
@@ -331,7 +317,7 @@ class Trainer:
             self._write_metrics(metrics)
         terms = ", ".join(f"{k[6:]} {v:.4f}" for k, v in metrics.items()
                           if k.startswith("train/") and k != "train/loss")
-        val = f"  val top1 {top1:.2f}%" if top1 is not None else ""
+        val = f"  val {self.task.primary} {top1:.2f}" if top1 is not None else ""
         self.log(f"epoch {metrics['epoch']}/{self.total_epochs}  loss {metrics['train/loss']:.4f} ({terms})"
                  f"{val}  lr {metrics['lr']:.4g}  {metrics['time/train_s']:.1f}s")
         for cb in self.callbacks:
@@ -353,40 +339,16 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def evaluate(self, loader) -> dict[str, float]:
-        return evaluate(self.distiller.student, loader, self.distiller.teachers, self.autocast, self.dist)
+    def evaluate(self, loader, net: str = STUDENT) -> dict[str, float]:
+        """The task's metrics of one trainable network (default: the student) on ``loader``."""
+        model = self.distiller.networks(trainable_only=True)[net]
+        return evaluate(model, loader, self.distiller.teachers, self.autocast, self.dist, self.task)
 
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, teachers: Sequence[torch.nn.Module] = (),
-             autocast: Callable = nullcontext, dist_info: distributed.DistInfo | None = None) -> dict[str, float]:
-    """Top-1 / top-5 accuracy (%), mean cross-entropy, and (with teachers) % agreement of the
-    student's prediction with the teachers' (mean-logit) prediction. Distributed: each rank evaluates
-    its shard of ``loader`` and the counts are summed over ranks. Counts stay on the device until the end."""
-    was_training = model.training
-    model.eval()
-    counts = None  # n, top1, top5, summed loss, agreement
-    for x, y, _ in loader:
-        with autocast():
-            logits = model(x).float()
-            t_logits = torch.stack([t(x).float() for t in teachers]).mean(0) if teachers else None
-        k = min(5, logits.shape[1])
-        pred = logits.topk(k, dim=1).indices
-        batch = torch.stack([
-            torch.tensor(float(len(y)), device=logits.device),
-            (pred[:, 0] == y).sum().float(),
-            (pred == y[:, None]).any(1).sum().float(),
-            F.cross_entropy(logits, y, reduction="sum"),
-            (t_logits.argmax(1) == pred[:, 0]).sum().float() if t_logits is not None else logits.new_zeros(()),
-        ]).double()
-        counts = batch if counts is None else counts + batch
-    model.train(was_training)
-    if counts is None:
-        counts = torch.zeros(5, dtype=torch.float64)
-    if dist_info is not None:
-        counts = distributed.all_reduce(counts, dist_info)
-    n, top1, top5, loss, agree = counts.tolist()
-    out = {"top1": 100.0 * top1 / max(n, 1), "top5": 100.0 * top5 / max(n, 1), "loss": loss / max(n, 1)}
-    if teachers:
-        out["agreement"] = 100.0 * agree / max(n, 1)
-    return out
+    def evaluate_networks(self, loader, prefix: str) -> dict[str, float]:
+        """Every trainable network's metrics: the student's as ``<prefix>/<metric>``, each peer's as
+        ``<prefix>/<peer>/<metric>``."""
+        out = {}
+        for net in self.distiller.networks(trainable_only=True):
+            key = prefix if net == STUDENT else f"{prefix}/{net}"
+            out.update({f"{key}/{k}": v for k, v in self.evaluate(loader, net).items()})
+        return out

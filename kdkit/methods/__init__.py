@@ -35,6 +35,7 @@ from .base import (
     register_method,
 )
 from .distiller import Distiller
+from .stages import Stage
 
-__all__ = ["METHODS", "Distiller", "Method", "MethodConfig", "Outputs", "create_method", "list_methods",
+__all__ = ["METHODS", "Distiller", "Method", "MethodConfig", "Outputs", "Stage", "create_method", "list_methods",
            "method_config", "method_name", "register_method"]

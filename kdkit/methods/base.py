@@ -57,6 +57,9 @@ class Outputs:
     t_feats: dict[str, Tensor] = field(default_factory=dict)  # from the first teacher
     student: nn.Module | None = None  # for methods that need an extra forward (gradient-based AT)
     teachers: list[nn.Module] = field(default_factory=list)
+    logits: dict[str, Tensor] = field(default_factory=dict)  # every network's output, by network name
+    feats: dict[str, dict[str, Tensor]] = field(default_factory=dict)  # every network's tapped features
+    peers: dict[str, nn.Module] = field(default_factory=dict)  # the trainable networks besides the student
 
     @property
     def t_logits_mean(self) -> Tensor:
@@ -80,17 +83,35 @@ class Method(nn.Module):
     needs_sample_index: ClassVar[bool] = False
     uses_teacher_features: ClassVar[bool] = False
     needs_input_grad: ClassVar[bool] = False  # the inputs require grad in the student's forward
+    needs_peers: ClassVar[int] = 0  # trainable networks it needs besides the student (online methods)
 
     def __init__(self, cfg: MethodConfig | None = None):
         super().__init__()
         self.cfg = cfg if cfg is not None else self.Config()
         self.student_specs: list[str] = []
         self.teacher_specs: list[str] = []
+        self.net_specs: dict[str, list[str]] = {}  # features on any network, by network name
         self.num_samples: int | None = None  # training-set size, set by the Distiller before setup()
+        self.infos: dict[str, ModelInfo] = {}  # every network's probed layers, set before setup()
 
     # -- set-up -------------------------------------------------------------------------------------
     def setup(self, s_info: ModelInfo, t_info: ModelInfo | None) -> None:
-        """Choose feature layers (``student_specs``/``teacher_specs``) and build helpers from shapes."""
+        """Choose feature layers (``student_specs``/``teacher_specs``, or ``net_specs`` for any network
+        by name, whose probed layers are in ``self.infos``) and build helpers from shapes."""
+
+    def taps(self, first_teacher: str | None) -> dict[str, list[str]]:
+        """The features this method reads, by network name (``out.feats[net][spec]`` in ``losses``)."""
+        taps = {"student": list(self.student_specs)}
+        if self.teacher_specs and first_teacher is not None:
+            taps[first_teacher] = list(self.teacher_specs)
+        for net, specs in self.net_specs.items():
+            taps.setdefault(net, []).extend(specs)
+        return taps
+
+    def frozen(self, objective: str) -> list[str]:
+        """The method's own modules (paths below it) held fixed while ``objective`` (``"main"`` or
+        ``"pretrain"``) is on: kept in eval mode, not trained."""
+        return []
 
     @property
     def pretrain_epochs(self) -> int:

@@ -1,9 +1,12 @@
-"""The :class:`Distiller`: the student, the methods that train it and the frozen teachers, run as one
-module whose ``forward`` returns the named, weighted loss terms of a batch.
+"""The :class:`Distiller`: a run's named networks and the methods that train them, run as one module whose
+``forward`` returns the named, weighted loss terms of a batch.
 
-The Distiller owns the student and every method (so ``distiller.parameters()`` is everything the optimizer
-trains); the teachers are kept outside the module tree: they are not trained, not saved in checkpoints,
-and always in ``eval()`` mode.
+Networks have names. The trainable ones are the ``student`` and any ``peers`` (online distillation, an
+assistant trained alongside); the frozen ones are the teachers (``teacher``, or ``teacher0``,
+``teacher1``... when there are several). The Distiller owns the trainable networks and every method (so
+``distiller.parameters()`` is everything the optimizer trains); the teachers are kept outside the module
+tree: not trained, not saved in checkpoints, always in ``eval()`` mode. Which objectives are on and which
+parameters train is the current stage's (:mod:`kdkit.methods.stages`).
 """
 
 from __future__ import annotations
@@ -11,21 +14,31 @@ from __future__ import annotations
 from contextlib import nullcontext
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..features import FeatureTap, probe
+from ..tasks import Task, create_task
 from .base import Method, Outputs
+from .stages import MAIN, PlannedStage, Stage, frozen_match, plan_stages
+
+STUDENT = "student"
+
+
+def teacher_names(n: int) -> list[str]:
+    """Default names of ``n`` teachers: ``teacher`` for one, ``teacher0``.. for several."""
+    return ["teacher"] if n == 1 else [f"teacher{i}" for i in range(n)]
 
 
 class Distiller(nn.Module):
-    """Student + methods (+ frozen teachers): ``forward`` returns the weighted, named loss terms."""
+    """Trainable networks + methods (+ frozen teachers): ``forward`` returns the weighted, named loss terms."""
 
     def __init__(self, student: nn.Module, methods: list[Method], teachers: list[nn.Module] | None = None,
-                 input_shape: tuple[int, ...] | None = None, num_samples: int | None = None):
+                 input_shape: tuple[int, ...] | None = None, num_samples: int | None = None,
+                 peers: dict[str, nn.Module] | None = None, names: list[str] | None = None,
+                 task: Task | None = None):
         super().__init__()
-        teachers = list(teachers or [])
+        teachers, peers = list(teachers or []), dict(peers or {})
         if not methods:
             raise ConfigError("at least one method is needed (use 'vanilla' for plain training)")
         needs = [m.name for m in methods if m.needs_teacher]
@@ -33,32 +46,114 @@ class Distiller(nn.Module):
             raise ConfigError(f"method(s) {', '.join(needs)} need a teacher (set 'teacher' in the config)")
         feat = [m.name for m in methods if m.uses_teacher_features]
         if feat and len(teachers) > 1:
-            raise ConfigError(f"feature method(s) {', '.join(feat)} need a single teacher, got {len(teachers)}")
+            raise ConfigError(f"feature method(s) {', '.join(feat)} tap the first teacher only: they need a "
+                              f"single teacher, got {len(teachers)}")
+        wants = max((m.needs_peers for m in methods), default=0)
+        if wants > len(peers):
+            raise ConfigError(f"method(s) {', '.join(m.name for m in methods if m.needs_peers)} need {wants} "
+                              f"peer network(s) besides the student, got {len(peers)} (set 'peers' in the config)")
+        self.teacher_names = list(names) if names is not None else teacher_names(len(teachers))
+        all_names = [STUDENT, *peers, *self.teacher_names]
+        if len(self.teacher_names) != len(teachers) or len(set(all_names)) != len(all_names):
+            raise ConfigError(f"network names must be unique, got {all_names}")
+        self.task = task or create_task()
         self.student = student
         self.methods = nn.ModuleList(methods)
+        self.peers = nn.ModuleDict(peers)
         object.__setattr__(self, "teachers", teachers)  # not submodules: never trained, never saved
         for t in teachers:
             t.eval().requires_grad_(False)
+        taps: dict[str, list[str]] = {}
         if input_shape is not None:
-            s_info = probe(student, input_shape)
-            t_info = probe(teachers[0], input_shape) if teachers else None
+            example = self.task.example_input(tuple(input_shape), _device(student))
+            infos = {name: probe(net, example) for name, net in self.networks().items()}
             for m in methods:
-                m.num_samples = num_samples
-                m.setup(s_info, t_info)
-        s_specs = [s for m in methods for s in m.student_specs]
-        t_specs = [s for m in methods for s in m.teacher_specs]
-        if (s_specs or t_specs) and input_shape is None:
+                m.num_samples, m.infos = num_samples, infos
+                m.setup(infos[STUDENT], infos[self.teacher_names[0]] if teachers else None)
+        for m in methods:
+            for net, specs in m.taps(self.teacher_names[0] if teachers else None).items():
+                if net not in all_names:
+                    raise ConfigError(f"method {m.name} taps network '{net}', which this run does not have "
+                                      f"(networks: {', '.join(all_names)})")
+                taps.setdefault(net, []).extend(specs)
+        if any(taps.values()) and input_shape is None:
             raise ConfigError("feature methods need input_shape to probe the models")
-        self.s_tap = FeatureTap(student, s_specs)
-        self.t_tap = FeatureTap(teachers[0], t_specs) if t_specs else None
+        nets = self.networks()
+        self.taps = {net: FeatureTap(nets[net], specs) for net, specs in taps.items() if specs}
+        self.taps.setdefault(STUDENT, FeatureTap(student, []))
+        self.teacher_taps = {net: tap for net, tap in self.taps.items() if net in self.teacher_names}
         self._uses_teacher = bool(needs)
         self._input_grad = any(m.needs_input_grad for m in methods)
-        self.pretrain_epochs = max((m.pretrain_epochs for m in methods), default=0)
+        self.set_plan(None)
+
+    # -- networks -------------------------------------------------------------------------------------
+    def networks(self, trainable_only: bool = False) -> dict[str, nn.Module]:
+        """Every network by name: the student, the peers, then (unless ``trainable_only``) the teachers."""
+        nets = {STUDENT: self.student, **dict(self.peers.items())}
+        if not trainable_only:
+            nets.update(zip(self.teacher_names, self.teachers))
+        return nets
+
+    @property
+    def s_tap(self) -> FeatureTap:
+        return self.taps[STUDENT]
+
+    @property
+    def t_tap(self) -> FeatureTap | None:
+        return self.taps.get(self.teacher_names[0]) if self.teachers else None
+
+    def param_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Trainable parameters by network: each peer's own, the student's with the methods' helpers."""
+        peer_ids = {id(p) for p in self.peers.parameters()}
+        groups = {STUDENT: [p for p in self.parameters() if id(p) not in peer_ids]}
+        groups.update({name: list(net.parameters()) for name, net in self.peers.items()})
+        return groups
+
+    # -- stages ---------------------------------------------------------------------------------------
+    def set_plan(self, stages: list[Stage] | None, main_epochs: int | None = None) -> list[PlannedStage]:
+        """Resolve the run's stages (``None``: the methods' preliminary stages, then ``main``)."""
+        self.plan = plan_stages(stages, list(self.methods), [n for n, _ in self.named_parameters()], main_epochs)
+        self._stage: PlannedStage | None = None
+        self._requires_grad = {n: p.requires_grad for n, p in self.named_parameters()}
+        return self.plan
+
+    @property
+    def pretrain_epochs(self) -> int:
+        """Epochs before the first stage with a main objective (0 when the run starts with one)."""
+        return next((s.start for s in self.plan if any(o == MAIN for _, o in s.objectives)), 0)
+
+    def stage_at(self, epoch: int) -> PlannedStage:
+        for s in self.plan:
+            if s.covers(epoch):
+                return s
+        return self.plan[-1]
+
+    def enter_stage(self, epoch: int) -> PlannedStage:
+        """Make the stage of ``epoch`` current: its frozen parameters stop requiring grad (and their
+        modules stay in eval mode), the others are restored. The trainer calls it at each epoch's start,
+        outside DDP and ``torch.compile``."""
+        stage = self.stage_at(epoch)
+        if stage is not self._stage:
+            before = self._stage.frozen if self._stage is not None else ()
+            self._stage = stage
+            for n, p in self.named_parameters():
+                p.requires_grad_(self._requires_grad.get(n, True) and not frozen_match(n, stage.frozen))
+            for name, module in self.named_modules():
+                if frozen_match(name, stage.frozen):
+                    module.eval()
+                elif frozen_match(name, before):
+                    module.train(self.training)
+        return stage
 
     def train(self, mode: bool = True) -> Distiller:
         super().train(mode)
         for t in self.teachers:
             t.eval()
+        frozen = self._stage.frozen if getattr(self, "_stage", None) is not None else ()
+        if mode and frozen:
+            for name, module in self.named_modules():
+                if frozen_match(name, frozen):
+                    module.eval()
         return self
 
     def _apply(self, fn, recurse: bool = True):  # .to() / .cuda() / .half() also move the teachers
@@ -67,56 +162,78 @@ class Distiller(nn.Module):
             t._apply(fn, recurse)
         return self
 
+    # -- teachers -------------------------------------------------------------------------------------
     @torch.no_grad()
     def teacher_logits(self, x: Tensor) -> list[Tensor]:
         return [t(x) for t in self.teachers]
 
-    def teacher_outputs(self, x: Tensor, inference_mode: bool = True) -> tuple[list[Tensor], dict[str, Tensor]]:
-        """The teachers' logits and the first teacher's tapped features for ``x``, computed in inference
-        mode (no autograd bookkeeping at all) and then copied out of it: inference tensors may not be
-        saved for backward, and feature losses save their inputs. ``inference_mode=False`` runs them under
-        plain ``no_grad`` (what most training loops do; the benchmark's reference loop)."""
+    def teacher_outputs(self, x: Tensor, inference_mode: bool = True
+                        ) -> tuple[list[Tensor], dict[str, dict[str, Tensor]]]:
+        """The teachers' outputs and their tapped features (``{teacher: {layer: tensor}}``) for ``x``,
+        computed in inference mode (no autograd bookkeeping at all) and then copied out of it: inference
+        tensors may not be saved for backward, and feature losses save their inputs. ``inference_mode=False``
+        runs them under plain ``no_grad`` (what most training loops do; the benchmark's reference loop)."""
         if not self._uses_teacher:
             return [], {}
-        with torch.inference_mode() if inference_mode else torch.no_grad(), self.t_tap or nullcontext():
-            logits = self.teacher_logits(x)
-        feats = dict(self.t_tap.features) if self.t_tap is not None else {}
+        logits, feats = [], {}
+        with torch.inference_mode() if inference_mode else torch.no_grad():
+            for name, t in zip(self.teacher_names, self.teachers):
+                tap = self.taps.get(name)
+                with tap or nullcontext():
+                    logits.append(t(x))
+                if tap is not None:
+                    feats[name] = dict(tap.features)
         if not inference_mode:
             return logits, feats
-        return [v.clone() for v in logits], {k: v.clone() for k, v in feats.items()}
+        return [v.clone() for v in logits], {n: {k: v.clone() for k, v in f.items()} for n, f in feats.items()}
 
     def pin_taps(self) -> None:
         """Keep the feature hooks attached for good (needed under ``torch.compile``, which would otherwise
         see the hooks change every step)."""
-        for tap in (self.s_tap, self.t_tap):
-            if tap is not None:
-                tap.pin()
+        for tap in self.taps.values():
+            tap.pin()
 
-    def forward(self, x: Tensor, y: Tensor, index: Tensor | None = None, epoch: int = 0,
-                teacher: tuple[list[Tensor], dict[str, Tensor]] | None = None) -> dict[str, Tensor]:
-        """Named, weighted loss terms for one batch. ``teacher`` is ``teacher_outputs(x)`` when the caller
-        computed it already (the trainer does, outside ``torch.compile`` and DDP, or from its cache)."""
+    # -- the step -------------------------------------------------------------------------------------
+    def forward(self, x: Tensor, y, index: Tensor | None = None, epoch: int = 0,
+                teacher: tuple[list[Tensor], dict[str, dict[str, Tensor]]] | None = None) -> dict[str, Tensor]:
+        """Named, weighted loss terms for one batch in the stage of ``epoch``. ``teacher`` is
+        ``teacher_outputs(x)`` when the caller computed it already (the trainer does, outside
+        ``torch.compile`` and DDP, or from its cache)."""
+        stage = self._stage if self._stage is not None and self._stage.covers(epoch) else self.enter_stage(epoch)
         if self._input_grad and self.training:
             x = x.detach().requires_grad_(True)
-        with self.s_tap:
-            s_logits = self.student(x)
-        out = Outputs(x, y, index, epoch, s_logits, s_feats=self.s_tap.features, student=self.student,
-                      teachers=self.teachers)
+        logits, feats = {}, {}
+        for name, net in self.networks(trainable_only=True).items():
+            tap = self.taps.get(name)
+            with tap or nullcontext():
+                logits[name] = net(x)
+            feats[name] = tap.features if tap is not None else {}
+        out = Outputs(x, y, index, epoch, logits[STUDENT], s_feats=feats[STUDENT], student=self.student,
+                      teachers=self.teachers, logits=logits, feats=feats, peers=dict(self.peers.items()))
         if self._uses_teacher:
-            out.t_logits, out.t_feats = teacher if teacher is not None else self.teacher_outputs(x)
-        if index is None and any(m.needs_sample_index for m in self.methods):
+            t_logits, t_feats = teacher if teacher is not None else self.teacher_outputs(x)
+            out.t_logits, out.t_feats = t_logits, t_feats.get(self.teacher_names[0], {})
+            logits.update(zip(self.teacher_names, t_logits))
+            feats.update(t_feats)
+        if index is None and any(self.methods[i].needs_sample_index for i, _ in stage.objectives):
             raise ConfigError("a method needs sample indices: pass index= to the distiller")
-        if epoch < self.pretrain_epochs:
-            active = [m for m in self.methods if epoch < m.pretrain_epochs]
-            return self._merge(m.pretrain_losses(out) for m in active)
-        ce_w = 1.0
-        for m in self.methods:
-            ce_w *= m.ce_weight()
         terms: dict[str, Tensor] = {}
-        if ce_w != 0.0:
-            terms["ce"] = ce_w * F.cross_entropy(s_logits.float(), y)
-        return self._merge([terms] + [
-            {k: m.cfg.weight * v for k, v in m.losses(out).items()} for m in self.methods])
+        if stage.ce:
+            ce_w = 1.0
+            for i, objective in stage.objectives:
+                if objective == MAIN:
+                    ce_w *= self.methods[i].ce_weight()
+            if ce_w != 0.0:
+                for name in self.networks(trainable_only=True):
+                    terms["ce" if name == STUDENT else f"ce/{name}"] = ce_w * self.task.loss(logits[name], y)
+        parts = [terms]
+        for i, objective in stage.objectives:
+            m = self.methods[i]
+            if objective == MAIN:
+                parts.append({k: m.cfg.weight * v for k, v in m.losses(out).items()})
+            else:
+                parts.append(m.pretrain_losses(out))
+        return self._merge(parts)
 
     def after_step(self) -> None:
         """Every method's :meth:`~kdkit.methods.Method.after_step` (the trainer calls it after each
@@ -133,3 +250,8 @@ class Distiller(nn.Module):
                     raise ConfigError(f"two methods return a loss term named '{k}'")
                 merged[k] = v
         return merged
+
+
+def _device(module: nn.Module) -> torch.device:
+    p = next(module.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -97,10 +96,11 @@ class FT(Method):
         _, recon = self.paraphraser(f_t)
         return {"ft_reconstruction": F.mse_loss(recon, f_t)}
 
+    def frozen(self, objective: str) -> list[str]:
+        return ["paraphraser"] if objective == "main" else []  # fixed once pre-trained
+
     def losses(self, out: Outputs) -> dict[str, Tensor]:
         f_s, f_t = match_spatial(out.s_feats[self.student_specs[0]], out.t_feats[self.teacher_specs[0]])
-        self.paraphraser.eval()  # frozen after its pre-training stage
-        with torch.no_grad():
-            factor_t, _ = self.paraphraser(f_t)
+        factor_t, _ = self.paraphraser(f_t)  # frozen in the main stage (see ``frozen``): eval mode, no grad
         c = self.cfg
         return {"ft": c.effective_beta * factor_transfer(self.translator(f_s), factor_t, c.p, c.factor)}

@@ -1,0 +1,38 @@
+"""Evaluation of a network on a loader, with the metrics of the run's task."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+
+import torch
+
+from ..tasks import Task, create_task
+from . import distributed
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader, teachers: Sequence[torch.nn.Module] = (),
+             autocast: Callable = nullcontext, dist_info: distributed.DistInfo | None = None,
+             task: Task | None = None) -> dict[str, float]:
+    """The task's metrics of ``model`` on ``loader`` (classification: top-1 / top-5 accuracy in %, mean
+    cross-entropy, and with teachers the % agreement of the prediction with the teachers' mean-logit
+    prediction). Distributed: each rank evaluates its shard and the counts are summed over ranks. Counts
+    stay on the device until the end."""
+    task = task or create_task()
+    was_training = model.training
+    model.eval()
+    counts = None
+    for batch in loader:
+        x, y, _ = task.split_batch(batch)
+        with autocast():
+            output = model(x).float()
+            t_output = torch.stack([t(x).float() for t in teachers]).mean(0) if teachers else None
+        batch_counts = task.eval_counts(output, y, t_output)
+        counts = batch_counts if counts is None else counts + batch_counts
+    model.train(was_training)
+    if counts is None:
+        counts = torch.zeros(len(task.counts), dtype=torch.float64)
+    if dist_info is not None:
+        counts = distributed.all_reduce(counts, dist_info)
+    return task.metrics(counts.tolist(), with_teacher=bool(teachers))
