@@ -23,6 +23,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdkit", description="Knowledge distillation for PyTorch.")
     parser.add_argument("--version", action="version", version=f"kdkit {__version__}")
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
+                        help="import a Python file or module first, so the methods, models, transforms or "
+                        "tasks it registers can be named in configs (repeatable)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model with labels only (a teacher or a baseline)")
@@ -33,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a checkpoint on its dataset's test (or validation) split")
     p.add_argument("checkpoint")
     p.add_argument("--split", choices=["test", "val"], default="test")
+    p.add_argument("--net", default=None, help="which trainable network of the run (default: the student)")
     p.add_argument("--data-root", help="where the dataset files are (default: the lookup order in docs)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
@@ -133,29 +137,35 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .build import build_model, pick_device
-    from .config import parse_config
+    from .config import network_names, parse_config
     from .data import build_loaders
     from .engine.checkpoint import load_checkpoint
-    from .engine.trainer import evaluate
+    from .engine.evaluate import evaluate
+    from .tasks import create_task
 
     ckpt = load_checkpoint(args.checkpoint)
     cfg = parse_config(ckpt["config"])
+    trainable = dict(zip(network_names(cfg), [cfg.model, *cfg.peers]))
+    net = args.net or "student"
+    if net not in trainable:
+        raise ConfigError(f"--net {net}: the run's trainable networks are {', '.join(trainable)}")
+    spec = trainable[net]
     if args.data_root:
         cfg.data.root = args.data_root
     device = pick_device(args.device)
     loaders = build_loaders(cfg.data, cfg.train.seed, device)
     ds = loaders.dataset
-    cfg.model.checkpoint = args.checkpoint
-    model = build_model(cfg.model, ds.num_classes, ds.in_channels).to(device)
+    spec.checkpoint, spec.net = args.checkpoint, net
+    model = build_model(spec, ds.num_classes, ds.in_channels).to(device)
     loader = loaders.test if args.split == "test" else loaders.val
     if loader is None:
         raise ConfigError("this run has no validation split (data.val_fraction was 0)")
-    metrics = evaluate(model, loader)
+    metrics = evaluate(model, loader, task=create_task(cfg.task))
     if args.json:
         print(json.dumps(metrics))
     else:
-        print(f"{cfg.model.name} on {ds.name} {args.split} ({len(loader.data)} images): "
-              f"top1 {metrics['top1']:.2f}%  top5 {metrics['top5']:.2f}%  loss {metrics['loss']:.4f}")
+        print(f"{spec.name}{'' if net == 'student' else f' ({net})'} on {ds.name} {args.split} "
+              f"({len(loader.data)} images): " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     return 0
 
 
@@ -206,9 +216,42 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_plugin(name: str) -> None:
+    """Import a Python file (``path/to/file.py``) or an importable module by name; its top-level code
+    registers what it adds (``@register_method`` and the like)."""
+    import importlib
+    import importlib.util
+
+    path = Path(name)
+    try:
+        if path.suffix == ".py":
+            if not path.is_file():
+                raise ConfigError(f"--plugin {name}: no such file")
+            key = f"kdkit_plugin_{path.stem}"
+            loaded = sys.modules.get(key)
+            if loaded is not None and Path(loaded.__file__).resolve() == path.resolve():
+                return  # already imported (its registrations are in place)
+            spec = importlib.util.spec_from_file_location(key, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[key] = module  # dataclasses look their module up while the file runs
+            try:
+                spec.loader.exec_module(module)
+            except BaseException:
+                del sys.modules[key]
+                raise
+        else:
+            importlib.import_module(name)
+    except KdkitError:
+        raise
+    except Exception as e:  # the plugin's own error: say which plugin, keep the message
+        raise ConfigError(f"--plugin {name}: {type(e).__name__}: {e}") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        for plugin in args.plugin:
+            load_plugin(plugin)
         if args.command in ("train", "distill"):
             return cmd_run(args, distill=args.command == "distill")
         if args.command == "eval":

@@ -26,8 +26,8 @@ Recipe paths are relative to the working directory, as on the command line.
 A run whose ``metrics.jsonl`` holds its final test metrics is finished and skipped; a run with a
 checkpoint but no final metrics (the pipeline was killed in it) is resumed from its last epoch; the
 others start. So rerunning a killed pipeline continues in the run where it stopped. ``{from: NAME}``
-points at the final weights (``checkpoint.pt``) of an earlier run; for a repeated run it points at its last
-repetition.
+points at the final weights (``checkpoint.pt``) of an earlier run's student, ``{from: NAME, net: peer1}``
+at one of its other trainable networks (online runs); for a repeated run it points at its last repetition.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from .build import from_config, resume
-from .config import load_config, load_yaml
+from .config import load_config, load_yaml, network_names, parse_config
 from .engine.trainer import Callback
 from .errors import ConfigError
 from .registry import suggest
@@ -91,8 +91,9 @@ def _refs(run: RunEntry) -> list[str]:
     teachers = run.teacher if isinstance(run.teacher, list) else [run.teacher] if run.teacher else []
     out = [t["from"] for t in teachers if isinstance(t, dict) and "from" in t]
     if run.init is not None:
-        if set(run.init) != {"from"}:
-            raise ConfigError(f"pipeline: run '{run.name}': init must be {{from: RUN}}, got {run.init!r}")
+        if "from" not in run.init or not set(run.init) <= {"from", "net"}:
+            raise ConfigError(f"pipeline: run '{run.name}': init must be {{from: RUN}} (and optionally net: "
+                              f"NAME), got {run.init!r}")
         out.append(run.init["from"])
     return [str(r) for r in out]
 
@@ -106,11 +107,18 @@ def final_metrics(run_dir: Path) -> dict[str, Any] | None:
     return finals[-1] if finals else None
 
 
-def _network(run_dir: Path) -> dict[str, Any]:
-    """A model spec for the final weights of the finished run in ``run_dir``."""
-    saved = load_yaml(run_dir / "config.yaml")
-    model = saved["model"] if isinstance(saved["model"], dict) else {"name": saved["model"]}
-    return {"name": model["name"], "kwargs": model.get("kwargs") or {}, "checkpoint": str(run_dir / "checkpoint.pt")}
+def _network(run_dir: Path, net: str | None = None) -> dict[str, Any]:
+    """A model spec for the final weights of one trainable network (default: the student) of the
+    finished run in ``run_dir``."""
+    saved = parse_config(load_yaml(run_dir / "config.yaml"))
+    trainable = dict(zip(network_names(saved), [saved.model, *saved.peers]))
+    net = net or "student"
+    if net not in trainable:
+        raise ConfigError(f"pipeline: run {run_dir.name} has no trainable network '{net}' "
+                          f"(networks: {', '.join(trainable)})")
+    spec = trainable[net]
+    return {"name": spec.name, "kwargs": dict(spec.kwargs), "checkpoint": str(run_dir / "checkpoint.pt"),
+            **({"net": net} if net != "student" else {})}
 
 
 def run_pipeline(path: str | Path, out_dir: str | Path | None = None, callbacks: Sequence[Callback] = (),
@@ -153,7 +161,7 @@ def _resolve_teachers(entry: RunEntry, done: dict[str, Path], previous: Path | N
     if not entry.teacher:
         return None
     teachers = entry.teacher if isinstance(entry.teacher, list) else [entry.teacher]
-    return [_network(done[t["from"]]) if isinstance(t, dict) and "from" in t else t for t in teachers]
+    return [_network(done[t["from"]], t.get("net")) if isinstance(t, dict) and "from" in t else t for t in teachers]
 
 
 def _run_config(entry: RunEntry, teacher: list[dict] | None, done: dict[str, Path]):
@@ -161,11 +169,11 @@ def _run_config(entry: RunEntry, teacher: list[dict] | None, done: dict[str, Pat
     if teacher is not None:
         data["teacher"] = teacher
     if entry.init is not None:
-        source = _network(done[entry.init["from"]])
+        source = _network(done[entry.init["from"]], entry.init.get("net"))
         model = data.get("model")
         model = {"name": model} if isinstance(model, str) else dict(model or {})
         if model.get("name") != source["name"]:
             raise ConfigError(f"pipeline: run '{entry.name}' initialises a '{model.get('name')}' from run "
                               f"'{entry.init['from']}', whose network is a '{source['name']}'")
-        data["model"] = {**model, "checkpoint": source["checkpoint"]}
+        data["model"] = {**model, **{k: v for k, v in source.items() if k in ("checkpoint", "net")}}
     return load_config(base=data, overrides=list(entry.set))
