@@ -13,13 +13,14 @@ from .data import list_datasets, load_dataset
 from .engine.checkpoint import load_checkpoint
 from .engine.trainer import Trainer, evaluate
 from .features import FeatureTap, probe
-from .methods import Distiller, Method, create_method, list_methods, register_method
+from .methods import Distiller, Method, Stage, create_method, list_methods, register_method
 from .models import create_model, list_models, register_model
+from .tasks import Task, create_task, register_task
 from .transforms import Transform, list_transforms, register_transform
 
 __all__ = [
     "__version__", "RunConfig", "load_config", "parse_config", "from_config", "resume", "list_datasets", "load_dataset",
     "load_checkpoint", "Trainer", "evaluate", "FeatureTap", "probe", "Distiller", "Method", "create_method",
     "list_methods", "register_method", "create_model", "list_models", "register_model", "Transform",
-    "list_transforms", "register_transform",
+    "list_transforms", "register_transform", "Stage", "Task", "create_task", "register_task",
 ]

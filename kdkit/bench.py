@@ -113,6 +113,7 @@ class KdkitLoop:
 
         built = build(cfg, device, dataset=dataset, load_teachers=False)
         self.trainer = Trainer(cfg, built, write_files=False, log=lambda m: None)
+        self.trainer.distiller.enter_stage(self.trainer.distiller.pretrain_epochs)  # the main stage, outside compile
         self.trainer.distiller.train()
         self.batches = _cycle(self.trainer.loaders.train)
         self.device, self.lr = built.device, cfg.optim.lr
@@ -141,6 +142,7 @@ class ReferenceLoop:
         self.batches = _cycle(self.loader)
         self.running = 0.0
         self.epoch = self.distiller.pretrain_epochs
+        self.distiller.enter_stage(self.epoch)
 
     def step(self) -> None:
         x, y, idx = next(self.batches)
