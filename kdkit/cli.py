@@ -46,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-shape", default="3,32,32", help="C,H,W (default 3,32,32)")
     p.add_argument("--num-classes", type=int, default=10)
 
-    p = sub.add_parser("list", help="list models, datasets or methods")
-    p.add_argument("what", choices=["models", "datasets", "methods", "transforms"])
+    p = sub.add_parser("list", help="list models, datasets, methods, transforms or tasks")
+    p.add_argument("what", choices=["models", "datasets", "methods", "transforms", "tasks"])
     p.add_argument("pattern", nargs="?", default="*", help="glob filter, e.g. 'resnet*'")
 
     p = sub.add_parser("bench", help="training speed (images/s, s/epoch, MFU, memory), optionally against "
@@ -201,11 +201,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 
         for name in DATASETS.names(args.pattern):
             print(f"{name:14s} {(DATASETS.get(name).__doc__ or '').strip()}")
-    elif args.what == "transforms":
+    elif args.what in ("transforms", "tasks"):
+        from .tasks import TASKS
         from .transforms import TRANSFORMS
 
-        for name in TRANSFORMS.names(args.pattern):
-            doc = (TRANSFORMS.get(name).__doc__ or "").strip().splitlines()[0]
+        registry = TRANSFORMS if args.what == "transforms" else TASKS
+        for name in registry.names(args.pattern):
+            doc = (registry.get(name).__doc__ or "").strip().splitlines()[0]
             print(f"{name:14s} {doc}")
     else:
         from .methods import METHODS

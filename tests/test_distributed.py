@@ -194,3 +194,36 @@ def test_crd_memory_is_gathered_across_ranks(tmp_path, teacher_ckpt):
     written = (ranks[0]["methods.0.mem_s"] != fresh).any(1).sum().item()
     seen = len(single.built.loaders.train) * 64  # full global batches of one epoch (the last partial one dropped)
     assert written == seen, (written, seen)
+
+
+def test_torchrun_peers_and_a_frozen_stage(tmp_path):
+    """Two ranks train the student and a peer (the worked mutual-learning example) in two stages that
+    freeze the student's first block (DDP with parameters that get no gradient): the block ends exactly as
+    initialised, weights and batch-norm statistics."""
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    cfg = {"model": "cnn_tiny", "peers": ["cnn_tiny"], "method": "toy_mutual",
+           "stages": [{"name": "warm", "epochs": 1, "frozen": ["student.stage1"]},
+                      {"name": "main", "frozen": ["student.stage1"], "lr": 0.02}],
+           "data": {"name": "digits", "batch_size": 64, "limit_train": 512},
+           "train": {"epochs": 1, "progress": False}}
+    path = tmp_path / "mutual.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           f"--master_port={_free_port()}", "-m", "kdkit", "--plugin", str(examples / "toy_mutual.py"),
+                           "train", str(path), "--out", str(tmp_path / "run")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["stage"] for m in metrics if "stage" in m] == ["warm", "main"]
+    assert all(m["ddp/replicas_identical"] for m in metrics if "stage" in m)
+    assert "val/peer1/top1" in metrics[0] and "test/peer1/top1" in metrics[-1]
+    from kdkit import from_config
+    from kdkit.cli import load_plugin
+
+    load_plugin(str(examples / "toy_mutual.py"))
+    initial = from_config(load_config(base=cfg), log=lambda m: None, write_files=False).distiller.student
+    final = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["student"]
+    block = {k: v for k, v in initial.state_dict().items() if k.startswith("stage1.")}
+    assert block and all(torch.equal(v, final[k]) for k, v in block.items())
+    assert not torch.equal(initial.state_dict()["fc.weight"], final["fc.weight"])  # the rest trained

@@ -214,3 +214,8 @@ def test_calibrated_task_example_through_the_cli(tmp_path):
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**cfg, "task": "calibrated"}))
     assert cli(["train", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "r2")]) == 2  # unknown task
     assert cli(["--plugin", str(tmp_path / "missing.py"), "list", "methods"]) == 2
+
+
+def test_list_tasks(capsys):
+    assert cli(["list", "tasks", "classification"]) == 0
+    assert capsys.readouterr().out.startswith("classification")
