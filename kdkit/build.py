@@ -16,7 +16,7 @@ from .data import Dataset, build_loaders
 from .engine import distributed
 from .engine.checkpoint import load_checkpoint, load_model_weights
 from .engine.trainer import Built, Callback, Trainer
-from .errors import ConfigError, KdkitError
+from .errors import CheckpointError, ConfigError, KdkitError
 from .methods import Distiller, create_method
 from .models import create_model
 from .tasks import create_task
@@ -46,6 +46,8 @@ def build_model(spec: ModelSpec, num_classes: int, in_channels: int, load: bool 
         raise ConfigError(f"model '{spec.name}': {e}") from None
     if load and spec.checkpoint:
         ckpt = load_checkpoint(spec.checkpoint)
+        if "config" in ckpt:
+            stored_config(ckpt, spec.checkpoint)  # a file whose stored config does not validate is refused
         model = load_model_weights(model, ckpt, spec.name, num_classes, in_channels, source=spec.checkpoint,
                                    net=spec.net)
     return model
@@ -115,14 +117,27 @@ def from_config(cfg: RunConfig, built: Built | None = None, run_dir: str | Path 
                    dist_info=dist)
 
 
+def stored_config(ckpt: dict[str, Any], source: str | Path) -> RunConfig:
+    """The run config a checkpoint holds, validated; a CheckpointError (exit 4) naming the file if it has
+    none or if it does not validate."""
+    if "config" not in ckpt:
+        raise CheckpointError(f"{source}: holds no run config (a model-only checkpoint)")
+    try:
+        return parse_config(ckpt["config"])
+    except ConfigError as e:
+        raise CheckpointError(f"{source}: its stored config does not validate ({e})") from None
+
+
 def resume(run_dir: str | Path, **kwargs: Any) -> Trainer:
     """Continue the run in ``run_dir`` (or from a checkpoint file) from its last checkpoint, with the
-    config it was started with; ``kwargs`` as for :func:`from_config`."""
+    config it was started with; ``kwargs`` as for :func:`from_config`. The checkpoint is checked whole
+    against the rebuilt run before any of it is used."""
     run_dir = Path(run_dir)
-    ckpt = load_checkpoint(run_dir / "checkpoint.pt" if run_dir.is_dir() else run_dir)
+    path = run_dir / "checkpoint.pt" if run_dir.is_dir() else run_dir
+    ckpt = load_checkpoint(path)
     if "optimizer" not in ckpt or "config" not in ckpt:
-        raise KdkitError(f"{run_dir} holds a model-only checkpoint, which cannot be resumed")
-    trainer = from_config(parse_config(ckpt["config"]), run_dir=run_dir if run_dir.is_dir() else run_dir.parent,
+        raise CheckpointError(f"{path} holds a model-only checkpoint, which cannot be resumed")
+    trainer = from_config(stored_config(ckpt, path), run_dir=run_dir if run_dir.is_dir() else run_dir.parent,
                           **kwargs)
-    trainer.load_state(ckpt)
+    trainer.load_state(ckpt, str(path))
     return trainer

@@ -136,15 +136,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .build import build_model, pick_device
-    from .config import network_names, parse_config
+    from .build import build_model, pick_device, stored_config
+    from .config import network_names
     from .data import build_loaders
     from .engine.checkpoint import load_checkpoint
     from .engine.evaluate import evaluate
     from .tasks import create_task
 
     ckpt = load_checkpoint(args.checkpoint)
-    cfg = parse_config(ckpt["config"])
+    cfg = stored_config(ckpt, args.checkpoint)
     trainable = dict(zip(network_names(cfg), [cfg.model, *cfg.peers]))
     net = args.net or "student"
     if net not in trainable:
@@ -275,7 +275,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_demo(seeds=args.seeds, epochs=args.epochs, out=Path(args.out) if args.out else None)
         return 0
     except KdkitError as e:
-        print(f"kdkit: error: {e}", file=sys.stderr)
+        message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        print(f"kdkit: error: {message}", file=sys.stderr)  # one line, whatever the error
         return e.exit_code
     except KeyboardInterrupt:
         print("kdkit: interrupted; the last completed epoch's checkpoint is kept", file=sys.stderr)

@@ -61,10 +61,14 @@ class DataConfig:
     replay_views: int = 0  # >0: each sample has this many fixed augmented views, epoch e shows view e % n
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError("batch sizes must be >= 1")
-        if self.cutout < 0 or self.num_workers < 0 or self.replay_views < 0:
-            raise ValueError("cutout, num_workers and replay_views must be >= 0")
+        for name, high in (("batch_size", 1 << 24), ("eval_batch_size", 1 << 24), ("image_size", 4096)):
+            if not 1 <= getattr(self, name) <= high:
+                raise ValueError(f"{name} must be in [1, {high}], got {getattr(self, name)}")
+        for name, high in (("cutout", 4096), ("num_workers", 1024), ("replay_views", 1024)):
+            if not 0 <= getattr(self, name) <= high:
+                raise ValueError(f"{name} must be in [0, {high}], got {getattr(self, name)}")
+        if self.limit_train is not None and self.limit_train < 1:
+            raise ValueError(f"limit_train must be >= 1, got {self.limit_train}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
@@ -127,10 +131,14 @@ class TrainConfig:
     ghost_batch_size: int | None = None  # batch-norm statistics over groups of this many samples (per rank)
 
     def __post_init__(self) -> None:
-        if self.log_every < 1:
-            raise ValueError(f"log_every must be >= 1, got {self.log_every}")
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.log_every < 1 or self.eval_every < 1:
+            raise ValueError(f"log_every and eval_every must be >= 1, got {self.log_every}, {self.eval_every}")
+        if not 1 <= self.epochs <= 1_000_000:
+            raise ValueError(f"epochs must be in [1, 1000000], got {self.epochs}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"grad_clip must be > 0, got {self.grad_clip}")
         if self.ghost_batch_size is not None and self.ghost_batch_size < 2:
             raise ValueError(f"ghost_batch_size must be >= 2 (batch norm needs 2 samples), got "
                              f"{self.ghost_batch_size}")
@@ -190,14 +198,66 @@ def network_names(cfg: RunConfig) -> list[str]:
             + [t.id or teachers[i] for i, t in enumerate(cfg.teacher)])
 
 
+MAX_YAML_BYTES = 1 << 20  # a config, recipe or pipeline file is small; anything larger is refused
+MAX_YAML_NODES = 100_000  # nodes after alias expansion ("billion laughs" documents are refused)
+
+
+class _Loader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` whose document is refused when its aliases would expand it past
+    ``MAX_YAML_NODES`` nodes (checked on the composed graph, before anything is built from it)."""
+
+    def get_single_node(self):
+        node = super().get_single_node()
+        if node is not None:
+            _check_expansion(node)
+        return node
+
+
+def _check_expansion(root) -> None:
+    sizes: dict[int, int] = {}  # expanded size of each node seen (aliases share node objects)
+    stack = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        if id(node) in sizes:
+            continue
+        children = ([n for kv in node.value for n in kv] if isinstance(node, yaml.MappingNode)
+                    else node.value if isinstance(node, yaml.SequenceNode) else [])
+        if done:
+            sizes[id(node)] = 1 + sum(sizes[id(c)] for c in children)
+            if sizes[id(node)] > MAX_YAML_NODES:
+                raise ConfigError(f"its aliases expand to more than {MAX_YAML_NODES:,} values "
+                                  "(nested aliases, a 'billion laughs' document)")
+        else:
+            stack.append((node, True))
+            stack.extend((c, False) for c in children if id(c) not in sizes)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML text to plain data, bounded: size, alias expansion and nesting depth; errors name ``where``."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{where}: {len(text):,} bytes is too large for a config (at most {MAX_YAML_BYTES:,})")
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506  (a SafeLoader subclass)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: invalid YAML: {' '.join(str(e).split())[:300]}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply to be a config") from None
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path}" + (" (it is a directory)" if path.is_dir() else ""))
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise ConfigError(f"{path}: {path.stat().st_size:,} bytes is too large for a config "
+                          f"(at most {MAX_YAML_BYTES:,})")
     try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot be read as text ({type(e).__name__}: {e})") from None
+    data = parse_yaml(text, str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a config must be a YAML mapping")
     return data
@@ -213,8 +273,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise ConfigError(f"--set expects key=value, got '{item}'")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw else None
-        except yaml.YAMLError:
+            value = parse_yaml(raw, f"--set {key}") if raw else None
+        except ConfigError as e:
+            if "invalid YAML" not in str(e):
+                raise
             value = raw
         parts = key.strip().split(".")
         node: Any = data
@@ -256,7 +318,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 base: dict[str, Any] | None = None) -> RunConfig:
     """Load a YAML recipe (or a mapping), apply ``--set`` overrides and validate."""
     data = load_yaml(path) if path is not None else dict(base or {})
-    return parse_config(apply_overrides(data, list(overrides or [])))
+    try:
+        return parse_config(apply_overrides(data, list(overrides or [])))
+    except ConfigError as e:
+        if path is None or str(e).startswith(str(path)):
+            raise
+        raise ConfigError(f"{path}: {e}") from None
 
 
 def config_dict(cfg: RunConfig) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -95,5 +95,8 @@ class TrainLoader(Protocol):
     def state_dict(self) -> dict:
         """What resuming at an epoch boundary needs."""
 
+    def check_state(self, state: Any, source: str) -> None:
+        """Raise CheckpointError (naming ``source``) if ``state`` cannot be restored; changes nothing."""
+
     def load_state_dict(self, state: dict) -> None:
-        """Restore :meth:`state_dict`."""
+        """Restore :meth:`state_dict` (checked first with :meth:`check_state`)."""

@@ -66,14 +66,47 @@ class _SafeUnpickler(pickle.Unpickler):
 
 def read_batch(path: Path) -> dict:
     """Load one CIFAR batch file with the restricted unpickler; keys are returned as ``str``."""
+    if not path.is_file():
+        raise DatasetError(f"{path} is not a file")
     try:
         with open(path, "rb") as f:
             obj = _SafeUnpickler(io.BufferedReader(f), encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, AttributeError, ImportError, IndexError) as e:
-        raise DatasetError(f"{path} is not a valid CIFAR batch file (truncated or corrupt): {e}") from None
+    except RecursionError:
+        raise DatasetError(f"{path} is not a valid CIFAR batch file (nested too deeply)") from None
+    except Exception as e:  # noqa: BLE001  (any byte string: unpickling can fail in any way; none runs code)
+        detail = " ".join(str(e).split())[:200]
+        raise DatasetError(f"{path} is not a valid CIFAR batch file (truncated or corrupt: "
+                           f"{type(e).__name__}: {detail})") from None
     if not isinstance(obj, dict):
         raise DatasetError(f"{path} is not a CIFAR batch file (a {type(obj).__name__}, not a dict)")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def _check_batch(batch: dict, label_key: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """A batch's images (uint8 ``[N, 3072]``) and labels (int64 ``[N]``), or a DatasetError naming the
+    file and what is wrong."""
+    if "data" not in batch or label_key not in batch:
+        raise DatasetError(f"{path}: a CIFAR batch needs 'data' and '{label_key}', "
+                           f"has {sorted(map(str, batch))[:8]}")
+    data, labels = batch["data"], batch[label_key]
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        what = f"a {data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DatasetError(f"{path}: 'data' is {what}, expected a uint8 array of shape [N, 3072]")
+    if isinstance(labels, np.ndarray):
+        values = labels
+    elif isinstance(labels, list | tuple) and all(
+            (type(v) is int and -(2**63) <= v < 2**63) or isinstance(v, np.integer) for v in labels):
+        values = np.array(labels, dtype=np.int64) if labels else np.zeros(0, dtype=np.int64)
+    else:
+        raise DatasetError(f"{path}: '{label_key}' is {type(labels).__name__}"
+                           f"{' holding non-integers' if isinstance(labels, list | tuple) else ''}, "
+                           "expected a list of integer class indices")
+    if values.ndim != 1 or values.dtype.kind not in "iu" or len(values) != len(data):
+        raise DatasetError(f"{path}: '{label_key}' must hold one integer per image ({len(data)}), got "
+                           f"{values.dtype} of shape {values.shape}")
+    if len(values) and (values.min() < 0 or values.max() > np.iinfo(np.int64).max):
+        raise DatasetError(f"{path}: '{label_key}' holds negative class indices")
+    return data, values.astype(np.int64)
 
 
 def _find_folder(name: str, cfg: DataConfig) -> Path:
@@ -107,14 +140,9 @@ def _load_split(folder: Path, entries: list[tuple[str, str]], label_key: str, ve
             raise DatasetError(f"{path} is missing (a CIFAR folder needs all of its batch files)")
         if verify:
             check_md5(path, md5)
-        batch = read_batch(path)
-        if "data" not in batch or label_key not in batch:
-            raise DatasetError(f"{path}: a CIFAR batch needs 'data' and '{label_key}', has {sorted(batch)}")
-        data = np.asarray(batch["data"], dtype=np.uint8)
-        if data.ndim != 2 or data.shape[1] != 3072 or len(data) != len(batch[label_key]):
-            raise DatasetError(f"{path}: 'data' has shape {data.shape}, expected [N, 3072] with N labels")
+        data, batch_labels = _check_batch(read_batch(path), label_key, path)
         images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))
-        labels.append(torch.as_tensor(list(batch[label_key]), dtype=torch.int64))
+        labels.append(torch.from_numpy(batch_labels))
     return ImageSet(torch.cat(labels), images=torch.cat(images))
 
 
@@ -128,8 +156,10 @@ def load_cifar(name: str, cfg: DataConfig) -> Dataset:
     if (folder / meta_file).is_file():
         if cfg.verify:
             check_md5(folder / meta_file, meta_md5)
-        classes = [c.decode() if isinstance(c, bytes) else str(c)
-                   for c in read_batch(folder / meta_file).get(meta_key, [])]
+        names = read_batch(folder / meta_file).get(meta_key, [])
+        if not isinstance(names, list) or not all(isinstance(c, bytes | str) for c in names):
+            raise DatasetError(f"{folder / meta_file}: '{meta_key}' must be a list of class names")
+        classes = [c.decode("latin1") if isinstance(c, bytes) else c for c in names]
     n = src["num_classes"]
     for split, s in (("train", train), ("test", test)):
         if len(s) and (s.labels.min() < 0 or s.labels.max() >= n):

@@ -12,11 +12,13 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..engine.validate import check_rng
 from ..errors import CheckpointError, ConfigError
 from .base import ImageSet
 
@@ -264,6 +266,12 @@ class BatchLoader:
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state(), "epoch": self.epoch}
+
+    def check_state(self, state: Any, source: str) -> None:
+        """Refuse a saved state this loader cannot take (before anything is restored)."""
+        if not isinstance(state, dict) or type(state.get("epoch", 0)) is not int or state.get("epoch", 0) < 0:
+            raise CheckpointError(f"{source}: the data loader state is malformed")
+        check_rng(state.get("generator"), source, "data loader", self.generator.device)
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch = int(state.get("epoch", 0))

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from .base import ImageSet
 
 
@@ -120,6 +120,11 @@ class DataLoaderPipeline:
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch}
+
+    def check_state(self, state, source: str) -> None:
+        """Refuse a saved state this loader cannot take (before anything is restored)."""
+        if not isinstance(state, dict) or type(state.get("epoch", 0)) is not int or state.get("epoch", 0) < 0:
+            raise CheckpointError(f"{source}: the data loader state is malformed")
 
     def load_state_dict(self, state: dict) -> None:
         self.epoch = int(state.get("epoch", 0))

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..transforms import rebuild_transforms
+from .validate import check_record, check_tensors, is_state_dict
 
 FORMAT = "kdkit-checkpoint"
 VERSION = 1
@@ -54,7 +55,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Load and check a kdkit checkpoint; anything else raises :class:`CheckpointError`."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file" if path.is_dir()
+                              else f"checkpoint not found: {path}")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle errors, zip errors, refused globals ...
@@ -62,11 +64,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"{path} is not a kdkit checkpoint (cannot be read safely: {first})") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a kdkit checkpoint (no '{FORMAT}' marker)")
-    if obj.get("version", 0) > VERSION:
-        raise CheckpointError(f"{path} was written by a newer kdkit (checkpoint version {obj['version']})")
+    version = obj.get("version", 0)
+    if type(version) is not int or version < 0:
+        raise CheckpointError(f"{path}: the checkpoint version is {str(version)[:20]!r}, not a number")
+    if version > VERSION:
+        raise CheckpointError(f"{path} was written by a newer kdkit (checkpoint version {version})")
     for key in ("model", "student"):
         if key not in obj:
             raise CheckpointError(f"{path} is an incomplete kdkit checkpoint (no '{key}')")
+    check_record(obj["model"], str(path))
+    if not is_state_dict(obj["student"]):
+        raise CheckpointError(f"{path}: the student weights are not a mapping of names to tensors")
     return obj
 
 
@@ -84,12 +92,14 @@ def network_entry(ckpt: dict[str, Any], net: str | None, source: str) -> tuple[d
     if net is None or net == "student":
         return ckpt["model"], ckpt["student"]
     nets = ckpt.get("networks") or {}
+    if not isinstance(nets, dict):
+        raise CheckpointError(f"{source}: 'networks' is not a mapping")
     if net not in nets:
         raise CheckpointError(f"{source} has no network '{net}' (networks: {', '.join(['student', *nets])})")
     entry = nets[net]
     if not isinstance(entry, dict) or "model" not in entry or "weights" not in entry:
         raise CheckpointError(f"{source}: network '{net}' has no model record and weights")
-    return entry["model"], entry["weights"]
+    return check_record(entry["model"], source, f"model record of '{net}'"), entry["weights"]
 
 
 def load_model_weights(model: nn.Module, ckpt: dict[str, Any], name: str, num_classes: int,
@@ -107,6 +117,7 @@ def load_model_weights(model: nn.Module, ckpt: dict[str, Any], name: str, num_cl
         raise CheckpointError(
             f"{source} expects {rec.get('in_channels')} input channels, the dataset has {in_channels}")
     model = rebuild_transforms(model, rec.get("transforms") or [], source)
+    check_tensors(model.state_dict(), weights, source, "weights" if net in (None, "student") else f"weights of '{net}'")
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:

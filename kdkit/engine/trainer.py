@@ -23,14 +23,15 @@ from tqdm import tqdm
 
 from ..config import RunConfig, config_dict, dump_yaml
 from ..data import Loaders
-from ..errors import ConfigError, KdkitError, NonFiniteLossError
+from ..errors import CheckpointError, ConfigError, KdkitError, NonFiniteLossError
 from ..methods import Distiller, method_name
 from ..methods.distiller import STUDENT
 from ..transforms import Transform, records
 from . import distributed
-from .checkpoint import FORMAT, VERSION, model_record, save_atomic
+from .checkpoint import FORMAT, VERSION, model_record, network_entry, save_atomic
 from .evaluate import evaluate
 from .optim import group_lrs, lr_at, make_optimizer  # noqa: F401  (lr_at: part of this module's API)
+from .validate import check_tensors, check_training_state
 
 Callback = Callable[["Trainer", int, dict[str, Any]], None]
 NEVER = 2**62  # "no non-finite value yet", as a step number
@@ -130,7 +131,26 @@ class Trainer:
         return sum(s.epochs for s in self.plan)
 
     # ------------------------------------------------------------------------------------ resume
-    def load_state(self, ckpt: dict[str, Any]) -> None:
+    def check_state(self, ckpt: dict[str, Any], source: str = "checkpoint") -> None:
+        """Refuse (CheckpointError, one line) a checkpoint this run cannot resume from, before using any
+        of it: its model records against the run's networks, every tensor's shape and dtype, the
+        optimizer, counters, loader and RNG states."""
+        ds, d = self.loaders.dataset, self.distiller
+        specs = {STUDENT: self.cfg.model, **self.peer_specs}
+        for net, model in d.networks(trainable_only=True).items():
+            rec, weights = network_entry(ckpt, net, source)
+            expected = {"name": specs[net].name, "kwargs": dict(specs[net].kwargs), **self.task.record(ds)}
+            wrong = [k for k, v in expected.items() if rec.get(k) != v]
+            if wrong:
+                k = wrong[0]
+                raise CheckpointError(f"{source}: the model record of '{net}' says {k}={str(rec.get(k))[:60]!r}, "
+                                      f"the run's config says {str(expected[k])[:60]!r}")
+            check_tensors(model.state_dict(), weights, source, f"weights of '{net}'")
+        check_training_state(ckpt, source, d.state_dict(), self.optimizer, self.total_epochs)
+        self.loaders.train.check_state(ckpt["loader"], source)
+
+    def load_state(self, ckpt: dict[str, Any], source: str = "checkpoint") -> None:
+        self.check_state(ckpt, source)
         self.distiller.load_state_dict(ckpt["distiller"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.epoch, self.step, self.best = ckpt["epoch"], ckpt["step"], ckpt.get("best")
