@@ -24,7 +24,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -65,7 +67,10 @@ class TeacherCache:
         self.n_teachers = 0
         self.feature_names: list[list[str]] = []  # [teacher, layer] of each stored feature
         self.complete = False
+        self.invalid: str | None = None  # why a stored cache found in ``path`` was not used (it is rebuilt)
         if self.path is not None:
+            if self.path.exists() and not self.path.is_dir():
+                raise ConfigError(f"train.teacher_cache.path {self.path} exists and is not a directory")
             self._open_existing()
 
     # ------------------------------------------------------------------------------------ storage
@@ -73,16 +78,78 @@ class TeacherCache:
         return self.path / "meta.json"
 
     def _open_existing(self) -> None:
-        meta_file = self._meta_file()
-        if not meta_file.is_file():
+        """Reuse a complete cache in ``path`` if every check passes; otherwise say why in ``self.invalid``
+        (``fill`` then rebuilds it). Nothing outside the directory is opened, nothing is unpickled."""
+        if not self._meta_file().exists() and not self._meta_file().is_symlink():
             return
-        meta = json.loads(meta_file.read_text())
-        if meta.get("fingerprint") != self.fingerprint or not meta.get("complete"):
-            return  # a different teacher / data / option, or an interrupted fill: rebuilt by fill()
-        self.n_teachers, self.feature_names = meta["n_teachers"], meta["features"]
-        for name in meta["entries"]:
-            self.entries[name] = np.load(self.path / f"{name}.npy", mmap_mode="r")
+        problem = self._load_checked()
+        if problem is not None:
+            self.invalid = problem
+            self.entries.clear()
+            self.n_teachers, self.feature_names = 0, []
+            return
         self.complete = True
+
+    def _np_dtype(self, name: str) -> np.dtype:
+        if name.endswith(".indices"):
+            return np.dtype(np.int32)
+        if name.endswith(".rest"):
+            return np.dtype(np.float32)
+        return np.dtype(np.int16) if self.dtype == torch.bfloat16 else torch.empty(0, dtype=self.dtype).numpy().dtype
+
+    def _load_checked(self) -> str | None:
+        """Open and check the stored cache against its meta.json and this run's fingerprint; the reason it
+        cannot be used, or None."""
+        meta_file = self._meta_file()
+        if meta_file.is_symlink() or not meta_file.is_file() or meta_file.stat().st_size > 1 << 20:
+            return "meta.json is not a regular file of a sensible size"
+        try:
+            meta = json.loads(meta_file.read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            return f"meta.json is not JSON ({type(e).__name__})"
+        if not isinstance(meta, dict):
+            return "meta.json is not a mapping"
+        if meta.get("fingerprint") != self.fingerprint:
+            return "it was made for other teachers, inputs, layers or storage options"
+        if meta.get("complete") is not True:
+            return "its filling was interrupted"
+        n, features, entries = meta.get("n_teachers"), meta.get("features"), meta.get("entries")
+        sums, shapes = meta.get("checksums"), meta.get("shapes")
+        if (type(n) is not int or not 0 <= n <= 1000 or not isinstance(features, list) or not all(
+                isinstance(f, list) and len(f) == 2 and all(isinstance(s, str) for s in f) for f in features)
+                or meta.get("num_keys") != self.num_keys or not isinstance(sums, dict) or not isinstance(shapes, dict)
+                or not isinstance(entries, list) or len(set(map(str, entries))) != len(entries)):
+            return "meta.json does not describe a kdkit teacher cache"
+        expected = {f"feat{j}" for j in range(len(features))}
+        for name in entries:
+            if not isinstance(name, str) or not _ENTRY.match(name):
+                return f"meta.json names an entry {str(name)[:40]!r} that is not a cache array"
+            base = name.split(".")[0]
+            if base.startswith("logits") and int(base[6:]) >= n or base.startswith("feat") and name not in expected:
+                return f"meta.json lists an unexpected entry {name}"
+        for name in entries:
+            problem = self._open_entry(name, sums.get(name), shapes.get(name))
+            if problem is not None:
+                return problem
+        self.n_teachers, self.feature_names = n, features
+        return None
+
+    def _open_entry(self, name: str, checksum: Any, shape: Any) -> str | None:
+        path = self.path / f"{name}.npy"
+        if path.is_symlink() or not path.is_file():
+            return f"{path.name} is missing or not a regular file"
+        try:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            return f"{path.name} cannot be read ({' '.join(str(e).split())[:80]})"
+        if not isinstance(array, np.ndarray) or array.dtype != self._np_dtype(name):
+            return f"{path.name} holds {getattr(array, 'dtype', type(array).__name__)}, expected {self._np_dtype(name)}"
+        if not isinstance(shape, list) or list(array.shape) != shape or not shape or shape[0] != self.num_keys:
+            return f"{path.name} has shape {list(array.shape)}, expected {shape} with {self.num_keys} rows"
+        if _checksum(array) != checksum:
+            return f"{path.name} does not match its checksum (changed since it was written)"
+        self.entries[name] = array
+        return None
 
     def _alloc(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> None:
         full = (self.num_keys, *shape)
@@ -90,8 +157,9 @@ class TeacherCache:
             self.entries[name] = torch.empty(full, dtype=dtype, device=self.device)
         else:
             np_dtype = np.int16 if dtype == torch.bfloat16 else torch.empty(0, dtype=dtype).numpy().dtype
-            self.entries[name] = np.lib.format.open_memmap(self.path / f"{name}.npy", mode="w+",
-                                                           dtype=np_dtype, shape=full)
+            path = self.path / f"{name}.npy"
+            path.unlink(missing_ok=True)  # a new file: never write through a link left in its place
+            self.entries[name] = np.lib.format.open_memmap(path, mode="w+", dtype=np_dtype, shape=full)
 
     def _put(self, name: str, keys: Tensor, value: Tensor) -> None:
         if name not in self.entries:
@@ -127,8 +195,8 @@ class TeacherCache:
             return
         if self.path is not None:
             self.path.mkdir(parents=True, exist_ok=True)
-            if self._meta_file().exists():
-                self._meta_file().unlink()  # stale or partial: rebuilt below
+            if self._meta_file().exists() or self._meta_file().is_symlink():
+                self._meta_file().unlink()  # stale, partial or invalid: rebuilt below
         self.entries.clear()
         batches = loader.iter_views()
         steps = loader.num_views * -(-len(loader.data) // loader.batch_size)
@@ -149,8 +217,11 @@ class TeacherCache:
                 store.flush()
             meta = {"fingerprint": self.fingerprint, "complete": True, "n_teachers": self.n_teachers,
                     "features": self.feature_names, "entries": sorted(self.entries),
-                    "num_keys": self.num_keys}
+                    "num_keys": self.num_keys,
+                    "shapes": {k: list(v.shape) for k, v in self.entries.items()},
+                    "checksums": {k: _checksum(v) for k, v in self.entries.items()}}
             tmp = self._meta_file().with_suffix(".tmp")
+            tmp.unlink(missing_ok=True)
             tmp.write_text(json.dumps(meta, indent=1))
             os.replace(tmp, self._meta_file())  # the cache counts as complete only once this lands
 
@@ -166,6 +237,18 @@ class TeacherCache:
     def nbytes(self) -> int:
         return sum(int(e.nbytes) if isinstance(e, np.ndarray) else e.numel() * e.element_size()
                    for e in self.entries.values())
+
+
+_ENTRY = re.compile(r"^(logits\d{1,4}(\.(values|indices|rest))?|feat\d{1,5})$")  # the only array names
+
+
+def _checksum(array: np.ndarray) -> str:
+    """sha256 of an array's bytes, read in blocks (memory maps are not loaded whole)."""
+    h = hashlib.sha256()
+    flat = array.reshape(len(array), -1) if array.ndim > 1 else array.reshape(-1, 1)
+    for start in range(0, len(flat), 4096):
+        h.update(np.ascontiguousarray(flat[start:start + 4096]).tobytes())
+    return h.hexdigest()
 
 
 def cache_fingerprint(distiller, loader, cfg: TeacherCacheConfig) -> str:

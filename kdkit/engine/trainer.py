@@ -27,7 +27,7 @@ from ..errors import CheckpointError, ConfigError, KdkitError, NonFiniteLossErro
 from ..methods import Distiller, method_name
 from ..methods.distiller import STUDENT
 from ..transforms import Transform, records
-from . import distributed
+from . import distributed, run_files
 from .checkpoint import FORMAT, VERSION, model_record, network_entry, save_atomic
 from .evaluate import evaluate
 from .optim import group_lrs, lr_at, make_optimizer  # noqa: F401  (lr_at: part of this module's API)
@@ -96,6 +96,8 @@ class Trainer:
         self.step = 0
         self.best: float | None = None  # the best validation value of the task's primary metric
         self.history: list[dict[str, Any]] = []
+        self.best_epoch: int | None = None  # the epoch best.pt holds
+        self._resumed_metrics: dict[str, Any] | None = None  # the checkpoint's last epoch metrics, on resume
         self._tb = None
         use_amp = cfg.train.amp and self.device.type == "cuda"
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
@@ -154,6 +156,8 @@ class Trainer:
         self.distiller.load_state_dict(ckpt["distiller"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.epoch, self.step, self.best = ckpt["epoch"], ckpt["step"], ckpt.get("best")
+        self.best_epoch = ckpt.get("best_epoch")
+        self._resumed_metrics = ckpt.get("metrics") if isinstance(ckpt.get("metrics"), dict) else None
         self.loaders.train.load_state_dict(ckpt["loader"])
         torch.set_rng_state(ckpt["rng"]["torch"])
         if torch.cuda.is_available() and ckpt["rng"].get("cuda") is not None:
@@ -173,7 +177,7 @@ class Trainer:
             "student": self.distiller.student.state_dict(),
             "distiller": self.distiller.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "epoch": self.epoch, "step": self.step, "best": self.best,
+            "epoch": self.epoch, "step": self.step, "best": self.best, "best_epoch": self.best_epoch,
             "loader": self.loaders.train.state_dict(),
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
@@ -208,10 +212,21 @@ class Trainer:
 
     def _prepare_run_dir(self) -> None:
         ckpt = self.run_dir / "checkpoint.pt"
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ConfigError(f"{self.run_dir} exists and is not a directory; choose another --out / train.run_name")
         if self.epoch == 0 and ckpt.exists():
             raise ConfigError(f"{self.run_dir} already holds a run; resume it with --resume {self.run_dir} "
                               "or choose another --out / train.run_name")
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        for path in run_files.remove_stale_temps(self.run_dir):
+            self.log(f"removed {path.name}, left by an interrupted checkpoint write")
+        if self.epoch > 0:  # resuming: the files as they were after this epoch, whatever moment the kill hit
+            last = self._resumed_metrics
+            self.history = run_files.reconcile_metrics(self.run_dir, self.epoch, last)
+            no_val = (last or {}).get(f"val/{self.task.primary}") is None
+            was_best = self.best_epoch == self.epoch or no_val and self.epoch == self.total_epochs
+            if run_files.repair_best(self.run_dir, self.epoch, was_best):
+                self.log("best.pt restored from checkpoint.pt (the run was stopped between the two writes)")
         (self.run_dir / "config.yaml").write_text(dump_yaml(self.cfg))
         self.log(f"run directory: {self.run_dir}")
 
@@ -225,6 +240,8 @@ class Trainer:
             distributed.barrier(self.dist)  # rank 0 fills the shared directory first
         self.cache = build_cache(cfg, self.distiller, self.loaders.train, self.device, self.run_dir)
         reused = self.cache.complete
+        if self.cache.invalid is not None:
+            self.log(f"teacher cache in {self.cache.path} not reused: {self.cache.invalid}; rebuilding it")
         self.cache.fill(self.distiller, self.loaders.train, self.autocast,
                         progress=self.cfg.train.progress and self.dist.is_main)
         if shared_disk and self.dist.is_main:
@@ -328,7 +345,7 @@ class Trainer:
         top1 = metrics.get(primary)
         improved = top1 is not None and self.task.better(top1, self.best)
         if improved:
-            self.best = top1
+            self.best, self.best_epoch = top1, self.epoch
         if self.write_files:
             state = self.state()
             save_atomic(state, self.run_dir / "checkpoint.pt")

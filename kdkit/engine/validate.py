@@ -93,6 +93,10 @@ def check_training_state(ckpt: dict[str, Any], source: str, distiller_state: dic
     best = ckpt.get("best")
     if best is not None and (isinstance(best, bool) or not isinstance(best, int | float) or not math.isfinite(best)):
         raise _fail(source, f"'best' is {str(best)[:40]!r}, not a finite number")
+    if ckpt.get("best_epoch") is not None:
+        _int(ckpt["best_epoch"], source, "best_epoch", 0, total_epochs)
+    if ckpt.get("metrics") is not None and not isinstance(ckpt["metrics"], dict):
+        raise _fail(source, "'metrics' is not a mapping")
     _check_optimizer(ckpt["optimizer"], optimizer, source)
     rng = ckpt["rng"]
     if not isinstance(rng, dict) or "torch" not in rng:

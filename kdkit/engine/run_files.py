@@ -1,0 +1,91 @@
+"""Upkeep of a run directory when a run starts or resumes, so that a run killed at any moment (in a step,
+in evaluation, while writing a checkpoint or a metrics line) continues as if it had not been:
+
+- temporary files of interrupted checkpoint writes (``.checkpoint.pt.*.tmp``) are removed; complete
+  checkpoints are never touched;
+- ``metrics.jsonl`` is made to hold exactly one line per completed epoch: a partly written last line and
+  lines past the checkpoint's epoch (or an earlier final line) are dropped, and the checkpoint's own
+  metrics are added when the kill came between the checkpoint and its metrics line;
+- ``best.pt`` is rewritten from the checkpoint when the kill came between the two writes of an epoch
+  whose model was the best so far.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import CheckpointError
+
+CHECKPOINTS = ("checkpoint.pt", "best.pt")
+
+
+def remove_stale_temps(run_dir: Path) -> list[Path]:
+    """Delete the temporary files that interrupted atomic writes of the run's checkpoints left behind."""
+    removed = []
+    for name in CHECKPOINTS:
+        for p in run_dir.glob(f".{name}.*.tmp"):
+            if p.is_symlink() or p.is_file():
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
+def _write_atomic_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def reconcile_metrics(run_dir: Path, epoch: int, last: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Make ``metrics.jsonl`` hold the epochs ``1..epoch`` once each (the last from ``last``, the
+    checkpoint's metrics, if its line is missing); returns those lines."""
+    path = run_dir / "metrics.jsonl"
+    lines: list[dict[str, Any]] = []
+    if path.is_file():
+        for raw in path.read_text(errors="replace").splitlines():
+            try:
+                row = json.loads(raw)
+            except ValueError:
+                continue  # a line cut by the kill
+            if isinstance(row, dict) and not row.get("final") and type(row.get("epoch")) is int \
+                    and len(lines) < row["epoch"] <= epoch:
+                lines.append(row)
+    if last and last.get("epoch") == epoch and (not lines or lines[-1]["epoch"] < epoch):
+        lines.append(last)
+    text = "".join(json.dumps(row) + "\n" for row in lines)
+    if not path.is_file() or path.read_text(errors="replace") != text:
+        _write_atomic_text(path, text)
+    return lines
+
+
+def repair_best(run_dir: Path, epoch: int, best_epoch_is_last: bool) -> bool:
+    """Copy ``checkpoint.pt`` to ``best.pt`` when the last completed epoch was the best and ``best.pt``
+    does not hold it (the kill came between the two writes); returns whether it did."""
+    best, ckpt = run_dir / "best.pt", run_dir / "checkpoint.pt"
+    if not best_epoch_is_last or not ckpt.is_file():
+        return False
+    if best.is_file():
+        try:
+            if torch.load(best, map_location="cpu", weights_only=True).get("epoch") == epoch:
+                return False
+        except Exception:  # noqa: BLE001  (an unreadable best.pt is replaced, whatever the reason)
+            pass
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".best.pt.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(ckpt, tmp)
+        os.replace(tmp, best)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise CheckpointError(f"{best}: cannot be restored from {ckpt}: {e}") from None
+    return True
