@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 TORCH  := torch==2.13.0
 
-.PHONY: setup demo test test-slow lint clean
+.PHONY: setup demo test test-slow kill-test lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/kdkit demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check kdkit tests benchmarks scripts
+	$(VENV)/bin/ruff check kdkit tests benchmarks scripts examples
 
 test: $(STAMP) lint
 	$(PY) -m pytest -q
@@ -28,6 +28,11 @@ test: $(STAMP) lint
 # torch.compile with the inductor backend: needs a C++ compiler, about 40 s here; not in `make test`.
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+# A run killed (SIGKILL) at 36 random moments resumes to an uninterrupted run's weights and metrics
+# (docs/robustness.md); a few minutes here, not in `make test`.
+kill-test: $(STAMP)
+	$(PY) benchmarks/kill_resume.py --kills 36
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -177,8 +177,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         shape = tuple(int(v) for v in args.input_shape.split(","))
     except ValueError:
         raise ConfigError(f"--input-shape expects C,H,W integers, got '{args.input_shape}'") from None
-    if len(shape) != 3 or min(shape) < 1:
-        raise ConfigError(f"--input-shape expects three positive integers C,H,W, got '{args.input_shape}'")
+    if len(shape) != 3 or min(shape) < 1 or max(shape) > 4096:
+        raise ConfigError(f"--input-shape expects three integers C,H,W in [1, 4096], got '{args.input_shape[:60]}'")
+    if not 1 <= args.num_classes <= 1_000_000:
+        raise ConfigError(f"--num-classes must be in [1, 1000000], got {args.num_classes}")
     kwargs = {"input_size": shape[1]} if args.model == "mlp" else {}
     model = create_model(args.model, num_classes=args.num_classes, in_channels=shape[0], **kwargs)
     try:

@@ -82,7 +82,7 @@ def read_batch(path: Path) -> dict:
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
-def _check_batch(batch: dict, label_key: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _check_batch(batch: dict, label_key: str, path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """A batch's images (uint8 ``[N, 3072]``) and labels (int64 ``[N]``), or a DatasetError naming the
     file and what is wrong."""
     if "data" not in batch or label_key not in batch:
@@ -104,8 +104,9 @@ def _check_batch(batch: dict, label_key: str, path: Path) -> tuple[np.ndarray, n
     if values.ndim != 1 or values.dtype.kind not in "iu" or len(values) != len(data):
         raise DatasetError(f"{path}: '{label_key}' must hold one integer per image ({len(data)}), got "
                            f"{values.dtype} of shape {values.shape}")
-    if len(values) and (values.min() < 0 or values.max() > np.iinfo(np.int64).max):
-        raise DatasetError(f"{path}: '{label_key}' holds negative class indices")
+    if len(values) and (values.min() < 0 or values.max() >= num_classes):
+        raise DatasetError(f"{path}: '{label_key}' holds class indices outside [0, {num_classes}) "
+                           f"({values.min()} to {values.max()})")
     return data, values.astype(np.int64)
 
 
@@ -117,6 +118,8 @@ def _find_folder(name: str, cfg: DataConfig) -> Path:
         for cand in (d / src["folder"], d):
             if (cand / first).is_file():
                 return cand
+            if (cand / first).exists():
+                raise DatasetError(f"{cand / first} is not a file")
         archive = d / src["url"].rsplit("/", 1)[1]
         if archive.is_file():
             if cfg.verify:
@@ -132,7 +135,8 @@ def _find_folder(name: str, cfg: DataConfig) -> Path:
     raise missing_error(name, files, dirs, [src["url"]], " (downloading is off: data.download=false)")
 
 
-def _load_split(folder: Path, entries: list[tuple[str, str]], label_key: str, verify: bool) -> ImageSet:
+def _load_split(folder: Path, entries: list[tuple[str, str]], label_key: str, verify: bool,
+                num_classes: int) -> ImageSet:
     images, labels = [], []
     for fname, md5 in entries:
         path = folder / fname
@@ -140,7 +144,7 @@ def _load_split(folder: Path, entries: list[tuple[str, str]], label_key: str, ve
             raise DatasetError(f"{path} is missing (a CIFAR folder needs all of its batch files)")
         if verify:
             check_md5(path, md5)
-        data, batch_labels = _check_batch(read_batch(path), label_key, path)
+        data, batch_labels = _check_batch(read_batch(path), label_key, path, num_classes)
         images.append(torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()))
         labels.append(torch.from_numpy(batch_labels))
     return ImageSet(torch.cat(labels), images=torch.cat(images))
@@ -149,8 +153,8 @@ def _load_split(folder: Path, entries: list[tuple[str, str]], label_key: str, ve
 def load_cifar(name: str, cfg: DataConfig) -> Dataset:
     src = SOURCES[name]
     folder = _find_folder(name, cfg)
-    train = _load_split(folder, src["train"], src["label_key"], cfg.verify)
-    test = _load_split(folder, src["test"], src["label_key"], cfg.verify)
+    train = _load_split(folder, src["train"], src["label_key"], cfg.verify, src["num_classes"])
+    test = _load_split(folder, src["test"], src["label_key"], cfg.verify, src["num_classes"])
     classes: list[str] = []
     meta_file, meta_md5, meta_key = src["meta"]
     if (folder / meta_file).is_file():
@@ -160,10 +164,7 @@ def load_cifar(name: str, cfg: DataConfig) -> Dataset:
         if not isinstance(names, list) or not all(isinstance(c, bytes | str) for c in names):
             raise DatasetError(f"{folder / meta_file}: '{meta_key}' must be a list of class names")
         classes = [c.decode("latin1") if isinstance(c, bytes) else c for c in names]
-    n = src["num_classes"]
-    for split, s in (("train", train), ("test", test)):
-        if len(s) and (s.labels.min() < 0 or s.labels.max() >= n):
-            raise DatasetError(f"{name} {split}: labels outside [0, {n})")
+    n = src["num_classes"]  # labels were checked per batch file
     return Dataset(name, train, test, n, 3, (32, 32), src["mean"], src["std"], crop_padding=4, flip=True,
                    classes=classes)
 

@@ -45,7 +45,7 @@ def _reader(paths: list[Path], size: int, mode: str):
             with Image.open(paths[i]) as im:
                 im = im.convert(mode).resize((size, size), Image.BILINEAR)
                 arr = np.asarray(im, dtype=np.uint8)
-        except (OSError, UnidentifiedImageError) as e:
+        except (OSError, ValueError, UnidentifiedImageError, Image.DecompressionBombError) as e:
             raise DatasetError(f"cannot read image {paths[i]}: {e}") from None
         arr = arr[:, :, None] if arr.ndim == 2 else arr
         return torch.from_numpy(arr.copy()).permute(2, 0, 1)
@@ -57,9 +57,12 @@ def _mode(paths: list[Path]) -> str:
     from PIL import Image
 
     for p in paths[:200]:
-        with Image.open(p) as im:
-            if im.mode not in ("L", "1", "I;16", "I"):
-                return "RGB"
+        try:
+            with Image.open(p) as im:
+                if im.mode not in ("L", "1", "I;16", "I"):
+                    return "RGB"
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise DatasetError(f"cannot read image {p}: {' '.join(str(e).split())[:200]}") from None
     return "L"
 
 

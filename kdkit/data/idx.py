@@ -72,12 +72,22 @@ def parse_idx(data: bytes, source: str = "IDX data") -> np.ndarray:
     return np.frombuffer(data, dtype=dtype, offset=header).reshape(dims)
 
 
+MAX_IDX_BYTES = 1 << 30  # decompressed size bound (a gzip bomb is refused, not inflated)
+
+
 def read_idx_file(path: Path, md5: str | None = None, sha256: str | None = None) -> np.ndarray:
     """Read a (possibly gzipped) IDX file; verify it when any checksum is given."""
+    if not path.is_file():
+        raise DatasetError(f"{path} is not a file")
     raw = path.read_bytes()
     if raw[:2] == b"\x1f\x8b":
         try:
-            data = gzip.decompress(raw)
+            inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            data = inflate.decompress(raw, MAX_IDX_BYTES)
+            if inflate.unconsumed_tail:
+                raise DatasetError(f"{path} decompresses to more than {MAX_IDX_BYTES:,} bytes; not a dataset file")
+            if not inflate.eof:
+                raise EOFError("compressed stream ended early")
         except (EOFError, OSError, zlib.error) as e:
             raise DatasetError(f"{path} is a truncated or corrupt gzip file ({e})") from None
     else:
@@ -98,7 +108,7 @@ def read_idx_file(path: Path, md5: str | None = None, sha256: str | None = None)
 def load_idx_dataset(name: str, cfg: DataConfig) -> Dataset:
     src = SOURCES[name]
     dirs = search_dirs(name, cfg.root, src["system"])
-    arrays = {}
+    arrays, paths = {}, {}
     for stem in FILES:
         path = find_file(dirs, (stem + ".gz", stem))
         if path is None and cfg.download:
@@ -110,12 +120,18 @@ def load_idx_dataset(name: str, cfg: DataConfig) -> Dataset:
         sha = src["sha256"].get(stem) if cfg.verify else None
         if cfg.verify and path.suffix != ".gz" and sha is None:
             md5 = None  # no published checksum of the uncompressed file: structural checks only
-        arrays[stem] = read_idx_file(path, md5, sha)
+        arrays[stem], paths[stem] = read_idx_file(path, md5, sha), path
     sets = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
         images, labels = arrays[f"{prefix}-images-idx3-ubyte"], arrays[f"{prefix}-labels-idx1-ubyte"]
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise DatasetError(f"{name} {split}: images {images.shape} and labels {labels.shape} do not match")
+        if images.dtype != np.uint8:
+            raise DatasetError(f"{paths[f'{prefix}-images-idx3-ubyte']}: images are {images.dtype}, expected uint8")
+        if labels.dtype != np.uint8 or len(labels) and labels.max() >= 10:
+            top = labels.max() if len(labels) else "-"
+            raise DatasetError(f"{paths[f'{prefix}-labels-idx1-ubyte']}: expected uint8 labels in [0, 10), got "
+                               f"{labels.dtype} labels up to {top}")
         sets[split] = ImageSet(torch.from_numpy(labels.astype(np.int64)),
                                images=torch.from_numpy(images.copy()).unsqueeze(1))
     h, w = sets["train"].images.shape[-2:]

@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -195,8 +196,11 @@ class TeacherCache:
             return
         if self.path is not None:
             self.path.mkdir(parents=True, exist_ok=True)
-            if self._meta_file().exists() or self._meta_file().is_symlink():
-                self._meta_file().unlink()  # stale, partial or invalid: rebuilt below
+            meta = self._meta_file()
+            if meta.is_dir() and not meta.is_symlink():
+                shutil.rmtree(meta)  # invalid (a directory in meta.json's place): rebuilt below
+            elif meta.exists() or meta.is_symlink():
+                meta.unlink()  # stale, partial or invalid: rebuilt below
         self.entries.clear()
         batches = loader.iter_views()
         steps = loader.num_views * -(-len(loader.data) // loader.batch_size)
