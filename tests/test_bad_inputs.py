@@ -587,7 +587,9 @@ def test_bad_image_in_a_folder_dataset(case, tmp_path, capsys):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(yaml.safe_dump({"model": "cnn_tiny", "data": {"name": "folder", "root": str(tmp_path / "imgs"),
                                                                  "image_size": 8}}))
+    before = snapshot(tmp_path / "imgs")
     check_refused(capsys, ["train", cfg, "--out", tmp_path / "run"], 3, [target])
+    assert snapshot(tmp_path / "imgs") == before
 
 
 @pytest.mark.parametrize("argv", [["inspect", "cnn_tiny", "--input-shape", "3,100000,100000"],
