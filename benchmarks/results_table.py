@@ -81,7 +81,8 @@ def main() -> None:
         from_config(cfg, log=quiet).fit()
     teacher_top1 = json.loads((out / "teacher" / "metrics.jsonl").read_text().splitlines()[-1])["test/top1"]
 
-    methods = ["vanilla"] + [m for m in list_methods(args.methods) if m != "vanilla"]
+    methods = ["vanilla"] + [m for m in list_methods(args.methods)  # online methods: schemes_table.py
+                             if m != "vanilla" and METHODS.get(m).family != "online"]
     results: dict[str, list[dict[str, float]]] = {m: [] for m in methods}
     overrides = {}
     reused = 0

@@ -73,18 +73,18 @@ def build(cfg: RunConfig, device: torch.device | None = None, rank: int = 0, wor
     ghost = GhostBatchNorm(cfg.train.ghost_batch_size) if cfg.train.ghost_batch_size else None
     transforms = list(cfg.model.transforms) + ([ghost] if ghost else [])
     # before the Distiller: its feature taps must hook the transformed network's modules
-    student = apply_transforms(student, transforms)
+    student = apply_transforms(student, transforms, loaders.input_shape)
     peers, peer_transforms = {}, {}
     for name, spec in zip(network_names(cfg)[1:], cfg.peers):
         peer = build_model(spec, ds.num_classes, ds.in_channels)
         peer_transforms[name] = list(spec.transforms) + ([ghost] if ghost else [])
-        peers[name] = apply_transforms(peer, peer_transforms[name]).to(device)
+        peers[name] = apply_transforms(peer, peer_transforms[name], loaders.input_shape).to(device)
     teachers = []
     for spec in cfg.teacher:
         if not spec.checkpoint and load_teachers:
             raise ConfigError(f"teacher '{spec.name}' needs a checkpoint (train one with `kdkit train`)")
         teacher = build_model(spec, ds.num_classes, ds.in_channels, load=load_teachers)
-        teachers.append(apply_transforms(teacher, spec.transforms))
+        teachers.append(apply_transforms(teacher, spec.transforms, loaders.input_shape))
     methods = [create_method(m) for m in cfg.method]
     if teachers and not any(m.needs_teacher for m in methods):
         raise ConfigError(f"a teacher is set but method(s) {', '.join(m.name for m in methods)} do not use one")
@@ -141,3 +141,31 @@ def resume(run_dir: str | Path, **kwargs: Any) -> Trainer:
                           **kwargs)
     trainer.load_state(ckpt, str(path))
     return trainer
+
+
+def export_branch(checkpoint: str | Path, branch: int, out: str | Path, net: str | None = None) -> Path:
+    """Write trunk + branch ``branch`` of a branched network (model transform ``branch``) of a run's
+    checkpoint as a plain network's kdkit checkpoint: the zoo model without the branch transform, its
+    weights, and the run's config with that transform removed (so ``kdkit eval`` and teachers take it)."""
+    from .engine.checkpoint import FORMAT, VERSION, network_entry, save_atomic
+    from .models.branch import Branched, branch_state_dict
+
+    ckpt = load_checkpoint(checkpoint)
+    stored_config(ckpt, checkpoint)  # refuses a file whose stored config does not validate
+    record, _ = network_entry(ckpt, net, str(checkpoint))
+    ds_fields = {k: record[k] for k in ("num_classes", "in_channels") if k in record}
+    spec = ModelSpec(record["name"], str(checkpoint), dict(record.get("kwargs", {})), net=net)
+    model = build_model(spec, ds_fields.get("num_classes", 10), ds_fields.get("in_channels", 3))
+    if not isinstance(model, Branched):
+        raise ConfigError(f"{checkpoint}: network '{net or 'student'}' is not branched (no 'branch' transform)")
+    leaves = model.leaves()
+    if not 0 <= branch < len(leaves):
+        raise ConfigError(f"--branch {branch}: the network has branches 0..{len(leaves) - 1}")
+    kept = [t for t in record.get("transforms", []) if t.get("name") != "branch"]
+    plain = {**record, "transforms": kept}
+    config = dict(ckpt["config"])
+    config["model"] = {**config["model"], "transforms": [t for t in config["model"].get("transforms", [])
+                                                         if t.get("name") != "branch"], "checkpoint": None}
+    config["peers"], config["method"] = [], [{"name": "vanilla"}]
+    return save_atomic({"format": FORMAT, "version": VERSION, "config": config, "model": plain,
+                        "student": branch_state_dict(model, branch)}, out)

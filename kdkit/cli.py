@@ -41,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
+    p = sub.add_parser("export", help="write one branch of a branched network (trunk + branch k) as a plain "
+                       "network's checkpoint, usable by eval and as a teacher")
+    p.add_argument("checkpoint")
+    p.add_argument("--branch", type=int, required=True, help="which branch (0-based, as val/branch<k>/ in metrics)")
+    p.add_argument("--net", default=None, help="which trainable network of the run (default: the student)")
+    p.add_argument("--out", required=True, help="the checkpoint file to write")
+
     p = sub.add_parser("inspect", help="print every module path of a model with output shape and parameters")
     p.add_argument("model")
     p.add_argument("--input-shape", default="3,32,32", help="C,H,W (default 3,32,32)")
@@ -262,6 +269,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_eval(args)
         if args.command == "inspect":
             return cmd_inspect(args)
+        if args.command == "export":
+            from .build import export_branch
+
+            path = export_branch(args.checkpoint, args.branch, args.out, args.net)
+            print(f"written: {path}")
+            return 0
         if args.command == "list":
             return cmd_list(args)
         if args.command == "bench":

@@ -34,6 +34,7 @@ from .schema import from_dict
 class Transform:
     name: ClassVar[str] = ""
     structural: ClassVar[bool] = True  # False: weights fit the untransformed model, nothing to rebuild
+    input_shape: ClassVar[tuple[int, ...] | None] = None  # set by apply_transforms, for transforms that probe
 
     def apply(self, model: nn.Module) -> nn.Module:
         raise NotImplementedError
@@ -71,10 +72,12 @@ def transform_config(entry: Any, where: str = "transform") -> Transform:
     return from_dict(TRANSFORMS.get(str(entry.pop("name"))), entry, where)
 
 
-def apply_transforms(model: nn.Module, transforms: list[Transform]) -> nn.Module:
+def apply_transforms(model: nn.Module, transforms: list[Transform],
+                     input_shape: tuple[int, ...] | None = None) -> nn.Module:
     """Apply ``transforms`` in order; returns the model to use (:func:`records` describes the result
-    when it is saved)."""
+    when it is saved). ``input_shape`` (C, H, W) is given to transforms that probe the model."""
     for t in transforms:
+        t.input_shape = input_shape
         model = t.apply(model)
     return model
 
@@ -115,3 +118,57 @@ class GhostBatchNorm(Transform):
 
     def apply(self, model: nn.Module) -> nn.Module:
         return convert_ghost_batch_norm(model, self.group_size)
+
+
+@register_transform
+@dataclass
+class Branch(Transform):
+    """Shared trunk and ``n`` branches after module ``at`` (ONE, Lan et al. 2018), optionally gated; lists
+    make a tree of splits (collaborative learning, Song & Chai 2018), ``rescale`` scales each split's
+    gradient by ``1/n`` (see :mod:`kdkit.models.branch`). The output is the branches' mean (or gated sum);
+    each branch's output is module ``heads.<k>`` of the network."""
+
+    name = "branch"
+    at: str | list[str] | None = None  # module path(s) to split after; None: the stages before the last
+    n: int | list[int] = 3  # branches at each split
+    gate: bool = False
+    rescale: bool = False
+
+    def __post_init__(self) -> None:
+        self.n = [self.n] if isinstance(self.n, int) else list(self.n)
+        if self.at is None:
+            return  # resolved from the probed stages when applied
+        self.at = [self.at] if isinstance(self.at, str) else list(self.at)
+        if not self.at or len(self.at) != len(self.n):
+            raise ValueError(f"'at' and 'n' need one entry per split point, got {self.at} and {self.n}")
+        if any(k < 1 or k > 64 for k in self.n):
+            raise ValueError(f"each n must be in [1, 64], got {self.n}")
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        from .models.branch import branch
+
+        if self.at is None:  # the len(n) stages before the last, found by probing (recorded resolved)
+            from .features import probe
+
+            if self.input_shape is None:
+                raise ConfigError("branch: 'at' is needed here (no input shape to find the stages by probing)")
+            stages = probe(model, self.input_shape).stages()
+            if len(stages) < len(self.n) + 1:
+                raise ConfigError(f"branch: the model has {len(stages)} stages, too few for {len(self.n)} "
+                                  "split(s) before the last; give 'at'")
+            self.at = stages[-len(self.n) - 1:-1]
+        return branch(model, self.at, self.n, self.gate, self.rescale, self.input_shape)
+
+    def structure(self, model: nn.Module) -> dict[str, Any]:
+        gate = getattr(model, "gate", None)
+        return {"gate_channels": gate.fc.in_features} if gate is not None else {}
+
+    def rebuild(self, model: nn.Module, structure: dict[str, Any]) -> nn.Module:
+        from .models.branch import branch
+
+        channels = structure.get("gate_channels")
+        if channels is not None and (type(channels) is not int or not 0 < channels < 1 << 20):
+            raise CheckpointError(f"branch: the recorded gate width {str(channels)[:20]!r} is not a channel count")
+        if self.at is None:
+            raise CheckpointError("branch: the checkpoint does not record where the model was split")
+        return branch(model, self.at, self.n, self.gate, self.rescale, gate_channels=channels)

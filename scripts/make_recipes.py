@@ -77,6 +77,8 @@ def cifar100() -> dict[Path, str]:
         lr = 0.01 if student in SMALL_LR else 0.05
         pair = f"{teacher}-{student}"
         for m in list_methods():
+            if METHODS.get(m).family == "online":
+                continue  # online(): cohorts of the same architecture, the online papers' protocol
             rec = {"model": student}
             if METHODS.get(m).needs_teacher:
                 rec["teacher"] = {"name": teacher, "checkpoint": f"runs/cifar100-{teacher}/checkpoint.pt"}
@@ -97,8 +99,8 @@ def cifar100() -> dict[Path, str]:
 def fashion_mnist() -> dict[Path, str]:
     files = {}
     for m in list_methods():
-        if m == "vanilla":
-            continue  # configs/fashion_mnist/scratch.yaml
+        if m == "vanilla" or METHODS.get(m).family == "online":
+            continue  # configs/fashion_mnist/scratch.yaml; online(): no teacher
         block = method_block(m, stage1_epochs=1, warmup_epochs=1)
         rec = {"model": "cnn_tiny",
                "teacher": {"name": "cnn_medium", "checkpoint": "runs/fashion_mnist-teacher/checkpoint.pt"},
@@ -115,11 +117,53 @@ def fashion_mnist() -> dict[Path, str]:
     return files
 
 
+def online_model(m: str, model: str) -> dict:
+    """The cohort an online method trains: peers of the same architecture, or a branched network."""
+    cls = METHODS.get(m)
+    rec: dict = {"model": model}
+    if cls.student_transform:
+        rec["model"] = {"name": model, "transforms": [dict(cls.student_transform)]}
+    if cls.needs_peers:
+        rec["peers"] = [model] * cls.needs_peers
+    return rec
+
+
+def online() -> dict[Path, str]:
+    """Online methods: CIFAR-100 with ResNet-32 / ResNet-110 in the protocol of ONE's released scripts
+    (scripts/ONE_ResNet32.sh: 300 epochs, batch 128, SGD lr 0.1 momentum 0.9, x0.1 at epochs 151 and 225,
+    weight decay 1e-4), each beside an independently trained network of the same protocol; Fashion-MNIST
+    with cnn_tiny, 5 epochs."""
+    files = {}
+    methods = ["vanilla"] + [m for m in list_methods() if METHODS.get(m).family == "online"]
+    for model in ("resnet32", "resnet110"):
+        for m in methods:
+            rec = {**online_model(m, model), "method": method_block(m),
+                   "data": {"name": "cifar100", "batch_size": 128, "val_fraction": 0.0},
+                   "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1.0e-4},
+                   "schedule": {"name": "step", "milestones": [151, 225], "gamma": 0.1},
+                   "train": {"epochs": 300, "seed": 0, "run_name": f"cifar100-online-{m}-{model}"}}
+            what = "independent training (the baseline)" if m == "vanilla" else m
+            files[ROOT / "cifar100" / "online" / f"{m}-{model}.yaml"] = dump(
+                rec, f"{what} on CIFAR-100, {model}, the protocol of ONE's released scripts. Needs a GPU.\n"
+                     f"kdkit train configs/cifar100/online/{m}-{model}.yaml")
+    for m in methods[1:]:
+        block = method_block(m, rampup_epochs=2)
+        rec = {**online_model(m, "cnn_tiny"), "method": block, "data": {"name": "fashion_mnist", "batch_size": 128},
+               "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5.0e-4},
+               "schedule": {"name": "cosine", "warmup_epochs": 0.5},
+               "train": {"epochs": 5, "seed": 0, "run_name": f"fashion_mnist-{m}"}}
+        short = " The KL ramp is shortened to 2 epochs for this 5-epoch recipe." if "rampup_epochs" in block else ""
+        files[ROOT / "fashion_mnist" / f"{m}.yaml"] = dump(
+            rec, f"{m} (online, no teacher) on Fashion-MNIST, cnn_tiny, sized for a laptop CPU.{short}\n"
+                 f"kdkit train configs/fashion_mnist/{m}.yaml")
+    return files
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--check", action="store_true")
     args = ap.parse_args()
-    files = {**cifar100(), **fashion_mnist()}
+    files = {**cifar100(), **fashion_mnist(), **online()}
     stale = [p for p, text in files.items() if not p.exists() or p.read_text() != text]
     if args.check:
         for p in stale:

@@ -172,6 +172,12 @@ def test_every_method_one_epoch_on_digits_from_cli(tmp_path, capsys, teacher_ckp
 
     needs = METHODS.get(method).needs_teacher
     data = base_cfg(tmp_path, method=method)
+    cls = METHODS.get(method)
+    if cls.needs_peers:
+        data["peers"] = [data["model"]] * cls.needs_peers
+    if cls.student_transform:
+        model = data["model"] if isinstance(data["model"], dict) else {"name": data["model"]}
+        data["model"] = {**model, "transforms": [dict(cls.student_transform)]}
     if needs:
         data["teacher"] = {"name": "cnn_small", "checkpoint": teacher_ckpt}
     cfg = write_cfg(tmp_path / "c.yaml", data)

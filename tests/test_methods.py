@@ -19,10 +19,22 @@ def _pair():
     return create_model("resnet8", num_classes=5), create_model("wrn_16_2", num_classes=5)
 
 
+def online_distiller(m, s, teachers, shape, make_peer, **kwargs):
+    """A Distiller for method ``m``, with what an online method declares it needs: peers (copies of the
+    student's architecture) and the model transform of its student (a branched network)."""
+    from kdkit.transforms import apply_transforms, transform_config
+
+    if m.student_transform:
+        s = apply_transforms(s, [transform_config(dict(m.student_transform))], shape)
+    peers = {f"peer{i + 1}": make_peer() for i in range(m.needs_peers)}
+    return Distiller(s, [m], teachers if m.needs_teacher else [], shape, peers=peers, **kwargs)
+
+
 def _distiller(name, teacher=True):
     s, t = _pair()
     m = create_method(name)
-    return Distiller(s, [m], [t] if (teacher and m.needs_teacher) else [], SHAPE), t
+    d = online_distiller(m, s, [t] if teacher else [], SHAPE, lambda: create_model("resnet8", num_classes=5))
+    return d, t
 
 
 def _batch():
@@ -198,7 +210,7 @@ def test_method_on_cross_family_pairs(name, pair):
     t_name, s_name = pair
     s, t = create_model(s_name, num_classes=100), create_model(t_name, num_classes=100)
     m = create_method(name)
-    d = Distiller(s, [m], [t] if m.needs_teacher else [], (3, 32, 32), num_samples=64)
+    d = online_distiller(m, s, [t], (3, 32, 32), lambda: create_model(s_name, num_classes=100), num_samples=64)
     d.train()
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 100, (4,))
     idx = torch.arange(4)

@@ -36,3 +36,22 @@ def evaluate(model: torch.nn.Module, loader, teachers: Sequence[torch.nn.Module]
     if dist_info is not None:
         counts = distributed.all_reduce(counts, dist_info)
     return task.metrics(counts.tolist(), with_teacher=bool(teachers))
+
+
+def evaluate_networks(networks: dict[str, torch.nn.Module], loader, prefix: str,
+                      teachers: Sequence[torch.nn.Module] = (), autocast: Callable = nullcontext,
+                      dist_info: distributed.DistInfo | None = None, task: Task | None = None) -> dict[str, float]:
+    """Metrics of several named networks: ``<prefix>/<metric>`` for ``student``, ``<prefix>/<net>/<metric>``
+    for the others; a branched network (:class:`~kdkit.models.branch.Branched`) also gets each branch's
+    (trunk + that branch) as ``.../branch<k>/<metric>``."""
+    from ..models.branch import Branched, LeafView
+
+    out = {}
+    for net, model in networks.items():
+        key = prefix if net == "student" else f"{prefix}/{net}"
+        out.update({f"{key}/{k}": v for k, v in evaluate(model, loader, teachers, autocast, dist_info, task).items()})
+        if isinstance(model, Branched):
+            for b, path in enumerate(model.leaves()):
+                metrics = evaluate(LeafView(model, path), loader, teachers, autocast, dist_info, task)
+                out.update({f"{key}/branch{b}/{k}": v for k, v in metrics.items()})
+    return out

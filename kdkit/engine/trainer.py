@@ -29,7 +29,7 @@ from ..methods.distiller import STUDENT
 from ..transforms import Transform, records
 from . import distributed, run_files
 from .checkpoint import FORMAT, VERSION, model_record, network_entry, save_atomic
-from .evaluate import evaluate
+from .evaluate import evaluate, evaluate_networks
 from .optim import group_lrs, lr_at, make_optimizer  # noqa: F401  (lr_at: part of this module's API)
 from .validate import check_tensors, check_training_state
 
@@ -382,10 +382,7 @@ class Trainer:
         return evaluate(model, loader, self.distiller.teachers, self.autocast, self.dist, self.task)
 
     def evaluate_networks(self, loader, prefix: str) -> dict[str, float]:
-        """Every trainable network's metrics: the student's as ``<prefix>/<metric>``, each peer's as
-        ``<prefix>/<peer>/<metric>``."""
-        out = {}
-        for net in self.distiller.networks(trainable_only=True):
-            key = prefix if net == STUDENT else f"{prefix}/{net}"
-            out.update({f"{key}/{k}": v for k, v in self.evaluate(loader, net).items()})
-        return out
+        """Every trainable network's metrics (``<prefix>/<metric>`` for the student,
+        ``<prefix>/<peer>/<metric>`` for a peer), and each branch of a branched one (``.../branch<k>/...``)."""
+        return evaluate_networks(self.distiller.networks(trainable_only=True), loader, prefix, self.distiller.teachers,
+                                 self.autocast, self.dist, self.task)

@@ -84,6 +84,7 @@ class Method(nn.Module):
     uses_teacher_features: ClassVar[bool] = False
     needs_input_grad: ClassVar[bool] = False  # the inputs require grad in the student's forward
     needs_peers: ClassVar[int] = 0  # trainable networks it needs besides the student (online methods)
+    student_transform: ClassVar[dict | None] = None  # the model transform its student needs (a branched one)
 
     def __init__(self, cfg: MethodConfig | None = None):
         super().__init__()

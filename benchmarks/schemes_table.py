@@ -1,0 +1,139 @@
+"""Training schemes x seeds: each online scheme against independently trained networks of the same
+architecture, one recipe, test top-1 of the last epoch (mean +- std over seeds), with ensemble rows.
+
+- ``independent``: two networks trained alone (seeds s and s + 1000); "per network" is their mean,
+  "ensemble" the accuracy of their mean logits;
+- ``dml``: the student and one peer trained together; likewise per network and ensemble;
+- ``one``: a 3-branch gated network; per network = each branch (trunk + branch) on its own, ensemble =
+  the gated output;
+- ``cl``: a 2x2 tree of heads with gradient rescaling; per network = each head, ensemble = their mean.
+
+Writes ``docs/results/<name>.md`` and ``.json``. The CPU recipe of docs/results/fashion_mnist_schemes.md:
+
+    python benchmarks/schemes_table.py --name fashion_mnist_schemes --epochs 3 --limit-train 10000 --seeds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kdkit import from_config, load_config
+from kdkit.engine.evaluate import evaluate
+from kdkit.methods import METHODS
+
+
+class MeanLogits(nn.Module):
+    def __init__(self, nets: list[nn.Module]):
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+
+    def forward(self, x):
+        return torch.stack([n(x) for n in self.nets]).mean(0)
+
+
+SCHEMES = {
+    "dml": {"peers": ["{model}"], "method": "dml"},
+    "one": {"model": {"name": "{model}", "transforms": [{"name": "branch", "n": 3, "gate": True}]},
+            "method": {"name": "one", "rampup_epochs": 1}},
+    "cl": {"model": {"name": "{model}", "transforms": [{"name": "branch", "n": [2, 2], "rescale": True}]},
+           "method": "cl"},
+}
+
+
+def _fill(obj, model):
+    if isinstance(obj, str):
+        return obj.format(model=model)
+    if isinstance(obj, dict):
+        return {k: _fill(v, model) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_fill(v, model) for v in obj]
+    return obj
+
+
+def run(args, out: Path, name: str, seed: int, scheme: dict) -> tuple[dict, object, float]:
+    base = {"model": args.model, "method": "vanilla",
+            "data": {"name": args.dataset, "batch_size": args.batch_size, "limit_train": args.limit_train},
+            "optim": {"name": "sgd", "lr": args.lr, "momentum": 0.9, "weight_decay": 5e-4},
+            "schedule": {"name": "cosine"},
+            "train": {"epochs": args.epochs, "seed": seed, "progress": False, "out_dir": str(out), "run_name": name}}
+    base.update(_fill(scheme, args.model))
+    t0 = time.perf_counter()
+    trainer = from_config(load_config(base=base), log=lambda m: None)
+    result = trainer.fit()
+    return result, trainer, time.perf_counter() - t0
+
+
+def ensemble_top1(trainers_nets: list[nn.Module], trainer) -> float:
+    return evaluate(MeanLogits(trainers_nets), trainer.loaders.test, task=trainer.task)["top1"]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--dataset", default="fashion_mnist")
+    ap.add_argument("--model", default="cnn_tiny")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--limit-train", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--out", default="runs/schemes")
+    args = ap.parse_args()
+    out = Path(args.out)
+    rows: dict[str, dict[str, list[float]]] = {s: {"net": [], "best": [], "ens": [], "time": []}
+                                               for s in ["independent", *SCHEMES]}
+    for seed in range(args.seeds):
+        a, ta, sa = run(args, out, f"independent-{seed}-a", seed, {})
+        b, tb, sb = run(args, out, f"independent-{seed}-b", seed + 1000, {})
+        r = rows["independent"]
+        r["net"].append((a["test/top1"] + b["test/top1"]) / 2)
+        r["best"].append(max(a["test/top1"], b["test/top1"]))
+        r["ens"].append(ensemble_top1([ta.distiller.student, tb.distiller.student], ta))
+        r["time"].append(sa + sb)
+        for name, scheme in SCHEMES.items():
+            res, trainer, secs = run(args, out, f"{name}-{seed}", seed, scheme)
+            singles = ([res["test/top1"], res["test/peer1/top1"]] if name == "dml" else
+                       [v for k, v in res.items() if k.startswith("test/branch") and k.endswith("/top1")])
+            r = rows[name]
+            r["net"].append(sum(singles) / len(singles))
+            r["best"].append(max(singles))
+            r["ens"].append(ensemble_top1(list(trainer.distiller.networks(trainable_only=True).values()), trainer)
+                            if name == "dml" else res["test/top1"])
+            r["time"].append(secs)
+            print(f"seed {seed} {name}: per network {r['net'][-1]:.2f}, ensemble {r['ens'][-1]:.2f}", file=sys.stderr)
+
+    def ms(v: list[float]) -> str:
+        return f"{statistics.mean(v):.2f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.2f}"
+
+    base = statistics.mean(rows["independent"]["net"])
+    lines = [f"# Training schemes on {args.dataset} ({args.model}, {args.epochs} epochs, {args.seeds} seeds)", "",
+             f"Command: `python benchmarks/schemes_table.py --name {args.name} --dataset {args.dataset} --model "
+             f"{args.model} --epochs {args.epochs}{f' --limit-train {args.limit_train}' if args.limit_train else ''} "
+             f"--seeds {args.seeds}`. Test top-1 (%) at the last epoch, mean ± std over seeds.", "",
+             "| scheme | family | per network | best network | ensemble | per network vs independent | s per run |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for name, r in rows.items():
+        family = METHODS.get(name).family if name in METHODS.names() else "baseline"
+        lines.append(f"| {name} | {family} | {ms(r['net'])} | {ms(r['best'])} | {ms(r['ens'])} | "
+                     f"{statistics.mean(r['net']) - base:+.2f} | {statistics.mean(r['time']):.0f} |")
+    lines += ["", "Per network: independent and dml - each of the two networks; one and cl - each branch/head "
+              "(trunk + branch) run alone. Ensemble: independent and dml - the two networks' mean logits; one - "
+              "the gated output; cl - the mean of the four heads. The independent ensemble is of two separately "
+              "trained networks (seeds s and s + 1000)."]
+    Path("docs/results").mkdir(parents=True, exist_ok=True)
+    Path(f"docs/results/{args.name}.md").write_text("\n".join(lines) + "\n")
+    Path(f"docs/results/{args.name}.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""Online distillation: branched networks (split by module path, gate, tree, gradient rescaling), and the
+dml / one / cl losses against computations written out here, their gradient flow, runs through the CLI
+(per-branch evaluation, exporting a branch), exact resume of a cohort run, and clear errors."""
+
+import copy
+import json
+import math
+
+import pytest
+import torch
+import yaml
+
+from kdkit import from_config, resume
+from kdkit.cli import main as cli
+from kdkit.config import load_config
+from kdkit.engine.checkpoint import load_checkpoint
+from kdkit.errors import ConfigError
+from kdkit.methods import Distiller, create_method
+from kdkit.methods.one import sigmoid_rampup
+from kdkit.models import create_model
+from kdkit.models.branch import LeafView, branch, branch_state_dict, grad_scale
+
+BASE = {"data": {"name": "digits"}, "train": {"epochs": 2, "progress": False, "seed": 0}, "optim": {"lr": 0.05}}
+
+
+def _logits(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * 2
+
+
+def _kl(p, q):
+    """sum_c p_c (log p_c - log q_c), averaged over the batch, written out."""
+    return sum((p[b] * (p[b].log() - q[b].log())).sum() for b in range(len(p))) / len(p)
+
+
+# ------------------------------------------------------------------------------------------- branching
+def test_grad_scale_checked_numerically():
+    """Forward: identity (its Jacobian from finite differences is I); backward: scale times that."""
+    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
+    scale, eps = 0.25, 1e-6
+    numeric = torch.zeros(12, 12, dtype=torch.float64)
+    flat = x.detach().flatten()
+    for i in range(12):
+        d = torch.zeros(12, dtype=torch.float64)
+        d[i] = eps
+        numeric[:, i] = (grad_scale((flat + d).view(3, 4), scale) - grad_scale((flat - d).view(3, 4), scale)
+                         ).flatten() / (2 * eps)
+    analytic = torch.stack([torch.autograd.grad(grad_scale(x, scale).flatten()[i], x)[0].flatten()
+                            for i in range(12)])
+    torch.testing.assert_close(numeric, torch.eye(12, dtype=torch.float64))
+    torch.testing.assert_close(analytic, scale * numeric)
+
+
+def test_branch_keeps_the_first_branch_and_reinitialises_the_others():
+    torch.manual_seed(0)
+    m = create_model("resnet8", num_classes=10).eval()
+    b = branch(copy.deepcopy(m), "layer2", 3, gate=True, input_shape=(3, 16, 16)).eval()
+    x = torch.randn(4, 3, 16, 16)
+    torch.testing.assert_close(LeafView(b, "heads.0")(x), m(x))
+    assert not torch.allclose(LeafView(b, "heads.1")(x), m(x))
+    sd = branch_state_dict(b, 0)
+    assert sd.keys() == m.state_dict().keys() and all(torch.equal(sd[k], m.state_dict()[k]) for k in sd)
+    w = b.gate(b.trunk(x))
+    torch.testing.assert_close(w.sum(1), torch.ones(4))  # softmax over branches
+    outs = torch.stack([b.heads[k](b.trunk(x)) for k in range(3)])
+    torch.testing.assert_close(b(x), (w.T[:, :, None] * outs).sum(0))  # the gated sum
+
+
+def test_tree_and_gradient_rescaling():
+    torch.manual_seed(0)
+    m = create_model("resnet8", num_classes=10)
+    plain = branch(copy.deepcopy(m), ["layer1", "layer2"], [2, 2])
+    scaled = branch(copy.deepcopy(m), ["layer1", "layer2"], [2, 2], rescale=True)
+    scaled.load_state_dict(plain.state_dict())
+    assert plain.leaves() == ["heads.0.heads.0", "heads.0.heads.1", "heads.1.heads.0", "heads.1.heads.1"]
+    x = torch.randn(4, 3, 16, 16)
+    for net in (plain, scaled):
+        net.train()
+        net(x).square().sum().backward()
+    g_plain = {n: p.grad for n, p in plain.named_parameters()}
+    g_scaled = {n: p.grad for n, p in scaled.named_parameters()}
+    # the trunk receives 1/2 * 1/2 of the plain gradient through two splits; the first level 1/2
+    torch.testing.assert_close(g_scaled["trunk.conv1.weight"], g_plain["trunk.conv1.weight"] / 4)
+    mid = next(n for n in g_plain if n.startswith("heads.0.trunk.") and n.endswith("weight"))
+    torch.testing.assert_close(g_scaled[mid], g_plain[mid] / 2)
+    leaf = next(n for n in g_plain if n.startswith("heads.0.heads.0.") and n.endswith("weight"))
+    torch.testing.assert_close(g_scaled[leaf], g_plain[leaf])
+
+
+def test_branch_errors():
+    m = create_model("resnet8", num_classes=10)
+    with pytest.raises(ConfigError, match="no module 'layer9'"):
+        branch(m, "layer9", 2)
+    with pytest.raises(ConfigError, match="split at a stage boundary"):
+        branch(m, "layer2.0.conv1", 2)
+    with pytest.raises(ConfigError, match="not in forward order"):
+        branch(m, ["layer2", "layer1"], [2, 2])
+    with pytest.raises(ConfigError, match="one entry per split"):
+        branch(m, ["layer1", "layer2"], [2])
+
+
+# ------------------------------------------------------------------------------------------- losses
+def test_dml_loss_written_out_and_gradients():
+    torch.manual_seed(0)
+    nets = {"student": create_model("cnn_tiny"), "peer1": create_model("cnn_tiny"), "peer2": create_model("cnn_small")}
+    d = Distiller(nets["student"], [create_method("dml", temperature=2.0)], input_shape=(3, 16, 16),
+                  peers={"peer1": nets["peer1"], "peer2": nets["peer2"]})
+    x, y = torch.randn(64, 3, 16, 16), torch.randint(0, 10, (64,))
+    d.train()
+    terms = d(x, y)
+    with torch.no_grad():
+        z = {k: v(x) for k, v in nets.items()}
+    p = {k: (v / 2).softmax(1) for k, v in z.items()}
+    for i, key in (("student", "dml"), ("peer1", "dml/peer1"), ("peer2", "dml/peer2")):
+        expected = 4 * sum(_kl(p[j], p[i]) for j in p if j != i) / 2
+        torch.testing.assert_close(terms[key], expected, rtol=1e-4, atol=1e-6)
+    d.zero_grad()
+    terms["dml/peer1"].backward()  # only peer1 learns from it: the others' predictions are targets
+    assert all(q.grad is not None and q.grad.abs().sum() > 0 for q in nets["peer1"].parameters())
+    assert all(q.grad is None for k in ("student", "peer2") for q in nets[k].parameters())
+
+
+def test_one_loss_written_out_ramp_and_gradients():
+    torch.manual_seed(0)
+    student = branch(create_model("cnn_small"), "stage2", 3, gate=True, input_shape=(3, 16, 16))
+    d = Distiller(student, [create_method("one", rampup_epochs=4)], input_shape=(3, 16, 16))
+    x, y = torch.randn(64, 3, 16, 16), torch.randint(0, 10, (64,))
+    d.train()
+    terms = d(x, y, epoch=2)
+    assert sigmoid_rampup(0, 80) == pytest.approx(math.exp(-5)) and sigmoid_rampup(80, 80) == 1.0
+    w = math.exp(-5 * (1 - 2 / 4) ** 2)
+    with torch.no_grad():
+        d.train()
+        f = student.trunk(x)
+        zs = [student.heads[k](f) for k in range(3)]
+        g = student.gate(f)
+        ze = sum(g[:, k: k + 1] * zs[k] for k in range(3))
+    q = (ze / 3).softmax(1) + 1e-7
+    for k in range(3):
+        log_p = (zs[k] / 3).log_softmax(1)
+        kl = 9 * sum((q[b] * (q[b].log() - log_p[b])).sum() for b in range(64)) / 64
+        torch.testing.assert_close(terms[f"one/kl{k}"], w * kl, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(terms[f"one/ce{k}"], torch.nn.functional.cross_entropy(zs[k], y), rtol=1e-4,
+                                   atol=1e-6)
+    torch.testing.assert_close(terms["ce"], torch.nn.functional.cross_entropy(ze, y), rtol=1e-4, atol=1e-6)
+    d.zero_grad()
+    terms["one/kl1"].backward()  # the ensemble target is detached: no gradient to the gate, other branches
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in student.gate.parameters())
+    assert all(p.grad is None for k in (0, 2) for p in student.heads[k].parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.heads[1].parameters())
+
+
+def test_cl_loss_written_out():
+    torch.manual_seed(0)
+    student = branch(create_model("cnn_small"), ["stage1", "stage2"], [2, 2], rescale=True)
+    d = Distiller(student, [create_method("cl")], input_shape=(3, 16, 16))
+    x, y = torch.randn(64, 3, 16, 16), torch.randint(0, 10, (64,))
+    d.train()
+    terms = d(x, y)
+    assert "ce" not in terms  # the heads' mean has no label loss of its own
+    with torch.no_grad():
+        zs = [LeafView(student, path)(x) for path in student.leaves()]
+    probs = [(z / 2).softmax(1) for z in zs]
+    for k in range(4):
+        q = sum(probs[j] for j in range(4) if j != k) / 3
+        torch.testing.assert_close(terms[f"cl/kd{k}"], 0.5 * 4 * _kl(q, probs[k]), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(terms[f"cl/ce{k}"], 0.5 * torch.nn.functional.cross_entropy(zs[k], y),
+                                   rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------- runs
+def _write(tmp_path, cfg, name="c.yaml"):
+    (tmp_path / name).write_text(yaml.safe_dump(cfg))
+    return str(tmp_path / name)
+
+
+def test_one_through_the_cli_with_branch_metrics_and_export(tmp_path, capsys):
+    cfg = {**BASE, "model": {"name": "cnn_small", "transforms": [{"name": "branch", "n": 3, "gate": True}]},
+           "method": {"name": "one", "rampup_epochs": 1}}
+    assert cli(["train", _write(tmp_path, cfg), "--out", str(tmp_path / "r")]) == 0
+    final = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()][-1]
+    assert {f"test/branch{k}/top1" for k in range(3)} <= set(final) and final["test/top1"] > 50
+    record = load_checkpoint(tmp_path / "r" / "checkpoint.pt")["model"]["transforms"][0]
+    assert record["at"] == ["stage2"] and record["structure"] == {"gate_channels": 32}  # resolved, recorded
+    capsys.readouterr()
+    assert cli(["export", str(tmp_path / "r" / "checkpoint.pt"), "--branch", "2", "--out", str(tmp_path / "b.pt")]) == 0
+    assert cli(["eval", str(tmp_path / "b.pt"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["top1"] == pytest.approx(final["test/branch2/top1"])
+    assert load_checkpoint(tmp_path / "b.pt")["model"]["transforms"] == []  # a plain cnn_small
+    assert cli(["export", str(tmp_path / "r" / "checkpoint.pt"), "--branch", "3", "--out", str(tmp_path / "x.pt")]) == 2
+
+
+@pytest.mark.parametrize("cohort", ["dml", "one"])
+def test_a_cohort_run_resumes_bit_identically(cohort, tmp_path):
+    cfg = {**BASE, "model": "cnn_tiny", "peers": ["cnn_tiny"], "method": "dml"} if cohort == "dml" else {
+        **BASE, "model": {"name": "cnn_tiny", "transforms": [{"name": "branch", "n": 2, "gate": True}]},
+        "method": {"name": "one", "rampup_epochs": 2}}
+    full = from_config(load_config(base=cfg), run_dir=tmp_path / "full", log=lambda m: None)
+    full.fit()
+
+    def stop(trainer, epoch, metrics):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        from_config(load_config(base=cfg), run_dir=tmp_path / "cut", log=lambda m: None, callbacks=[stop]).fit()
+    resume(tmp_path / "cut", log=lambda m: None).fit()
+    a, b = (load_checkpoint(tmp_path / d / "checkpoint.pt")["distiller"] for d in ("full", "cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("cfg,message", [
+    ({"model": {"name": "cnn_tiny", "transforms": [{"name": "branch", "at": "stage9", "n": 2}]}},
+     "no module 'stage9'"),
+    ({"model": "cnn_tiny", "method": "dml"}, "need 1 peer network"),
+    ({"model": "cnn_tiny", "method": "one"}, "one needs a branched student with a gate"),
+    ({"model": "cnn_tiny", "method": "cl"}, "cl needs a student with at least two heads"),
+    ({"model": {"name": "cnn_tiny", "transforms": [{"name": "branch", "n": [2, 2, 2]}]}}, "too few for 3"),
+])
+def test_online_errors(cfg, message, tmp_path, capsys):
+    assert cli(["train", _write(tmp_path, {**BASE, **cfg}), "--out", str(tmp_path / "r")]) == 2
+    assert message in capsys.readouterr().err
