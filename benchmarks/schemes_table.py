@@ -127,7 +127,8 @@ def main() -> int:
     lines += ["", "Per network: independent and dml - each of the two networks; one and cl - each branch/head "
               "(trunk + branch) run alone. Ensemble: independent and dml - the two networks' mean logits; one - "
               "the gated output; cl - the mean of the four heads. The independent ensemble is of two separately "
-              "trained networks (seeds s and s + 1000)."]
+              "trained networks (seeds s and s + 1000). s per run: wall-clock seconds of one seed's run (for "
+              "independent, both networks), on the machine as it was during the run; compare within a table only."]
     Path("docs/results").mkdir(parents=True, exist_ok=True)
     Path(f"docs/results/{args.name}.md").write_text("\n".join(lines) + "\n")
     Path(f"docs/results/{args.name}.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1) + "\n")

@@ -131,6 +131,7 @@ def run_pipeline(path: str | Path, out_dir: str | Path | None = None, callbacks:
     summary = []
     for entry in cfg.runs:
         previous = None
+        generations = []
         for k in range(1, entry.repeat + 1):
             name = entry.name if entry.repeat == 1 else f"{entry.name}.{k}"
             run_dir = root / name
@@ -150,8 +151,44 @@ def run_pipeline(path: str | Path, out_dir: str | Path | None = None, callbacks:
                             **{k: v for k, v in final.items() if k.startswith("test/")}})
             log(f"pipeline: {name}: {status}, test top1 {summary[-1].get('test/top1', float('nan')):.2f}%")
             previous = run_dir
+            generations.append(run_dir)
         done[entry.name] = previous
+        if entry.repeat > 1:  # born-again generations: also their ensemble (mean logits of every generation)
+            top1 = ensemble_top1(generations)
+            summary.append({"run": f"{entry.name} (ensemble of {entry.repeat})", "dir": str(root), "status": "ensemble",
+                            "test/top1": top1})
+            log(f"pipeline: ensemble of {entry.name}.1..{entry.repeat}: test top1 {top1:.2f}%")
     return summary
+
+
+def ensemble_top1(run_dirs: list[Path]) -> float:
+    """Test top-1 of the mean logits of the students of finished runs on one dataset (their first run's)."""
+    import torch
+
+    from .build import build_model, pick_device, stored_config
+    from .data import build_loaders
+    from .engine.checkpoint import load_checkpoint
+    from .engine.evaluate import evaluate
+
+    cfgs = [stored_config(load_checkpoint(d / "checkpoint.pt"), d / "checkpoint.pt") for d in run_dirs]
+    device = pick_device(cfgs[0].train.device)
+    loaders = build_loaders(cfgs[0].data, cfgs[0].train.seed, device)
+    ds = loaders.dataset
+    nets = []
+    for d, c in zip(run_dirs, cfgs):
+        spec = c.model
+        spec.checkpoint = str(d / "checkpoint.pt")
+        nets.append(build_model(spec, ds.num_classes, ds.in_channels).to(device))
+
+    class Mean(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.nets = torch.nn.ModuleList(nets)
+
+        def forward(self, x):
+            return torch.stack([n(x) for n in self.nets]).mean(0)
+
+    return evaluate(Mean(), loaders.test)["top1"]
 
 
 def _resolve_teachers(entry: RunEntry, done: dict[str, Path], previous: Path | None) -> list[dict] | None:

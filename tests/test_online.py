@@ -219,3 +219,37 @@ def test_a_cohort_run_resumes_bit_identically(cohort, tmp_path):
 def test_online_errors(cfg, message, tmp_path, capsys):
     assert cli(["train", _write(tmp_path, {**BASE, **cfg}), "--out", str(tmp_path / "r")]) == 2
     assert message in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- multi-teacher
+def test_weighted_teacher_ensembles_written_out():
+    from kdkit.losses import soft_targets
+    from kdkit.losses.logits import confidence_weights
+
+    z = [_logits(64, 10, seed=s) for s in range(3)]
+    y = torch.randint(0, 10, (64,), generator=torch.Generator().manual_seed(5))
+    w = torch.tensor([2.0, 1.0, 1.0])
+    mixed = 0.5 * z[0] + 0.25 * z[1] + 0.25 * z[2]
+    torch.testing.assert_close(soft_targets(z, 4.0, "logits", w), (mixed / 4).softmax(1))
+    torch.testing.assert_close(soft_targets(z, 4.0, "probs", w),
+                               sum(c * (t / 4).softmax(1) for c, t in zip([0.5, 0.25, 0.25], z)))
+    torch.testing.assert_close(soft_targets(z, 4.0, "logits", torch.ones(3)), soft_targets(z, 4.0))  # equal = mean
+    c = confidence_weights(z, y)
+    conf = torch.stack([t.softmax(1)[torch.arange(64), y] for t in z])
+    torch.testing.assert_close(c, conf / conf.sum(0))
+    expected = torch.stack([sum(c[i, b] * z[i][b] for i in range(3)) for b in range(64)])
+    torch.testing.assert_close(soft_targets(z, 2.0, "logits", c), (expected / 2).softmax(1))
+
+
+def test_kd_teacher_weights_through_a_run(tmp_path, teacher_ckpt):
+    spec = {"name": "cnn_small", "checkpoint": teacher_ckpt}
+    base = {**BASE, "model": "cnn_tiny", "teacher": [spec, spec], "train": {**BASE["train"], "epochs": 1}}
+    for method in ({"name": "kd", "teacher_weights": [3.0, 1.0]}, {"name": "kd", "weighting": "confidence"}):
+        run_dir = tmp_path / method.get("weighting", "w")
+        result = from_config(load_config(base={**base, "method": method}), run_dir=run_dir, log=lambda m: None).fit()
+        assert result["test/top1"] > 20
+    with pytest.raises(ConfigError, match="3 entries for 2 teachers"):
+        from_config(load_config(base={**base, "method": {"name": "kd", "teacher_weights": [1.0, 1.0, 1.0]}}),
+                    log=lambda m: None)
+    with pytest.raises(ConfigError, match="exclude each other"):
+        load_config(base={**base, "method": {"name": "kd", "teacher_weights": [1.0, 1.0], "weighting": "confidence"}})

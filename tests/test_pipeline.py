@@ -68,7 +68,21 @@ def test_repeat_chains_generations_and_init_takes_weights(tmp_path):
                            "init": {"from": "student"}, "teacher": {"from": "student"}, "repeat": 2,
                            "set": ["train.epochs=1"]}]
     rows = run_pipeline(_write(tmp_path, runs), log=lambda m: None)
-    assert [r["run"] for r in rows] == ["teacher", "student", "ban.1", "ban.2"]
+    assert [r["run"] for r in rows] == ["teacher", "student", "ban.1", "ban.2", "ban (ensemble of 2)"]
+    # the ensemble row: the two generations' mean logits, recomputed here by hand from their checkpoints
+    from kdkit.config import load_config
+    from kdkit.data import build_loaders
+    from kdkit.models import create_model
+
+    nets = []
+    for g in ("ban.1", "ban.2"):
+        net = create_model("cnn_tiny", num_classes=10, in_channels=1)
+        net.load_state_dict(load_checkpoint(tmp_path / "runs" / g / "checkpoint.pt")["student"])
+        nets.append(net.eval())
+    test = build_loaders(load_config(base={**BASE, "model": "cnn_tiny"}).data, 0, torch.device("cpu")).test
+    with torch.no_grad():
+        hits = sum(int((torch.stack([n(x) for n in nets]).mean(0).argmax(1) == y).sum()) for x, y, _ in test)
+    assert rows[-1]["test/top1"] == pytest.approx(100.0 * hits / len(test.data))
     root = tmp_path / "runs"
     cfg1 = yaml.safe_load((root / "ban.1" / "config.yaml").read_text())
     cfg2 = yaml.safe_load((root / "ban.2" / "config.yaml").read_text())

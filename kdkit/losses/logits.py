@@ -9,19 +9,36 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def soft_targets(t_logits: Sequence[Tensor], temperature: float, ensemble: str = "logits") -> Tensor:
+def soft_targets(t_logits: Sequence[Tensor], temperature: float, ensemble: str = "logits",
+                 weights: Tensor | None = None) -> Tensor:
     """Teacher probabilities at temperature T from one or several teachers' logits ``[B, K]``.
 
     ``ensemble="logits"`` averages the logits, then applies the softmax; ``"probs"`` averages the
     softmax outputs (the arithmetic mean of the teachers' predictive distributions, Hinton et al. 2015,
     section 2). With one teacher both are ``softmax(z_t / T)``. Teacher outputs are detached.
+    ``weights`` (``[N]`` per teacher, or ``[N, B]`` per teacher and sample, normalised over teachers)
+    replaces the plain mean by a weighted one.
     """
     if ensemble not in ("logits", "probs"):
         raise ValueError(f"ensemble must be 'logits' or 'probs', got {ensemble!r}")
     logits = [t.detach().float() for t in t_logits]
+    if weights is not None and len(logits) > 1:
+        w = weights.detach().float().to(logits[0].device)
+        w = (w / w.sum(0, keepdim=True)).reshape(len(logits), -1, 1)  # [N, 1 or B, 1]
+        stacked = torch.stack(logits)
+        if ensemble == "logits":
+            return F.softmax((w * stacked).sum(0) / temperature, dim=1)
+        return (w * F.softmax(stacked / temperature, dim=2)).sum(0)
     if ensemble == "logits" or len(logits) == 1:
         return F.softmax(torch.stack(logits).mean(0) / temperature, dim=1)
     return torch.stack([F.softmax(t / temperature, dim=1) for t in logits]).mean(0)
+
+
+def confidence_weights(t_logits: Sequence[Tensor], targets: Tensor) -> Tensor:
+    """Per-sample teacher weights ``[N, B]``: each teacher's probability of the true label (at T=1),
+    normalised over the teachers; a teacher that is confidently right on a sample counts more there."""
+    conf = torch.stack([F.softmax(t.detach().float(), dim=1).gather(1, targets[:, None])[:, 0] for t in t_logits])
+    return conf / conf.sum(0, keepdim=True).clamp_min(1e-12)
 
 
 def kd_loss(s_logits: Tensor, p_teacher: Tensor, temperature: float) -> Tensor:

@@ -94,6 +94,7 @@ class Method(nn.Module):
         self.net_specs: dict[str, list[str]] = {}  # features on any network, by network name
         self.num_samples: int | None = None  # training-set size, set by the Distiller before setup()
         self.infos: dict[str, ModelInfo] = {}  # every network's probed layers, set before setup()
+        self.teacher_names: list[str] = []  # the run's teachers, in order, set before setup()
 
     # -- set-up -------------------------------------------------------------------------------------
     def setup(self, s_info: ModelInfo, t_info: ModelInfo | None) -> None:

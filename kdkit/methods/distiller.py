@@ -68,7 +68,7 @@ class Distiller(nn.Module):
             example = self.task.example_input(tuple(input_shape), _device(student))
             infos = {name: probe(net, example) for name, net in self.networks().items()}
             for m in methods:
-                m.num_samples, m.infos = num_samples, infos
+                m.num_samples, m.infos, m.teacher_names = num_samples, infos, list(self.teacher_names)
                 m.setup(infos[STUDENT], infos[self.teacher_names[0]] if teachers else None)
         for m in methods:
             for net, specs in m.taps(self.teacher_names[0] if teachers else None).items():
