@@ -97,7 +97,12 @@ def rebuild_transforms(model: nn.Module, recorded: list[dict[str, Any]], source:
         except ConfigError as e:
             raise CheckpointError(f"{e} (recorded in the checkpoint)") from None
         if t.structural:
-            model = t.rebuild(model, structure)
+            if not isinstance(structure, dict):
+                raise CheckpointError(f"{source}: transform[{i}] ({t.name}) records a structure that is not a mapping")
+            try:
+                model = t.rebuild(model, structure)
+            except ConfigError as e:  # a record that does not fit the model: the file's fault
+                raise CheckpointError(f"{source}: transform[{i}] ({t.name}) cannot be rebuilt: {e}") from None
     return model
 
 

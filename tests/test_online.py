@@ -253,3 +253,16 @@ def test_kd_teacher_weights_through_a_run(tmp_path, teacher_ckpt):
                     log=lambda m: None)
     with pytest.raises(ConfigError, match="exclude each other"):
         load_config(base={**base, "method": {"name": "kd", "teacher_weights": [1.0, 1.0], "weighting": "confidence"}})
+
+
+def test_a_branch_record_that_does_not_fit_is_a_checkpoint_error(tmp_path, capsys):
+    cfg = {**BASE, "model": {"name": "cnn_tiny", "transforms": [{"name": "branch", "n": 2}]},
+           "method": "vanilla", "train": {**BASE["train"], "epochs": 1}}
+    assert cli(["train", _write(tmp_path, cfg), "--out", str(tmp_path / "r")]) == 0
+    ckpt = load_checkpoint(tmp_path / "r" / "checkpoint.pt")
+    ckpt["model"]["transforms"][0]["at"] = ["stage9"]
+    torch.save(ckpt, tmp_path / "bad.pt")
+    capsys.readouterr()
+    assert cli(["eval", str(tmp_path / "bad.pt")]) == 4
+    err = capsys.readouterr().err
+    assert "cannot be rebuilt" in err and "stage9" in err and "Traceback" not in err
