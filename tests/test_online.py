@@ -208,6 +208,20 @@ def test_a_cohort_run_resumes_bit_identically(cohort, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_cohort_reports_every_network_and_their_ensemble(tmp_path):
+    cfg = {**BASE, "model": "cnn_tiny", "peers": ["cnn_small"], "method": "dml"}
+    trainer = from_config(load_config(base=cfg), run_dir=tmp_path / "r", log=lambda m: None)
+    result = trainer.fit()
+    assert {"test/top1", "test/peer1/top1", "test/ensemble/top1", "val/ensemble/top1"} <= set(result)
+    nets = [m.eval() for m in trainer.distiller.networks(trainable_only=True).values()]
+    hits = n = 0
+    with torch.no_grad():
+        for x, y, _ in trainer.loaders.test:  # the ensemble: the two networks' mean logits, by hand
+            hits += int((torch.stack([m(x) for m in nets]).mean(0).argmax(1) == y).sum())
+            n += len(y)
+    assert result["test/ensemble/top1"] == pytest.approx(100.0 * hits / n)
+
+
 @pytest.mark.parametrize("cfg,message", [
     ({"model": {"name": "cnn_tiny", "transforms": [{"name": "branch", "at": "stage9", "n": 2}]}},
      "no module 'stage9'"),

@@ -43,7 +43,8 @@ def evaluate_networks(networks: dict[str, torch.nn.Module], loader, prefix: str,
                       dist_info: distributed.DistInfo | None = None, task: Task | None = None) -> dict[str, float]:
     """Metrics of several named networks: ``<prefix>/<metric>`` for ``student``, ``<prefix>/<net>/<metric>``
     for the others; a branched network (:class:`~kdkit.models.branch.Branched`) also gets each branch's
-    (trunk + that branch) as ``.../branch<k>/<metric>``."""
+    (trunk + that branch) as ``.../branch<k>/<metric>``; with several networks, their ensemble (mean
+    logits) as ``<prefix>/ensemble/<metric>``. The student is the network deployed by default."""
     from ..models.branch import Branched, LeafView
 
     out = {}
@@ -54,4 +55,20 @@ def evaluate_networks(networks: dict[str, torch.nn.Module], loader, prefix: str,
             for b, path in enumerate(model.leaves()):
                 metrics = evaluate(LeafView(model, path), loader, teachers, autocast, dist_info, task)
                 out.update({f"{key}/branch{b}/{k}": v for k, v in metrics.items()})
+    if len(networks) > 1:
+        ensemble = _MeanLogits(list(networks.values()))
+        out.update({f"{prefix}/ensemble/{k}": v for k, v in
+                    evaluate(ensemble, loader, teachers, autocast, dist_info, task).items()})
     return out
+
+
+class _MeanLogits(torch.nn.Module):
+    """The mean output of several networks (sharing their modules; eval mode is passed on)."""
+
+    def __init__(self, nets: list[torch.nn.Module]):
+        super().__init__()
+        self.nets = torch.nn.ModuleList(nets)
+        self.training = all(n.training for n in nets)  # the flag only: the networks keep their modes
+
+    def forward(self, x):
+        return torch.stack([n(x) for n in self.nets]).mean(0)

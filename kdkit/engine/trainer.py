@@ -204,7 +204,8 @@ class Trainer:
             p = self.task.primary
             self.log(f"test: {p} {final[f'test/{p}']:.2f}" + (
                 f", agreement with teacher {final['test/agreement']:.2f}" if "test/agreement" in final else "")
-                + "".join(f", {net} {p} {final[f'test/{net}/{p}']:.2f}" for net in self.distiller.peers))
+                + "".join(f", {net} {p} {final[f'test/{net}/{p}']:.2f}" for net in self.distiller.peers)
+                + (f", ensemble {p} {final[f'test/ensemble/{p}']:.2f}" if f"test/ensemble/{p}" in final else ""))
             return {**(self.history[-1] if self.history else {}), **final}
         finally:
             if self._tb is not None:
