@@ -6,7 +6,8 @@ architecture, one recipe, test top-1 of the last epoch (mean +- std over seeds),
 - ``dml``: the student and one peer trained together; likewise per network and ensemble;
 - ``one``: a 3-branch gated network; per network = each branch (trunk + branch) on its own, ensemble =
   the gated output;
-- ``cl``: a 2x2 tree of heads with gradient rescaling; per network = each head, ensemble = their mean.
+- ``cl``: a 2x2 tree of heads with gradient rescaling; per network = each head, ensemble = their mean;
+- ``dcm``: the student and one peer with auxiliary classifiers; like dml.
 
 Writes ``docs/results/<name>.md`` and ``.json``. The CPU recipe of docs/results/fashion_mnist_schemes.md:
 
@@ -45,6 +46,7 @@ SCHEMES = {
             "method": {"name": "one", "rampup_epochs": 1}},
     "cl": {"model": {"name": "{model}", "transforms": [{"name": "branch", "n": [2, 2], "rescale": True}]},
            "method": "cl"},
+    "dcm": {"peers": ["{model}"], "method": "dcm"},
 }
 
 
@@ -100,13 +102,13 @@ def main() -> int:
         r["time"].append(sa + sb)
         for name, scheme in SCHEMES.items():
             res, trainer, secs = run(args, out, f"{name}-{seed}", seed, scheme)
-            singles = ([res["test/top1"], res["test/peer1/top1"]] if name == "dml" else
+            singles = ([res["test/top1"], res["test/peer1/top1"]] if name in ("dml", "dcm") else
                        [v for k, v in res.items() if k.startswith("test/branch") and k.endswith("/top1")])
             r = rows[name]
             r["net"].append(sum(singles) / len(singles))
             r["best"].append(max(singles))
             r["ens"].append(ensemble_top1(list(trainer.distiller.networks(trainable_only=True).values()), trainer)
-                            if name == "dml" else res["test/top1"])
+                            if name in ("dml", "dcm") else res["test/top1"])
             r["time"].append(secs)
             print(f"seed {seed} {name}: per network {r['net'][-1]:.2f}, ensemble {r['ens'][-1]:.2f}", file=sys.stderr)
 
@@ -124,8 +126,8 @@ def main() -> int:
         family = METHODS.get(name).family if name in METHODS.names() else "baseline"
         lines.append(f"| {name} | {family} | {ms(r['net'])} | {ms(r['best'])} | {ms(r['ens'])} | "
                      f"{statistics.mean(r['net']) - base:+.2f} | {statistics.mean(r['time']):.0f} |")
-    lines += ["", "Per network: independent and dml - each of the two networks; one and cl - each branch/head "
-              "(trunk + branch) run alone. Ensemble: independent and dml - the two networks' mean logits; one - "
+    lines += ["", "Per network: independent, dml and dcm - each of the two networks; one and cl - each branch/head "
+              "(trunk + branch) run alone. Ensemble: independent, dml and dcm - the two networks' mean logits; one - "
               "the gated output; cl - the mean of the four heads. The independent ensemble is of two separately "
               "trained networks (seeds s and s + 1000). s per run: wall-clock seconds of one seed's run (for "
               "independent, both networks), on the machine as it was during the run; compare within a table only."]

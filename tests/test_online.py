@@ -280,3 +280,32 @@ def test_a_branch_record_that_does_not_fit_is_a_checkpoint_error(tmp_path, capsy
     assert cli(["eval", str(tmp_path / "bad.pt")]) == 4
     err = capsys.readouterr().err
     assert "cannot be rebuilt" in err and "stage9" in err and "Traceback" not in err
+
+
+def test_dcm_loss_written_out():
+    torch.manual_seed(0)
+    student, peer = create_model("cnn_tiny"), create_model("cnn_small")
+    d = Distiller(student, [create_method("dcm", temperature=2.0)], input_shape=(3, 16, 16), peers={"peer1": peer})
+    m = d.methods[0]
+    assert m.net_specs == {"student": ["stage1", "stage2"], "peer1": ["stage1", "stage2"]}
+    x, y = torch.randn(64, 3, 16, 16), torch.randint(0, 10, (64,))
+    d.train()
+    terms = d(x, y)
+    with torch.no_grad():  # every classifier of each network, written out from the modules
+        heads = {}
+        for key, net in (("student", student), ("peer", peer)):
+            f1 = net.stage1(x)
+            f2 = net.stage2(f1)
+            heads[key] = [m.aux[f"{key}0"](f1), m.aux[f"{key}1"](f2), net(x)]
+    p = {k: [(z / 2).softmax(1) for z in zs] for k, zs in heads.items()}
+    kl_student = 4 * sum(_kl(pb, pa) for pa in p["student"] for pb in p["peer"])  # the student's classifiers learn
+    kl_peer = 4 * sum(_kl(pa, pb) for pa in p["student"] for pb in p["peer"])
+    torch.testing.assert_close(terms["dcm/kl"], kl_student, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(terms["dcm/kl/peer1"], kl_peer, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(terms["dcm/ce_student_aux1"], torch.nn.functional.cross_entropy(heads["student"][1], y),
+                               rtol=1e-4, atol=1e-6)
+    d.zero_grad()
+    terms["dcm/kl"].backward()  # the peer's classifiers are targets here: no gradient reaches the peer
+    assert all(q.grad is None for q in peer.parameters())
+    assert all(q.grad is None for n, q in m.aux.named_parameters() if n.startswith("peer"))
+    assert any(q.grad is not None for q in student.parameters())

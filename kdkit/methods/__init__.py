@@ -7,6 +7,7 @@ from . import (  # noqa: F401  (importing a method's module registers it)
     cc,
     cl,
     crd,
+    dcm,
     dist,
     dkd,
     dml,

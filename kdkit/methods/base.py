@@ -95,6 +95,7 @@ class Method(nn.Module):
         self.num_samples: int | None = None  # training-set size, set by the Distiller before setup()
         self.infos: dict[str, ModelInfo] = {}  # every network's probed layers, set before setup()
         self.teacher_names: list[str] = []  # the run's teachers, in order, set before setup()
+        self.networks: dict[str, nn.Module] = {}  # the trainable networks by name, set before setup() (read only)
 
     # -- set-up -------------------------------------------------------------------------------------
     def setup(self, s_info: ModelInfo, t_info: ModelInfo | None) -> None:

@@ -69,6 +69,7 @@ class Distiller(nn.Module):
             infos = {name: probe(net, example) for name, net in self.networks().items()}
             for m in methods:
                 m.num_samples, m.infos, m.teacher_names = num_samples, infos, list(self.teacher_names)
+                object.__setattr__(m, "networks", self.networks(trainable_only=True))  # not submodules of m
                 m.setup(infos[STUDENT], infos[self.teacher_names[0]] if teachers else None)
         for m in methods:
             for net, specs in m.taps(self.teacher_names[0] if teachers else None).items():
