@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..losses import kd_loss
 from .base import Method, MethodConfig, Outputs, register_method
 
 
@@ -63,7 +64,6 @@ class CL(Method):
         logits = [out.s_feats[s] for s in self.student_specs]
         terms = {}
         for k, (z, q) in enumerate(zip(logits, collaborative_targets(logits, t))):
-            log_p = F.log_softmax(z.float() / t, dim=1)
             terms[f"cl/ce{k}"] = beta * F.cross_entropy(z.float(), out.targets)
-            terms[f"cl/kd{k}"] = (1 - beta) * t * t * F.kl_div(log_p, q, reduction="batchmean")
+            terms[f"cl/kd{k}"] = (1 - beta) * kd_loss(z, q, t)
         return terms

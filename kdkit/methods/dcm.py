@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from ..losses import kd_loss, soft_targets
 from ..models.branch import _reinit, split_model
 from .base import Method, MethodConfig, Outputs, default_stages, register_method
 
@@ -72,10 +73,8 @@ class DCM(Method):
             for i, z in enumerate(aux):
                 terms[f"dcm/ce_{net}_aux{i}"] = F.cross_entropy(z.float(), out.targets)
             heads[net] = aux + [out.logits[net]]  # the final classifier's CE is the trainer's
-        log_p = {n: [F.log_softmax(z.float() / t, dim=1) for z in zs] for n, zs in heads.items()}
+        p = {n: [soft_targets([z], t) for z in zs] for n, zs in heads.items()}  # detached targets
         a, b = self.pair
-        kl_a = sum(F.kl_div(la, lb.detach().exp(), reduction="batchmean") for la in log_p[a] for lb in log_p[b])
-        kl_b = sum(F.kl_div(lb, la.detach().exp(), reduction="batchmean") for la in log_p[a] for lb in log_p[b])
-        terms["dcm/kl"] = t * t * kl_a
-        terms[f"dcm/kl/{b}"] = t * t * kl_b
+        terms["dcm/kl"] = sum(kd_loss(za, pb, t) for za in heads[a] for pb in p[b])
+        terms[f"dcm/kl/{b}"] = sum(kd_loss(zb, pa, t) for pa in p[a] for zb in heads[b])
         return terms

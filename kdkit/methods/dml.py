@@ -4,24 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..losses import kd_loss, soft_targets
 from .base import Method, MethodConfig, Outputs, register_method
 
 
 def mutual_kl(logits: dict[str, Tensor], temperature: float = 1.0) -> dict[str, Tensor]:
     """For each network ``i`` of a cohort: ``1/(N-1) * sum_{j != i} T^2 KL(p_j || p_i)`` with
     ``p = softmax(z / T)``, the other networks' predictions detached (batch mean)."""
-    names = list(logits)
-    log_p = {k: F.log_softmax(v.float() / temperature, dim=1) for k, v in logits.items()}
-    targets = {k: lp.detach().exp() for k, lp in log_p.items()}
-    out = {}
-    for i in names:
-        kl = sum(F.kl_div(log_p[i], targets[j], reduction="batchmean") for j in names if j != i)
-        out[i] = kl * temperature**2 / (len(names) - 1)
-    return out
+    targets = {k: soft_targets([z], temperature) for k, z in logits.items()}  # detached
+    return {i: sum(kd_loss(z, targets[j], temperature) for j in logits if j != i) / (len(logits) - 1)
+            for i, z in logits.items()}
 
 
 @dataclass
