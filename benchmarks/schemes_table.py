@@ -23,22 +23,11 @@ import sys
 import time
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from kdkit import from_config, load_config
-from kdkit.engine.evaluate import evaluate
+from kdkit.engine.evaluate import MeanLogits, evaluate
 from kdkit.methods import METHODS
-
-
-class MeanLogits(nn.Module):
-    def __init__(self, nets: list[nn.Module]):
-        super().__init__()
-        self.nets = nn.ModuleList(nets)
-
-    def forward(self, x):
-        return torch.stack([n(x) for n in self.nets]).mean(0)
-
 
 SCHEMES = {
     "dml": {"peers": ["{model}"], "method": "dml"},

@@ -163,12 +163,10 @@ def run_pipeline(path: str | Path, out_dir: str | Path | None = None, callbacks:
 
 def ensemble_top1(run_dirs: list[Path]) -> float:
     """Test top-1 of the mean logits of the students of finished runs on one dataset (their first run's)."""
-    import torch
-
     from .build import build_model, pick_device, stored_config
     from .data import build_loaders
     from .engine.checkpoint import load_checkpoint
-    from .engine.evaluate import evaluate
+    from .engine.evaluate import MeanLogits, evaluate
 
     cfgs = [stored_config(load_checkpoint(d / "checkpoint.pt"), d / "checkpoint.pt") for d in run_dirs]
     device = pick_device(cfgs[0].train.device)
@@ -179,16 +177,7 @@ def ensemble_top1(run_dirs: list[Path]) -> float:
         spec = c.model
         spec.checkpoint = str(d / "checkpoint.pt")
         nets.append(build_model(spec, ds.num_classes, ds.in_channels).to(device))
-
-    class Mean(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.nets = torch.nn.ModuleList(nets)
-
-        def forward(self, x):
-            return torch.stack([n(x) for n in self.nets]).mean(0)
-
-    return evaluate(Mean(), loaders.test)["top1"]
+    return evaluate(MeanLogits(nets), loaders.test)["top1"]
 
 
 def _resolve_teachers(entry: RunEntry, done: dict[str, Path], previous: Path | None) -> list[dict] | None:

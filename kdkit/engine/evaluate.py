@@ -56,13 +56,13 @@ def evaluate_networks(networks: dict[str, torch.nn.Module], loader, prefix: str,
                 metrics = evaluate(LeafView(model, path), loader, teachers, autocast, dist_info, task)
                 out.update({f"{key}/branch{b}/{k}": v for k, v in metrics.items()})
     if len(networks) > 1:
-        ensemble = _MeanLogits(list(networks.values()))
+        ensemble = MeanLogits(list(networks.values()))
         out.update({f"{prefix}/ensemble/{k}": v for k, v in
                     evaluate(ensemble, loader, teachers, autocast, dist_info, task).items()})
     return out
 
 
-class _MeanLogits(torch.nn.Module):
+class MeanLogits(torch.nn.Module):
     """The mean output of several networks (sharing their modules; eval mode is passed on)."""
 
     def __init__(self, nets: list[torch.nn.Module]):
