@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import ModelSpec, RunConfig, network_names, parse_config
+from .config import ModelSpec, RunConfig, network_names, parse_config, trainable_specs
 from .data import Dataset, build_loaders
 from .engine import distributed
 from .engine.checkpoint import load_checkpoint, load_model_weights
@@ -75,7 +75,7 @@ def build(cfg: RunConfig, device: torch.device | None = None, rank: int = 0, wor
     # before the Distiller: its feature taps must hook the transformed network's modules
     student = apply_transforms(student, transforms, loaders.input_shape)
     peers, peer_transforms = {}, {}
-    for name, spec in zip(network_names(cfg)[1:], cfg.peers):
+    for name, spec in list(trainable_specs(cfg).items())[1:]:
         peer = build_model(spec, ds.num_classes, ds.in_channels)
         peer_transforms[name] = list(spec.transforms) + ([ghost] if ghost else [])
         peers[name] = apply_transforms(peer, peer_transforms[name], loaders.input_shape).to(device)

@@ -144,7 +144,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .build import build_model, pick_device, stored_config
-    from .config import network_names
+    from .config import trainable_spec
     from .data import build_loaders
     from .engine.checkpoint import load_checkpoint
     from .engine.evaluate import evaluate
@@ -152,11 +152,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     ckpt = load_checkpoint(args.checkpoint)
     cfg = stored_config(ckpt, args.checkpoint)
-    trainable = dict(zip(network_names(cfg), [cfg.model, *cfg.peers]))
     net = args.net or "student"
-    if net not in trainable:
-        raise ConfigError(f"--net {net}: the run's trainable networks are {', '.join(trainable)}")
-    spec = trainable[net]
+    spec = trainable_spec(cfg, net, "--net")
     if args.data_root:
         cfg.data.root = args.data_root
     device = pick_device(args.device)

@@ -190,6 +190,20 @@ def parse_config(data: dict[str, Any]) -> RunConfig:
     return cfg
 
 
+def trainable_specs(cfg: RunConfig) -> dict[str, ModelSpec]:
+    """The run's trainable networks by name: the student, then the peers."""
+    return dict(zip(network_names(cfg), [cfg.model, *cfg.peers]))
+
+
+def trainable_spec(cfg: RunConfig, net: str | None, where: str) -> ModelSpec:
+    """The spec of trainable network ``net`` (default: the student); a ConfigError naming ``where`` and the
+    run's trainable networks if it has none of that name."""
+    specs = trainable_specs(cfg)
+    if (net or "student") not in specs:
+        raise ConfigError(f"{where}: no trainable network '{net}' (the run's trainable networks: {', '.join(specs)})")
+    return specs[net or "student"]
+
+
 def network_names(cfg: RunConfig) -> list[str]:
     """The run's network names: ``student``, the peers (``id``, default ``peer1``..), the teachers
     (``id``, default ``teacher`` or ``teacher0``..)."""

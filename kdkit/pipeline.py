@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from .build import from_config, resume
-from .config import load_config, load_yaml, network_names, parse_config
+from .config import load_config, load_yaml, parse_config, trainable_spec
 from .engine.trainer import Callback
 from .errors import ConfigError
 from .registry import suggest
@@ -110,13 +110,8 @@ def final_metrics(run_dir: Path) -> dict[str, Any] | None:
 def _network(run_dir: Path, net: str | None = None) -> dict[str, Any]:
     """A model spec for the final weights of one trainable network (default: the student) of the
     finished run in ``run_dir``."""
-    saved = parse_config(load_yaml(run_dir / "config.yaml"))
-    trainable = dict(zip(network_names(saved), [saved.model, *saved.peers]))
     net = net or "student"
-    if net not in trainable:
-        raise ConfigError(f"pipeline: run {run_dir.name} has no trainable network '{net}' "
-                          f"(networks: {', '.join(trainable)})")
-    spec = trainable[net]
+    spec = trainable_spec(parse_config(load_yaml(run_dir / "config.yaml")), net, f"pipeline: run {run_dir.name}")
     return {"name": spec.name, "kwargs": dict(spec.kwargs), "checkpoint": str(run_dir / "checkpoint.pt"),
             **({"net": net} if net != "student" else {})}
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from ..config import RunConfig, config_dict, dump_yaml
+from ..config import RunConfig, config_dict, dump_yaml, trainable_specs
 from ..data import Loaders
 from ..errors import CheckpointError, ConfigError, KdkitError, NonFiniteLossError
 from ..methods import Distiller, method_name
@@ -81,10 +81,10 @@ class Trainer:
         self.task = self.distiller.task
         self.plan = self.distiller.set_plan(cfg.stages, cfg.train.epochs)
         self.horizon = sum(s.epochs for s in self.plan if s.schedule) or cfg.train.epochs
-        peer_specs = dict(zip(self.distiller.peers, cfg.peers))
+        self.specs = trainable_specs(cfg)  # every trainable network's spec, by name (the student first)
         self.optimizer = make_optimizer(cfg, self.distiller.param_groups(), self.device, {
-            net: {"lr": spec.lr, "weight_decay": spec.weight_decay} for net, spec in peer_specs.items()})
-        self.peer_specs = peer_specs
+            net: {"lr": spec.lr, "weight_decay": spec.weight_decay} for net, spec in self.specs.items()
+            if net != STUDENT})
         self.callbacks = list(callbacks)
         self.run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
         if self.dist.enabled:  # the default name holds the time: take rank 0's
@@ -138,10 +138,10 @@ class Trainer:
         of it: its model records against the run's networks, every tensor's shape and dtype, the
         optimizer, counters, loader and RNG states."""
         ds, d = self.loaders.dataset, self.distiller
-        specs = {STUDENT: self.cfg.model, **self.peer_specs}
         for net, model in d.networks(trainable_only=True).items():
             rec, weights = network_entry(ckpt, net, source)
-            expected = {"name": specs[net].name, "kwargs": dict(specs[net].kwargs), **self.task.record(ds)}
+            spec = self.specs[net]
+            expected = {"name": spec.name, "kwargs": dict(spec.kwargs), **self.task.record(ds)}
             wrong = [k for k, v in expected.items() if rec.get(k) != v]
             if wrong:
                 k = wrong[0]
@@ -165,7 +165,7 @@ class Trainer:
 
     def state(self) -> dict[str, Any]:
         ds, spec, d = self.loaders.dataset, self.cfg.model, self.distiller
-        networks = {name: {"model": model_record(self.peer_specs[name].name, self.peer_specs[name].kwargs,
+        networks = {name: {"model": model_record(self.specs[name].name, self.specs[name].kwargs,
                                                  records(peer, self.built.peer_transforms.get(name, [])),
                                                  **self.task.record(ds)),
                            "weights": peer.state_dict()} for name, peer in d.peers.items()}
