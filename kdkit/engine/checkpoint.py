@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -27,12 +28,18 @@ VERSION = 1
 def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``: a
     reader (or a crash) sees the old file or the new one, never a partial one."""
+    return write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
+    """``write(f)`` into a temporary file ``.<name>.*.tmp`` in the same folder, fsync, then rename it over
+    ``path`` (and fsync the folder): a reader, or a crash, sees the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

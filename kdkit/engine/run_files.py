@@ -13,15 +13,14 @@ in evaluation, while writing a checkpoint or a metrics line) continues as if it 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import CheckpointError
+from .checkpoint import write_atomic
 
 CHECKPOINTS = ("checkpoint.pt", "best.pt")
 
@@ -37,22 +36,14 @@ def remove_stale_temps(run_dir: Path) -> list[Path]:
     return removed
 
 
-def _write_atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def reconcile_metrics(run_dir: Path, epoch: int, last: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Make ``metrics.jsonl`` hold the epochs ``1..epoch`` once each (the last from ``last``, the
     checkpoint's metrics, if its line is missing); returns those lines."""
     path = run_dir / "metrics.jsonl"
+    before = path.read_text(errors="replace") if path.is_file() else None
     lines: list[dict[str, Any]] = []
-    if path.is_file():
-        for raw in path.read_text(errors="replace").splitlines():
+    if before is not None:
+        for raw in before.splitlines():
             try:
                 row = json.loads(raw)
             except ValueError:
@@ -63,8 +54,8 @@ def reconcile_metrics(run_dir: Path, epoch: int, last: dict[str, Any] | None) ->
     if last and last.get("epoch") == epoch and (not lines or lines[-1]["epoch"] < epoch):
         lines.append(last)
     text = "".join(json.dumps(row) + "\n" for row in lines)
-    if not path.is_file() or path.read_text(errors="replace") != text:
-        _write_atomic_text(path, text)
+    if text != before:
+        write_atomic(path, lambda f: f.write(text.encode()))
     return lines
 
 
@@ -80,12 +71,9 @@ def repair_best(run_dir: Path, epoch: int, best_epoch_is_last: bool) -> bool:
                 return False
         except Exception:  # noqa: BLE001  (an unreadable best.pt is replaced, whatever the reason)
             pass
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=".best.pt.", suffix=".tmp")
-    os.close(fd)
     try:
-        shutil.copyfile(ckpt, tmp)
-        os.replace(tmp, best)
+        with open(ckpt, "rb") as src:
+            write_atomic(best, lambda f: shutil.copyfileobj(src, f))
     except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
         raise CheckpointError(f"{best}: cannot be restored from {ckpt}: {e}") from None
     return True
