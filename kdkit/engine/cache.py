@@ -69,6 +69,7 @@ class TeacherCache:
         self.feature_names: list[list[str]] = []  # [teacher, layer] of each stored feature
         self.complete = False
         self.invalid: str | None = None  # why a stored cache found in ``path`` was not used (it is rebuilt)
+        self._layout: dict[str, list[tuple[str, str, torch.dtype]]] | None = None  # output -> its entries
         if self.path is not None:
             if self.path.exists() and not self.path.is_dir():
                 raise ConfigError(f"train.teacher_cache.path {self.path} exists and is not a directory")
@@ -87,6 +88,7 @@ class TeacherCache:
         if problem is not None:
             self.invalid = problem
             self.entries.clear()
+            self._layout = None
             self.n_teachers, self.feature_names = 0, []
             return
         self.complete = True
@@ -180,14 +182,15 @@ class TeacherCache:
 
     # ------------------------------------------------------------------------------------ fill / look up
     def _parts(self, name: str, keys: Tensor) -> dict[str, Tensor]:
-        """The stored parts of output ``name`` (the task's compressed form) for these keys."""
-        parts = {}
-        for entry in self.entries:
-            if entry == name or (entry.startswith(name + ".") and "." not in entry[len(name) + 1:]):
-                suffix = entry[len(name):]
-                dtype = {".indices": torch.int32, ".rest": torch.float32}.get(suffix, self.dtype)
-                parts[suffix] = self._get(entry, keys, dtype)
-        return parts
+        """The stored parts of output ``name`` (the task's compressed form) for these keys. Which entries
+        make up which output is worked out once, not at every lookup (a training step's hot path)."""
+        if self._layout is None:
+            self._layout = {}
+            for entry in self.entries:
+                base, dot, rest = entry.partition(".")
+                dtype = {"indices": torch.int32, "rest": torch.float32}.get(rest, self.dtype)
+                self._layout.setdefault(base, []).append((entry, dot + rest, dtype))
+        return {suffix: self._get(entry, keys, dtype) for entry, suffix, dtype in self._layout.get(name, [])}
 
     @torch.no_grad()
     def fill(self, distiller, loader, autocast, progress: bool = True) -> None:
@@ -202,6 +205,7 @@ class TeacherCache:
             elif meta.exists() or meta.is_symlink():
                 meta.unlink()  # stale, partial or invalid: rebuilt below
         self.entries.clear()
+        self._layout = None
         batches = loader.iter_views()
         steps = loader.num_views * -(-len(loader.data) // loader.batch_size)
         for x, keys in tqdm(batches, total=steps, desc="caching teacher outputs", leave=False,
