@@ -99,10 +99,6 @@ class Distiller(nn.Module):
     def s_tap(self) -> FeatureTap:
         return self.taps[STUDENT]
 
-    @property
-    def t_tap(self) -> FeatureTap | None:
-        return self.taps.get(self.teacher_names[0]) if self.teachers else None
-
     def param_groups(self) -> dict[str, list[nn.Parameter]]:
         """Trainable parameters by network: each peer's own, the student's with the methods' helpers."""
         peer_ids = {id(p) for p in self.peers.parameters()}
@@ -164,10 +160,6 @@ class Distiller(nn.Module):
         return self
 
     # -- teachers -------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def teacher_logits(self, x: Tensor) -> list[Tensor]:
-        return [t(x) for t in self.teachers]
-
     def teacher_outputs(self, x: Tensor, inference_mode: bool = True
                         ) -> tuple[list[Tensor], dict[str, dict[str, Tensor]]]:
         """The teachers' outputs and their tapped features (``{teacher: {layer: tensor}}``) for ``x``,

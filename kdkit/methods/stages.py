@@ -117,7 +117,7 @@ def plan_stages(stages: list[Stage] | None, methods, param_names: list[str],
             raise ConfigError(f"{where}: nothing to train (no method objective and no label loss)")
         frozen = list(s.frozen) + [f"methods.{i}.{p}" for i, obj in objectives for p in methods[i].frozen(obj)]
         for prefix in s.frozen:
-            if not any(n == prefix or n.startswith(prefix + ".") for n in param_names):
+            if not any(frozen_match(n, (prefix,)) for n in param_names):
                 raise ConfigError(f"{where}: frozen '{prefix}' matches no parameter "
                                   f"(e.g. {', '.join(sorted({n.rsplit('.', 1)[0] for n in param_names})[:6])})")
         plan.append(PlannedStage(s.name, start, epochs, objectives, ce, tuple(frozen), s.lr, s.schedule, scheduled))
