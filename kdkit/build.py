@@ -91,7 +91,8 @@ def build(cfg: RunConfig, device: torch.device | None = None, rank: int = 0, wor
     try:
         distiller = Distiller(student.to(device), methods, [t.to(device) for t in teachers],
                               input_shape=loaders.input_shape, num_samples=len(loaders.train.data), peers=peers,
-                              names=network_names(cfg)[1 + len(peers):], task=create_task(cfg.task))
+                              names=network_names(cfg)[1 + len(peers):], task=create_task(cfg.task),
+                              views=cfg.data.views)
     except KdkitError:
         raise
     except RuntimeError as e:  # a model that cannot run on this input size

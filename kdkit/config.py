@@ -59,11 +59,14 @@ class DataConfig:
     pipeline: Literal["memory", "dataloader"] = "memory"  # dataloader: per-image transforms (reference)
     cutout: int = 0  # side of the Cutout square (0: off), training augmentation
     replay_views: int = 0  # >0: each sample has this many fixed augmented views, epoch e shows view e % n
+    views: int = 1  # >1: each training batch in this many independently augmented views (kdcl: one per network)
 
     def __post_init__(self) -> None:
         for name, high in (("batch_size", 1 << 24), ("eval_batch_size", 1 << 24), ("image_size", 4096)):
             if not 1 <= getattr(self, name) <= high:
                 raise ValueError(f"{name} must be in [1, {high}], got {getattr(self, name)}")
+        if not 1 <= self.views <= 64:
+            raise ValueError(f"views must be in [1, 64], got {self.views}")
         for name, high in (("cutout", 4096), ("num_workers", 1024), ("replay_views", 1024)):
             if not 0 <= getattr(self, name) <= high:
                 raise ValueError(f"{name} must be in [0, {high}], got {getattr(self, name)}")

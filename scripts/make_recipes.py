@@ -128,6 +128,12 @@ def online_model(m: str, model: str) -> dict:
     return rec
 
 
+def online_data(m: str, data: dict) -> dict:
+    """The data block of an online method's recipe: one augmented view per network where it needs that."""
+    cls = METHODS.get(m)
+    return {**data, "views": 1 + cls.needs_peers} if cls.needs_views else data
+
+
 def online() -> dict[Path, str]:
     """Online methods: CIFAR-100 with ResNet-32 / ResNet-110 in the protocol of ONE's released scripts
     (scripts/ONE_ResNet32.sh: 300 epochs, batch 128, SGD lr 0.1 momentum 0.9, x0.1 at epochs 151 and 225,
@@ -138,7 +144,7 @@ def online() -> dict[Path, str]:
     for model in ("resnet32", "resnet110"):
         for m in methods:
             rec = {**online_model(m, model), "method": method_block(m),
-                   "data": {"name": "cifar100", "batch_size": 128, "val_fraction": 0.0},
+                   "data": online_data(m, {"name": "cifar100", "batch_size": 128, "val_fraction": 0.0}),
                    "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 1.0e-4},
                    "schedule": {"name": "step", "milestones": [151, 225], "gamma": 0.1},
                    "train": {"epochs": 300, "seed": 0, "run_name": f"cifar100-online-{m}-{model}"}}
@@ -148,7 +154,8 @@ def online() -> dict[Path, str]:
                      f"kdkit train configs/cifar100/online/{m}-{model}.yaml")
     for m in methods[1:]:
         block = method_block(m, rampup_epochs=2)
-        rec = {**online_model(m, "cnn_tiny"), "method": block, "data": {"name": "fashion_mnist", "batch_size": 128},
+        rec = {**online_model(m, "cnn_tiny"), "method": block,
+               "data": online_data(m, {"name": "fashion_mnist", "batch_size": 128}),
                "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5.0e-4},
                "schedule": {"name": "cosine", "warmup_epochs": 0.5},
                "train": {"epochs": 5, "seed": 0, "run_name": f"fashion_mnist-{m}"}}

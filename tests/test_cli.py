@@ -175,6 +175,8 @@ def test_every_method_one_epoch_on_digits_from_cli(tmp_path, capsys, teacher_ckp
     cls = METHODS.get(method)
     if cls.needs_peers:
         data["peers"] = [data["model"]] * cls.needs_peers
+    if cls.needs_views:  # digits neither crops nor flips: cutout makes the views differ
+        data["data"] = {**data["data"], "views": 1 + cls.needs_peers, "cutout": 2}
     if cls.student_transform:
         model = data["model"] if isinstance(data["model"], dict) else {"name": data["model"]}
         data["model"] = {**model, "transforms": [dict(cls.student_transform)]}

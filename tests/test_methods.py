@@ -27,7 +27,16 @@ def online_distiller(m, s, teachers, shape, make_peer, **kwargs):
     if m.student_transform:
         s = apply_transforms(s, [transform_config(dict(m.student_transform))], shape)
     peers = {f"peer{i + 1}": make_peer() for i in range(m.needs_peers)}
+    if m.needs_views:
+        kwargs["views"] = 1 + len(peers)
     return Distiller(s, [m], teachers if m.needs_teacher else [], shape, peers=peers, **kwargs)
+
+
+def views(d, x):
+    """``x`` as the Distiller takes it: with ``views > 1``, stacked with flipped / rolled copies (one each)."""
+    if d.views == 1:
+        return x
+    return torch.stack([x if v == 0 else x.flip(-1).roll(v, -2) for v in range(d.views)])
 
 
 def _distiller(name, teacher=True):
@@ -52,6 +61,7 @@ def test_method_trains_on_heterogeneous_pair(name):
     # teacher's softmax is nearly uniform, and overshoot at lr 0.01 (measured)
     opt = torch.optim.SGD(d.parameters(), lr=0.005, momentum=0.9)
     x, y = _batch()
+    x = views(d, x)
     d.train()
     trained = set()
     for epoch in sorted({0, d.pretrain_epochs}):
@@ -82,6 +92,7 @@ def test_method_state_round_trip(name):
     d2, _ = _distiller(name)
     d2.load_state_dict(torch.load(buf, weights_only=True))
     x, y = _batch()
+    x = views(d, x)
     d.eval(), d2.eval()
     for k, v in d(x, y).items():
         torch.testing.assert_close(v, d2(x, y)[k])
@@ -212,7 +223,7 @@ def test_method_on_cross_family_pairs(name, pair):
     m = create_method(name)
     d = online_distiller(m, s, [t], (3, 32, 32), lambda: create_model(s_name, num_classes=100), num_samples=64)
     d.train()
-    x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 100, (4,))
+    x, y = views(d, torch.randn(4, 3, 32, 32)), torch.randint(0, 100, (4,))
     idx = torch.arange(4)
     used = set()
     for epoch in sorted({0, d.pretrain_epochs}):

@@ -189,13 +189,22 @@ def test_one_through_the_cli_with_branch_metrics_and_export(tmp_path, capsys):
     assert cli(["export", str(tmp_path / "r" / "checkpoint.pt"), "--branch", "3", "--out", str(tmp_path / "x.pt")]) == 2
 
 
-@pytest.mark.parametrize("cohort", ["dml", "one"])
+COHORTS = {
+    "dml": {**BASE, "model": "cnn_tiny", "peers": ["cnn_tiny"], "method": "dml"},
+    "one": {**BASE, "model": {"name": "cnn_tiny", "transforms": [{"name": "branch", "n": 2, "gate": True}]},
+            "method": {"name": "one", "rampup_epochs": 2}},
+    "kdcl": {**BASE, "model": "cnn_tiny", "peers": ["cnn_tiny"], "method": "kdcl",
+             "data": {"name": "digits", "views": 2, "cutout": 2}},
+    "okddip": {**BASE, "model": {"name": "cnn_tiny", "transforms": [{"name": "branch", "n": 3}]},
+               "method": {"name": "okddip", "rampup_epochs": 2}},
+}
+
+
+@pytest.mark.parametrize("cohort", list(COHORTS))
 def test_a_cohort_run_resumes_bit_identically(cohort, tmp_path):
-    cfg = {**BASE, "model": "cnn_tiny", "peers": ["cnn_tiny"], "method": "dml"} if cohort == "dml" else {
-        **BASE, "model": {"name": "cnn_tiny", "transforms": [{"name": "branch", "n": 2, "gate": True}]},
-        "method": {"name": "one", "rampup_epochs": 2}}
+    cfg = COHORTS[cohort]
     full = from_config(load_config(base=cfg), run_dir=tmp_path / "full", log=lambda m: None)
-    full.fit()
+    assert full.fit()["test/top1"] > 30
 
     def stop(trainer, epoch, metrics):
         if epoch == 1:
@@ -309,3 +318,125 @@ def test_dcm_loss_written_out():
     assert all(q.grad is None for q in peer.parameters())
     assert all(q.grad is None for n, q in m.aux.named_parameters() if n.startswith("peer"))
     assert any(q.grad is not None for q in student.parameters())
+
+
+# ------------------------------------------------------------------------------------------- kdcl, okddip
+def test_kdcl_ensembles_and_loss_written_out_on_separate_views():
+    from kdkit.methods.kdcl import ensemble_logits
+
+    z = [_logits(96, 10, seed=s) for s in range(3)]
+    y = torch.randint(0, 10, (96,), generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(ensemble_logits(z, y, "mean"), (z[0] + z[1] + z[2]) / 3)
+    minl = torch.empty(96, 10)
+    best = torch.empty(96, 10)
+    for b in range(96):
+        for c in range(10):
+            minl[b, c] = min(float(z[i][b, c] - z[i][b, y[b]]) for i in range(3))
+        ces = [float(-z[i][b].log_softmax(0)[y[b]]) for i in range(3)]
+        best[b] = z[ces.index(min(ces))][b]
+    torch.testing.assert_close(ensemble_logits(z, y, "min_logit"), minl)
+    torch.testing.assert_close(ensemble_logits(z, y, "best"), best)
+
+    torch.manual_seed(0)
+    nets = {"student": create_model("cnn_tiny"), "peer1": create_model("cnn_small")}
+    d = Distiller(nets["student"], [create_method("kdcl", temperature=2.0)], input_shape=(3, 16, 16),
+                  peers={"peer1": nets["peer1"]}, views=2)
+    x, y = torch.randn(2, 64, 3, 16, 16), torch.randint(0, 10, (64,))
+    d.train()
+    terms = d(x, y)
+    with torch.no_grad():  # network k on view k
+        zs = {"student": nets["student"](x[0]), "peer1": nets["peer1"](x[1])}
+    zt = torch.minimum(zs["student"] - zs["student"].gather(1, y[:, None]),
+                       zs["peer1"] - zs["peer1"].gather(1, y[:, None]))
+    q = (zt / 2).softmax(1)
+    torch.testing.assert_close(terms["kdcl"], 4 * _kl(q, (zs["student"] / 2).softmax(1)), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(terms["kdcl/peer1"], 4 * _kl(q, (zs["peer1"] / 2).softmax(1)), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(terms["ce/peer1"], torch.nn.functional.cross_entropy(zs["peer1"], y), rtol=1e-4,
+                               atol=1e-6)
+    d.zero_grad()
+    terms["kdcl"].backward()  # the ensemble target is detached: the peer gets nothing from the student's term
+    assert all(p.grad is None for p in nets["peer1"].parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in nets["student"].parameters())
+    with pytest.raises(ConfigError, match=r"expected inputs of shape \[2, B"):
+        d(x[0], y)
+
+
+def test_views_are_independent_augmentations_of_one_batch():
+    from kdkit.data import BatchLoader
+    from kdkit.data.base import ImageSet
+
+    images = torch.randint(0, 256, (40, 1, 12, 12), dtype=torch.uint8)
+    images[:, :, 4:8, 4:8] = (10 + 5 * torch.arange(40, dtype=torch.uint8)).view(40, 1, 1, 1)  # a sample's mark
+    data = ImageSet(torch.arange(40) % 10, images=images)
+    kw = {"mean": [0.5], "std": [0.5], "shuffle": True, "seed": 3, "crop_padding": 2, "flip": True}
+    x, y, idx = next(iter(BatchLoader(data, 16, views=3, **kw)))
+    assert x.shape == (3, 16, 1, 12, 12)
+    assert not torch.equal(x[0], x[1]) and not torch.equal(x[1], x[2])
+    one, _, idx1 = next(iter(BatchLoader(data, 16, **kw)))
+    assert torch.equal(idx, idx1) and torch.equal(x[0], one)  # view 0 is the single-view stream's batch
+    mark = ((10 + 5 * idx).float() / 255 - 0.5) / 0.5  # every view is a crop/flip of the same images:
+    for v in range(3):  # the sample's mark (a 4x4 square, inside any crop with padding 2) is in each view
+        assert all(torch.isclose(x[v, b], mark[b]).any() for b in range(16))
+    with pytest.raises(ConfigError, match="need training augmentation"):
+        BatchLoader(data, 16, mean=[0.5], std=[0.5], shuffle=True, views=2)
+
+
+def test_okddip_loss_written_out_and_attention_trained_through_the_targets():
+    torch.manual_seed(0)
+    student = branch(create_model("cnn_small"), "stage2", 4, input_shape=(3, 16, 16))
+    d = Distiller(student, [create_method("okddip", rampup_epochs=4)], input_shape=(3, 16, 16))
+    m = d.methods[0]
+    assert m.embeds == ["heads.0.fc:input", "heads.1.fc:input", "heads.2.fc:input"]
+    x, y = torch.randn(64, 3, 16, 16), torch.randint(0, 10, (64,))
+    d.train()
+    terms = d(x, y, epoch=2)
+    assert "ce" not in terms
+    w = math.exp(-5 * (1 - 2 / 4) ** 2)
+    with torch.no_grad():
+        f = student.trunk(x)
+        zs, hs = [], []
+        for k in range(4):  # each head's output, and its classifier's input caught by a hook
+            seen = []
+            hook = student.heads[k].fc.register_forward_pre_hook(lambda mod, inp, seen=seen: seen.append(inp[0]))
+            zs.append(student.heads[k](f))
+            hook.remove()
+            hs.append(seen[0])
+        a = torch.zeros(64, 3, 3)
+        for b in range(64):
+            for i in range(3):
+                e = torch.stack([m.query.weight @ hs[i][b] @ (m.key.weight @ hs[j][b]) for j in range(3)])
+                a[b, i] = e.softmax(0)
+    for i in range(3):
+        target = torch.stack([sum(a[b, i, j] * zs[j][b] for j in range(3)) for b in range(64)])
+        q = (target / 3).softmax(1) + 1e-7
+        log_p = (zs[i] / 3).log_softmax(1)
+        kl = 9 * sum((q[b] * (q[b].log() - log_p[b])).sum() for b in range(64)) / 64
+        torch.testing.assert_close(terms[f"okddip/kl{i}"], w * kl, rtol=1e-4, atol=1e-6)
+    q = ((zs[0] + zs[1] + zs[2]) / 3 / 3).softmax(1) + 1e-7
+    log_p = (zs[3] / 3).log_softmax(1)
+    lead = 9 * sum((q[b] * (q[b].log() - log_p[b])).sum() for b in range(64)) / 64
+    torch.testing.assert_close(terms["okddip/leader"], w * lead, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(terms["okddip/ce3"], torch.nn.functional.cross_entropy(zs[3], y), rtol=1e-4, atol=1e-6)
+    d.zero_grad()
+    terms["okddip/kl0"].backward()  # as the authors' code: the target is not detached, so the attention
+    assert m.query.weight.grad.abs().sum() > 0 and m.key.weight.grad.abs().sum() > 0  # learns through it
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.heads[1].parameters())
+    assert all(p.grad is None for p in student.heads[3].parameters())  # the leader is not in the peers' targets
+
+
+@pytest.mark.parametrize("cfg,message", [
+    ({"model": "cnn_tiny", "method": "kdcl"}, "need 1 peer network"),
+    ({"model": "cnn_tiny", "peers": ["cnn_tiny"], "method": {"name": "kdcl", "networks": ["student"]},
+      "data": {"name": "digits", "views": 2, "cutout": 2}}, "at least two trainable networks"),
+    ({"model": "cnn_tiny", "peers": ["cnn_tiny"], "method": "kdcl"}, "set data.views: 2 (one per network)"),
+    ({"model": "cnn_tiny", "method": "okddip"}, "okddip needs a student with one split into at least three"),
+    ({"model": {"name": "cnn_tiny", "transforms": [{"name": "branch", "n": 2}]}, "method": "okddip"},
+     "at least three branches"),
+    ({"model": "cnn_tiny", "peers": ["cnn_tiny"], "method": "kdcl", "data": {"name": "digits", "views": 2}},
+     "need training augmentation"),
+    ({"model": "cnn_tiny", "peers": ["cnn_tiny"], "method": "kdcl", "data": {"name": "digits", "views": 65}},
+     "views must be in [1, 64]"),
+])
+def test_kdcl_okddip_errors(cfg, message, tmp_path, capsys):
+    assert cli(["train", _write(tmp_path, {**BASE, **cfg}), "--out", str(tmp_path / "r")]) == 2
+    assert message in capsys.readouterr().err

@@ -111,8 +111,8 @@ def build_loaders(cfg: DataConfig, seed: int, device: torch.device | str = "cpu"
     shard = {"rank": rank, "world_size": world_size}  # the in-memory loader only (the other is refused above)
     aug = {"crop_padding": ds.crop_padding, "flip": ds.flip, "cutout": cfg.cutout} if cfg.augment else {}
     if cfg.pipeline == "dataloader":
-        if cfg.replay_views:
-            raise ConfigError("data.replay_views needs the memory pipeline (data.pipeline=memory)")
+        if cfg.replay_views or cfg.views > 1:
+            raise ConfigError("data.replay_views and data.views need the memory pipeline (data.pipeline=memory)")
         if world_size > 1:
             raise ConfigError("data.pipeline=dataloader is the single-process reference pipeline; "
                               "use the default memory pipeline with torchrun")
@@ -125,7 +125,7 @@ def build_loaders(cfg: DataConfig, seed: int, device: torch.device | str = "cpu"
                                           **aug, **common)
     else:
         train_loader = BatchLoader(train, cfg.batch_size, shuffle=True, seed=seed, drop_last=True, **aug,
-                                   replay_views=cfg.replay_views, **common, **shard)
+                                   replay_views=cfg.replay_views, views=cfg.views, **common, **shard)
     return Loaders(
         ds,
         train_loader,

@@ -93,7 +93,7 @@ class BatchLoader:
                  shuffle: bool = False, seed: int = 0, crop_padding: int = 0, flip: bool = False,
                  cutout: int = 0, device: torch.device | str = "cpu", drop_last: bool = False,
                  num_workers: int = 0, rank: int = 0, world_size: int = 1,
-                 channels_last: bool = False, replay_views: int = 0):
+                 channels_last: bool = False, replay_views: int = 0, views: int = 1):
         if world_size > 1 and shuffle and batch_size % world_size:
             raise ConfigError(f"data.batch_size ({batch_size}) must be a multiple of the number of processes "
                               f"({world_size}): it is the global batch, split evenly across them")
@@ -112,6 +112,13 @@ class BatchLoader:
             self._labels = data.labels.to(self.device)
         self.epoch = 0  # epochs started (training loaders)
         self.replay_views = replay_views if self.augments else 0
+        if views > 1 and not self.augments:
+            raise ConfigError(f"data.views={views}: several views of a batch need training augmentation (data.augment "
+                              "on, with a dataset that crops or flips, or data.cutout)")
+        if views > 1 and self.replay_views:
+            raise ConfigError("data.views and data.replay_views cannot be combined: replayed views are one fixed "
+                              "input per sample and epoch")
+        self.views = views
         self._replay: dict[str, Tensor] = {}
         if self.replay_views:
             self._replay = self._draw_replay_table(seed)
@@ -232,6 +239,10 @@ class BatchLoader:
                 p = self._augment_params(len(idx) * self.world_size)
             else:
                 p = None
+            if self.views > 1:  # each view its own augmentation of the same images: [views, B, ...]
+                extra = [self._augment_params(len(idx) * self.world_size) for _ in range(self.views - 1)]
+                yield torch.stack([self._transform(x, q) for q in [p, *extra]]), y, idx.to(self.device)
+                continue
             yield self._transform(x, p), y, idx.to(self.device)
 
     def _view_params(self, view: int, idx: Tensor) -> dict[str, Tensor]:

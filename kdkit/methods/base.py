@@ -85,6 +85,7 @@ class Method(nn.Module):
     needs_input_grad: ClassVar[bool] = False  # the inputs require grad in the student's forward
     needs_peers: ClassVar[int] = 0  # trainable networks it needs besides the student (online methods)
     student_transform: ClassVar[dict | None] = None  # the model transform its student needs (a branched one)
+    needs_views: ClassVar[bool] = False  # each network of its cohort sees its own augmented view (data.views)
 
     def __init__(self, cfg: MethodConfig | None = None):
         super().__init__()

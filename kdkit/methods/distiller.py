@@ -36,7 +36,7 @@ class Distiller(nn.Module):
     def __init__(self, student: nn.Module, methods: list[Method], teachers: list[nn.Module] | None = None,
                  input_shape: tuple[int, ...] | None = None, num_samples: int | None = None,
                  peers: dict[str, nn.Module] | None = None, names: list[str] | None = None,
-                 task: Task | None = None):
+                 task: Task | None = None, views: int = 1):
         super().__init__()
         teachers, peers = list(teachers or []), dict(peers or {})
         if not methods:
@@ -52,11 +52,17 @@ class Distiller(nn.Module):
         if wants > len(peers):
             raise ConfigError(f"method(s) {', '.join(m.name for m in methods if m.needs_peers)} need {wants} "
                               f"peer network(s) besides the student, got {len(peers)} (set 'peers' in the config)")
+        views_needed = 1 + len(peers)
+        if any(m.needs_views for m in methods) and views < views_needed:
+            raise ConfigError(f"method(s) {', '.join(m.name for m in methods if m.needs_views)} give each network its "
+                              f"own augmented view of the batch: set data.views: {views_needed} (one per network), "
+                              f"got {views}")
         self.teacher_names = list(names) if names is not None else teacher_names(len(teachers))
         all_names = [STUDENT, *peers, *self.teacher_names]
         if len(self.teacher_names) != len(teachers) or len(set(all_names)) != len(all_names):
             raise ConfigError(f"network names must be unique, got {all_names}")
         self.task = task or create_task()
+        self.views = views  # >1: a batch is [views, B, ...]; trainable network k sees view k % views
         self.student = student
         self.methods = nn.ModuleList(methods)
         self.peers = nn.ModuleDict(peers)
@@ -168,6 +174,7 @@ class Distiller(nn.Module):
         runs them under plain ``no_grad`` (what most training loops do; the benchmark's reference loop)."""
         if not self._uses_teacher:
             return [], {}
+        x = self.view(x, 0)
         logits, feats = [], {}
         with torch.inference_mode() if inference_mode else torch.no_grad():
             for name, t in zip(self.teacher_names, self.teachers):
@@ -187,6 +194,17 @@ class Distiller(nn.Module):
             tap.pin()
 
     # -- the step -------------------------------------------------------------------------------------
+    def view(self, x: Tensor, k: int) -> Tensor:
+        """The input of the ``k``-th trainable network (in the order student, peers): the batch itself, or
+        with ``views > 1`` (a batch of shape ``[views, B, ...]``) its view ``k % views``; the teachers and
+        the methods' ``out.inputs`` get view 0."""
+        if self.views == 1:
+            return x
+        if x.dim() < 2 or x.shape[0] != self.views:
+            raise ConfigError(f"this run trains on {self.views} views of each batch (data.views): expected inputs "
+                              f"of shape [{self.views}, B, ...], got {tuple(x.shape)}")
+        return x[k % self.views]
+
     def forward(self, x: Tensor, y, index: Tensor | None = None, epoch: int = 0,
                 teacher: tuple[list[Tensor], dict[str, dict[str, Tensor]]] | None = None) -> dict[str, Tensor]:
         """Named, weighted loss terms for one batch in the stage of ``epoch``. ``teacher`` is
@@ -196,15 +214,15 @@ class Distiller(nn.Module):
         if self._input_grad and self.training:
             x = x.detach().requires_grad_(True)
         logits, feats = {}, {}
-        for name, net in self.networks(trainable_only=True).items():
+        for k, (name, net) in enumerate(self.networks(trainable_only=True).items()):
             tap = self.taps.get(name)
             with tap or nullcontext():
-                logits[name] = net(x)
+                logits[name] = net(self.view(x, k))
             feats[name] = tap.features if tap is not None else {}
-        out = Outputs(x, y, index, epoch, logits[STUDENT], s_feats=feats[STUDENT], student=self.student,
+        out = Outputs(self.view(x, 0), y, index, epoch, logits[STUDENT], s_feats=feats[STUDENT], student=self.student,
                       teachers=self.teachers, logits=logits, feats=feats, peers=dict(self.peers.items()))
         if self._uses_teacher:
-            t_logits, t_feats = teacher if teacher is not None else self.teacher_outputs(x)
+            t_logits, t_feats = teacher if teacher is not None else self.teacher_outputs(x)  # view 0
             out.t_logits, out.t_feats = t_logits, t_feats.get(self.teacher_names[0], {})
             logits.update(zip(self.teacher_names, t_logits))
             feats.update(t_feats)

@@ -12,11 +12,11 @@ from ..errors import ConfigError
 from .base import Method, MethodConfig, Outputs, register_method
 
 
-def one_kl(branch: Tensor, ensemble: Tensor, temperature: float) -> Tensor:
+def one_kl(branch: Tensor, ensemble: Tensor, temperature: float, detach: bool = True) -> Tensor:
     """``T^2 * mean_b sum_c q_c (log q_c - log p_c)`` with ``q = softmax(z_e/T) + 1e-7`` (the authors' code
-    adds 1e-7 to the target) detached and ``p = softmax(z_branch/T)``."""
+    adds 1e-7 to the target), detached unless ``detach=False``, and ``p = softmax(z_branch/T)``."""
     t = temperature
-    q = (F.softmax(ensemble.detach().float() / t, dim=1) + 1e-7)
+    q = (F.softmax((ensemble.detach() if detach else ensemble).float() / t, dim=1) + 1e-7)
     log_p = F.log_softmax(branch.float() / t, dim=1)
     return t * t * (q * (q.log() - log_p)).sum(1).mean()
 
