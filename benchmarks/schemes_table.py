@@ -8,6 +8,9 @@ architecture, one recipe, test top-1 of the last epoch (mean +- std over seeds),
   the gated output;
 - ``cl``: a 2x2 tree of heads with gradient rescaling; per network = each head, ensemble = their mean;
 - ``dcm``: the student and one peer with auxiliary classifiers; like dml.
+- ``kdcl``: the student and one peer, each on its own augmented view, MinLogit teacher; like dml.
+- ``okddip``: 4 branches (3 peers and the leader); per network = each branch, ensemble = their mean,
+  deployed = the leader.
 
 Writes ``docs/results/<name>.md`` and ``.json``. The CPU recipe of docs/results/fashion_mnist_schemes.md:
 
@@ -36,7 +39,11 @@ SCHEMES = {
     "cl": {"model": {"name": "{model}", "transforms": [{"name": "branch", "n": [2, 2], "rescale": True}]},
            "method": "cl"},
     "dcm": {"peers": ["{model}"], "method": "dcm"},
+    "kdcl": {"peers": ["{model}"], "method": "kdcl", "data": {"views": 2}},
+    "okddip": {"model": {"name": "{model}", "transforms": [{"name": "branch", "n": 4}]},
+               "method": {"name": "okddip", "rampup_epochs": 1}},
 }
+COHORTS = ("dml", "dcm", "kdcl")  # separate networks; the others are branched
 
 
 def _fill(obj, model):
@@ -55,7 +62,8 @@ def run(args, out: Path, name: str, seed: int, scheme: dict) -> tuple[dict, obje
             "optim": {"name": "sgd", "lr": args.lr, "momentum": 0.9, "weight_decay": 5e-4},
             "schedule": {"name": "cosine"},
             "train": {"epochs": args.epochs, "seed": seed, "progress": False, "out_dir": str(out), "run_name": name}}
-    base.update(_fill(scheme, args.model))
+    scheme = _fill(scheme, args.model)
+    base.update({**scheme, "data": {**base["data"], **scheme.get("data", {})}})
     t0 = time.perf_counter()
     trainer = from_config(load_config(base=base), log=lambda m: None)
     result = trainer.fit()
@@ -79,7 +87,7 @@ def main() -> int:
     ap.add_argument("--out", default="runs/schemes")
     args = ap.parse_args()
     out = Path(args.out)
-    rows: dict[str, dict[str, list[float]]] = {s: {"net": [], "best": [], "ens": [], "time": []}
+    rows: dict[str, dict[str, list[float]]] = {s: {"net": [], "best": [], "ens": [], "deployed": [], "time": []}
                                                for s in ["independent", *SCHEMES]}
     for seed in range(args.seeds):
         a, ta, sa = run(args, out, f"independent-{seed}-a", seed, {})
@@ -88,36 +96,43 @@ def main() -> int:
         r["net"].append((a["test/top1"] + b["test/top1"]) / 2)
         r["best"].append(max(a["test/top1"], b["test/top1"]))
         r["ens"].append(ensemble_top1([ta.distiller.student, tb.distiller.student], ta))
+        r["deployed"].append(r["net"][-1])  # a network trained alone: the two networks' mean
         r["time"].append(sa + sb)
         for name, scheme in SCHEMES.items():
             res, trainer, secs = run(args, out, f"{name}-{seed}", seed, scheme)
-            singles = ([res["test/top1"], res["test/peer1/top1"]] if name in ("dml", "dcm") else
+            singles = ([res["test/top1"], res["test/peer1/top1"]] if name in COHORTS else
                        [v for k, v in res.items() if k.startswith("test/branch") and k.endswith("/top1")])
             r = rows[name]
             r["net"].append(sum(singles) / len(singles))
             r["best"].append(max(singles))
             r["ens"].append(ensemble_top1(list(trainer.distiller.networks(trainable_only=True).values()), trainer)
-                            if name in ("dml", "dcm") else res["test/top1"])
+                            if name in COHORTS else res["test/top1"])
+            deployed = res["deployed"]
+            r["deployed"].append(res["test/top1"] if deployed == "student" else res[f"test/{deployed}/top1"])
             r["time"].append(secs)
             print(f"seed {seed} {name}: per network {r['net'][-1]:.2f}, ensemble {r['ens'][-1]:.2f}", file=sys.stderr)
 
     def ms(v: list[float]) -> str:
         return f"{statistics.mean(v):.2f} ± {statistics.stdev(v) if len(v) > 1 else 0.0:.2f}"
 
-    base = statistics.mean(rows["independent"]["net"])
+    base = statistics.mean(rows["independent"]["deployed"])
     lines = [f"# Training schemes on {args.dataset} ({args.model}, {args.epochs} epochs, {args.seeds} seeds)", "",
              f"Command: `python benchmarks/schemes_table.py --name {args.name} --dataset {args.dataset} --model "
              f"{args.model} --epochs {args.epochs}{f' --limit-train {args.limit_train}' if args.limit_train else ''} "
              f"--seeds {args.seeds}`. Test top-1 (%) at the last epoch, mean ± std over seeds.", "",
-             "| scheme | family | per network | best network | ensemble | per network vs independent | s per run |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             "| scheme | family | per network | best network | ensemble | deployed network | deployed vs independent "
+             "| s per run |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in rows.items():
         family = METHODS.get(name).family if name in METHODS.names() else "baseline"
-        lines.append(f"| {name} | {family} | {ms(r['net'])} | {ms(r['best'])} | {ms(r['ens'])} | "
-                     f"{statistics.mean(r['net']) - base:+.2f} | {statistics.mean(r['time']):.0f} |")
-    lines += ["", "Per network: independent, dml and dcm - each of the two networks; one and cl - each branch/head "
-              "(trunk + branch) run alone. Ensemble: independent, dml and dcm - the two networks' mean logits; one - "
-              "the gated output; cl - the mean of the four heads. The independent ensemble is of two separately "
+        lines.append(f"| {name} | {family} | {ms(r['net'])} | {ms(r['best'])} | {ms(r['ens'])} | {ms(r['deployed'])} | "
+                     f"{statistics.mean(r['deployed']) - base:+.2f} | {statistics.mean(r['time']):.0f} |")
+    lines += ["", "Per network: independent, dml, dcm and kdcl - each of the two networks; one, cl and okddip - each "
+              "branch/head (trunk + branch) run alone. Ensemble: independent, dml, dcm and kdcl - the two networks' "
+              "mean logits; one - the gated output; cl - the mean of the four heads; okddip - the mean of its four "
+              "branches. Deployed network: the one the scheme deploys (the student; one branch for one and cl; the "
+              "leader for okddip); for independent, the mean of its two networks, which the difference column is "
+              "taken against. The independent ensemble is of two separately "
               "trained networks (seeds s and s + 1000). s per run: wall-clock seconds of one seed's run (for "
               "independent, both networks), on the machine as it was during the run; compare within a table only."]
     Path("docs/results").mkdir(parents=True, exist_ok=True)

@@ -85,6 +85,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="pipeline YAML (see docs/architecture.md): runs, each a recipe")
     p.add_argument("--out", default=None, help="where the runs go (default: the file's out_dir)")
 
+    p = sub.add_parser("specialists", help="a generalist and specialists for clusters of classes it confuses "
+                       "(Hinton et al. 2015, sec. 5): cluster, train, combine, report")
+    p.add_argument("file", help="the specialists' YAML (generalist checkpoint, clusters, top_k, set)")
+    p.add_argument("--out", default=None, help="output directory (default: out_dir in the file)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the file, e.g. --set clusters=4 (repeatable)")
+
     p = sub.add_parser("demo", help="distill on the embedded digits dataset and print a results table")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=None, help="epochs per model (default: the demo's recipe)")
@@ -276,6 +283,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_list(args)
         if args.command == "bench":
             return cmd_bench(args)
+        if args.command == "specialists":
+            from .specialists import load_specialists_config, run_specialists
+
+            summary = run_specialists(load_specialists_config(args.file, args.set), args.out,
+                                      log=lambda m: print(m, file=sys.stderr))
+            print(json.dumps({k: summary[k] for k in ("generalist_top1", "combined_top1", "clusters")}))
+            return 0
         if args.command == "pipeline":
             from .pipeline import run_pipeline
 

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml")
-                                         if p.parent.name != "pipelines"))
+                                         if p.parent.name not in ("pipelines", "specialists")))
 def test_every_recipe_validates(path):
     cfg = load_config(ROOT / path)
     assert cfg.model.name and cfg.method
@@ -92,6 +92,16 @@ def test_methods_doc_lists_every_method():
     text = (ROOT / "docs" / "methods.md").read_text()
     missing = [m for m in list_methods() if f"| `{m}` |" not in text]
     assert not missing, f"docs/methods.md lacks {missing}"
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT))
+                                         for p in (ROOT / "configs" / "specialists").glob("*.yaml")))
+def test_every_specialists_file_validates(path):
+    from kdkit.specialists import load_specialists_config
+
+    cfg = load_specialists_config(ROOT / path)
+    assert cfg.generalist and cfg.clusters >= 2
+    parse_config(apply_overrides({"model": "cnn_tiny"}, list(cfg.set)))  # its overrides name real fields
 
 
 @pytest.mark.parametrize("path", sorted(str(p.relative_to(ROOT))

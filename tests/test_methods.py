@@ -178,7 +178,7 @@ def test_explicit_layers_and_errors():
         Distiller(s, [create_method("fitnets", student_layer="layer9")], [t], SHAPE)
     with pytest.raises(ConfigError, match="need a teacher"):
         Distiller(s, [create_method("kd")], [], SHAPE)
-    with pytest.raises(ConfigError, match="single teacher"):
+    with pytest.raises(ConfigError, match="say whose features each one taps"):
         Distiller(s, [create_method("at")], [t, copy.deepcopy(t)], SHAPE)
 
 

@@ -204,7 +204,10 @@ COHORTS = {
 def test_a_cohort_run_resumes_bit_identically(cohort, tmp_path):
     cfg = COHORTS[cohort]
     full = from_config(load_config(base=cfg), run_dir=tmp_path / "full", log=lambda m: None)
-    assert full.fit()["test/top1"] > 30
+    result = full.fit()
+    assert result["test/top1"] > 30
+    deployed = {"dml": "student", "one": "branch0", "kdcl": "student", "okddip": "branch2"}[cohort]  # the leader
+    assert result["deployed"] == deployed and (deployed == "student" or f"test/{deployed}/top1" in result)
 
     def stop(trainer, epoch, metrics):
         if epoch == 1:
@@ -440,3 +443,31 @@ def test_okddip_loss_written_out_and_attention_trained_through_the_targets():
 def test_kdcl_okddip_errors(cfg, message, tmp_path, capsys):
     assert cli(["train", _write(tmp_path, {**BASE, **cfg}), "--out", str(tmp_path / "r")]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_feature_methods_learn_from_several_teachers_one_entry_each():
+    torch.manual_seed(0)
+    t0, t1 = create_model("cnn_small").eval(), create_model("cnn_medium").eval()
+    student = create_model("cnn_tiny")
+    fit = {"student_layer": "stage2", "teacher_layer": "stage2", "stage1_epochs": 0}
+    d = Distiller(student, [create_method("kd"), create_method("fitnets", teacher="teacher0", **fit),
+                            create_method("fitnets", teacher="teacher1", **fit),
+                            create_method("kd", teacher="teacher1")],
+                  [t0, t1], input_shape=(3, 16, 16))
+    x, y = torch.randn(64, 3, 16, 16), torch.randint(0, 10, (64,))
+    d.train()
+    terms = d(x, y)
+    assert {"kd", "hint/teacher0", "hint/teacher1", "kd/teacher1"} <= set(terms)
+    for k, name, teacher in ((1, "teacher0", t0), (2, "teacher1", t1)):  # each entry: as a run with that teacher alone
+        single = Distiller(student, [create_method("fitnets", **fit), create_method("kd")], [teacher],
+                           input_shape=(3, 16, 16))
+        single.methods[0].load_state_dict(d.methods[k].state_dict())  # the same regressor
+        single.train()
+        alone = single(x, y)
+        torch.testing.assert_close(terms[f"hint/{name}"], alone["hint"])
+        if teacher is t1:
+            torch.testing.assert_close(terms["kd/teacher1"], alone["kd"])
+    with pytest.raises(ConfigError, match="say whose features each one taps"):
+        Distiller(student, [create_method("fitnets", **fit)], [t0, t1], input_shape=(3, 16, 16))
+    with pytest.raises(ConfigError, match="teacher 'teacher2' is not a teacher of this run"):
+        Distiller(student, [create_method("fitnets", teacher="teacher2", **fit)], [t0, t1], input_shape=(3, 16, 16))

@@ -200,12 +200,15 @@ class Trainer:
                 self._end_epoch(metrics)
             final = self.evaluate_networks(self.loaders.test, "test")
             final["epoch"] = self.epoch
+            deployed = next((d for d in (m.deployed() for m in self.distiller.methods) if d), "")
+            final["deployed"] = deployed.rstrip("/") or "student"  # the scheme's deployed network
             self._write_metrics({"final": True, **final})
             p = self.task.primary
             self.log(f"test: {p} {final[f'test/{p}']:.2f}" + (
                 f", agreement with teacher {final['test/agreement']:.2f}" if "test/agreement" in final else "")
                 + "".join(f", {net} {p} {final[f'test/{net}/{p}']:.2f}" for net in self.distiller.peers)
-                + (f", ensemble {p} {final[f'test/ensemble/{p}']:.2f}" if f"test/ensemble/{p}" in final else ""))
+                + (f", ensemble {p} {final[f'test/ensemble/{p}']:.2f}" if f"test/ensemble/{p}" in final else "")
+                + (f"; deployed: {deployed[:-1]} {p} {final[f'test/{deployed}{p}']:.2f}" if deployed else ""))
             return {**(self.history[-1] if self.history else {}), **final}
         finally:
             if self._tb is not None:

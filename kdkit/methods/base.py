@@ -31,6 +31,10 @@ class MethodConfig:
     """
 
     weight: float = 1.0
+    # the one teacher this method learns from, by name (teacher0, teacher1.. or a teacher's id): its logits
+    # and features only. Default: all teachers' logits, the first one's features. A feature method with
+    # several teachers is listed once per teacher; the terms of a method with a teacher end in "/<teacher>"
+    teacher: str | None = None
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -54,7 +58,7 @@ class Outputs:
     s_logits: Tensor
     t_logits: list[Tensor] = field(default_factory=list)  # one per teacher
     s_feats: dict[str, Tensor] = field(default_factory=dict)
-    t_feats: dict[str, Tensor] = field(default_factory=dict)  # from the first teacher
+    t_feats: dict[str, Tensor] = field(default_factory=dict)  # from the method's teacher (cfg.teacher, or the first)
     student: nn.Module | None = None  # for methods that need an extra forward (gradient-based AT)
     teachers: list[nn.Module] = field(default_factory=list)
     logits: dict[str, Tensor] = field(default_factory=dict)  # every network's output, by network name
@@ -104,10 +108,12 @@ class Method(nn.Module):
         by name, whose probed layers are in ``self.infos``) and build helpers from shapes."""
 
     def taps(self, first_teacher: str | None) -> dict[str, list[str]]:
-        """The features this method reads, by network name (``out.feats[net][spec]`` in ``losses``)."""
+        """The features this method reads, by network name (``out.feats[net][spec]`` in ``losses``); the
+        teacher's (``teacher_specs``) on its own teacher, ``cfg.teacher`` or else ``first_teacher``."""
         taps = {"student": list(self.student_specs)}
-        if self.teacher_specs and first_teacher is not None:
-            taps[first_teacher] = list(self.teacher_specs)
+        teacher = self.cfg.teacher or first_teacher
+        if self.teacher_specs and teacher is not None:
+            taps[teacher] = list(self.teacher_specs)
         for net, specs in self.net_specs.items():
             taps.setdefault(net, []).extend(specs)
         return taps
@@ -130,6 +136,12 @@ class Method(nn.Module):
 
     def losses(self, out: Outputs) -> dict[str, Tensor]:
         return {}
+
+    def deployed(self) -> str:
+        """The network this scheme deploys, as the prefix of its metrics: ``""`` for the student itself,
+        ``"peer1/"`` for a peer, ``"branch3/"`` for one branch of a branched student (trunk + that branch,
+        written out by ``kdkit export --branch 3``)."""
+        return ""
 
     def after_step(self) -> None:
         """Called once after each optimiser step, on every rank, outside autocast, DDP and

@@ -59,6 +59,9 @@ class CL(Method):
     def ce_weight(self) -> float:
         return 0.0  # each head has its own label loss; the mean of the heads has none
 
+    def deployed(self) -> str:
+        return "branch0/"  # one head (trunk + its branch of the tree)
+
     def losses(self, out: Outputs) -> dict[str, Tensor]:
         t, beta = self.cfg.temperature, self.cfg.beta
         logits = [out.s_feats[s] for s in self.student_specs]

@@ -11,6 +11,7 @@ parameters train is the current stage's (:mod:`kdkit.methods.stages`).
 
 from __future__ import annotations
 
+import dataclasses
 from contextlib import nullcontext
 
 import torch
@@ -44,10 +45,12 @@ class Distiller(nn.Module):
         needs = [m.name for m in methods if m.needs_teacher]
         if needs and not teachers:
             raise ConfigError(f"method(s) {', '.join(needs)} need a teacher (set 'teacher' in the config)")
-        feat = [m.name for m in methods if m.uses_teacher_features]
+        feat = [m.name for m in methods if m.uses_teacher_features and m.cfg.teacher is None]
         if feat and len(teachers) > 1:
-            raise ConfigError(f"feature method(s) {', '.join(feat)} tap the first teacher only: they need a "
-                              f"single teacher, got {len(teachers)}")
+            raise ConfigError(f"feature method(s) {', '.join(feat)} with {len(teachers)} teachers: say whose features "
+                              "each one taps, listing it once per teacher if it should learn from several "
+                              "(method: [{name: kd}, {name: fitnets, teacher: teacher0}, {name: fitnets, "
+                              "teacher: teacher1}])")
         wants = max((m.needs_peers for m in methods), default=0)
         if wants > len(peers):
             raise ConfigError(f"method(s) {', '.join(m.name for m in methods if m.needs_peers)} need {wants} "
@@ -61,6 +64,10 @@ class Distiller(nn.Module):
         all_names = [STUDENT, *peers, *self.teacher_names]
         if len(self.teacher_names) != len(teachers) or len(set(all_names)) != len(all_names):
             raise ConfigError(f"network names must be unique, got {all_names}")
+        for m in methods:
+            if m.cfg.teacher is not None and m.cfg.teacher not in self.teacher_names:
+                raise ConfigError(f"method {m.name}: teacher '{m.cfg.teacher}' is not a teacher of this run "
+                                  f"(teachers: {', '.join(self.teacher_names) or 'none'})")
         self.task = task or create_task()
         self.views = views  # >1: a batch is [views, B, ...]; trainable network k sees view k % views
         self.student = student
@@ -76,7 +83,7 @@ class Distiller(nn.Module):
             for m in methods:
                 m.num_samples, m.infos, m.teacher_names = num_samples, infos, list(self.teacher_names)
                 object.__setattr__(m, "networks", self.networks(trainable_only=True))  # not submodules of m
-                m.setup(infos[STUDENT], infos[self.teacher_names[0]] if teachers else None)
+                m.setup(infos[STUDENT], infos[m.cfg.teacher or self.teacher_names[0]] if teachers else None)
         for m in methods:
             for net, specs in m.taps(self.teacher_names[0] if teachers else None).items():
                 if net not in all_names:
@@ -240,10 +247,14 @@ class Distiller(nn.Module):
         parts = [terms]
         for i, objective in stage.objectives:
             m = self.methods[i]
+            own = out
+            if m.cfg.teacher is not None:  # the method sees its own teacher only
+                own = dataclasses.replace(out, t_logits=[logits[m.cfg.teacher]], t_feats=feats.get(m.cfg.teacher, {}))
             if objective == MAIN:
-                parts.append({k: m.cfg.weight * v for k, v in m.losses(out).items()})
+                part = {k: m.cfg.weight * v for k, v in m.losses(own).items()}
             else:
-                parts.append(m.pretrain_losses(out))
+                part = m.pretrain_losses(own)
+            parts.append({f"{k}/{m.cfg.teacher}": v for k, v in part.items()} if m.cfg.teacher else part)
         return self._merge(parts)
 
     def after_step(self) -> None:

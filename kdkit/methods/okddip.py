@@ -86,6 +86,9 @@ class OKDDip(Method):
     def ce_weight(self) -> float:
         return 0.0  # every branch has its own label loss; the branches' mean has none
 
+    def deployed(self) -> str:
+        return f"branch{len(self.heads) - 1}/"  # the group leader
+
     def losses(self, out: Outputs) -> dict[str, Tensor]:
         t, w = self.cfg.temperature, self.cfg.alpha * sigmoid_rampup(out.epoch, self.cfg.rampup_epochs)
         z = [out.s_feats[h].float() for h in self.heads]

@@ -64,6 +64,9 @@ class ONE(Method):
                               "[{name: branch, at: <module path>, n: 3, gate: true}]}")
         self.student_specs = sorted(heads, key=lambda p: int(p.split(".")[1]))
 
+    def deployed(self) -> str:
+        return "branch0/"  # one branch, as the paper's ONE figures (the gated ensemble is its "ONE-E")
+
     def losses(self, out: Outputs) -> dict[str, Tensor]:
         w = sigmoid_rampup(out.epoch, self.cfg.rampup_epochs)
         terms = {}
@@ -72,4 +75,3 @@ class ONE(Method):
             terms[f"one/ce{k}"] = F.cross_entropy(z.float(), out.targets)
             terms[f"one/kl{k}"] = w * one_kl(z, out.s_logits, self.cfg.temperature)
         return terms
-
