@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import time
@@ -84,9 +85,13 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--out", default="runs/schemes")
+    ap.add_argument("--out", default=None, help="scratch directory of the runs (default runs/schemes/<name>; "
+                    "emptied first)")
     args = ap.parse_args()
-    out = Path(args.out)
+    out = Path(args.out or f"runs/schemes/{args.name}")
+    if out.exists():
+        print(f"removing the previous runs in {out}", file=sys.stderr)
+        shutil.rmtree(out)
     rows: dict[str, dict[str, list[float]]] = {s: {"net": [], "best": [], "ens": [], "deployed": [], "time": []}
                                                for s in ["independent", *SCHEMES]}
     for seed in range(args.seeds):

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import prune  # noqa: F401  (registers the 'prune' model transform)
 from .config import ModelSpec, RunConfig, network_names, parse_config, trainable_specs
 from .data import Dataset, build_loaders
 from .engine import distributed

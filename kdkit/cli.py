@@ -41,12 +41,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
-    p = sub.add_parser("export", help="write one branch of a branched network (trunk + branch k) as a plain "
-                       "network's checkpoint, usable by eval and as a teacher")
+    p = sub.add_parser("export", help="write a trained network as ONNX (checked against PyTorch with ONNX "
+                       "Runtime), safetensors weights, or (with --branch) one branch of a branched network as a "
+                       "plain network's kdkit checkpoint")
     p.add_argument("checkpoint")
-    p.add_argument("--branch", type=int, required=True, help="which branch (0-based, as val/branch<k>/ in metrics)")
+    p.add_argument("--out", required=True, help="the file to write; its extension picks the format unless --format")
+    p.add_argument("--format", choices=["kdkit", "onnx", "safetensors"], default=None,
+                   help="default: onnx for .onnx, safetensors for .safetensors, else a kdkit checkpoint")
+    p.add_argument("--branch", type=int, default=None, help="one branch (0-based, as val/branch<k>/ in metrics): "
+                   "trunk + that branch as a plain network")
     p.add_argument("--net", default=None, help="which trainable network of the run (default: the student)")
-    p.add_argument("--out", required=True, help="the checkpoint file to write")
+
+    p = sub.add_parser("profile", help="parameters, MACs, file sizes, CPU latency (PyTorch eager and ONNX Runtime) "
+                       "and test accuracy of a checkpoint's network")
+    p.add_argument("checkpoint")
+    p.add_argument("--net", default=None, help="which trainable network of the run (default: the student)")
+    p.add_argument("--batch", type=int, action="append", default=None, help="batch sizes (default: 1 and 64)")
+    p.add_argument("--runs", type=int, default=50, help="timed calls per measurement, after 10 warm-up calls")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--no-onnx", action="store_true", help="PyTorch eager only")
+    p.add_argument("--data-root", help="where the dataset files are")
 
     p = sub.add_parser("inspect", help="print every module path of a model with output shape and parameters")
     p.add_argument("model")
@@ -146,6 +160,39 @@ def cmd_bench(args: argparse.Namespace) -> int:
         path = Path(args.out) if args.out else default_out(result)
         write_json(result, path)
         print(f"written: {path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from .build import export_branch
+    from .export import checkpoint_network, export_onnx, export_safetensors, onnx_parity
+
+    out = Path(args.out)
+    fmt = args.format or {".onnx": "onnx", ".safetensors": "safetensors"}.get(out.suffix, "kdkit")
+    if fmt == "kdkit":
+        if args.branch is None:
+            raise ConfigError("a kdkit checkpoint is written for one branch (--branch k); for the whole network use "
+                              "the run's checkpoint itself, or --format onnx / safetensors")
+        print(f"written: {export_branch(args.checkpoint, args.branch, out, args.net)}")
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        source, net = args.checkpoint, args.net
+        if args.branch is not None:  # trunk + branch k as a plain network first
+            source, net = export_branch(args.checkpoint, args.branch, Path(tmp) / "branch.pt", args.net), None
+        model, cfg, loaders = checkpoint_network(source, net)
+        if fmt == "safetensors":
+            export_safetensors(model, out, {"model": cfg.model.name, "kwargs": dict(cfg.model.kwargs),
+                                            "num_classes": loaders.dataset.num_classes,
+                                            "input_shape": list(loaders.input_shape)})
+            print(f"written: {out}")
+            return 0
+        export_onnx(model, tuple(loaders.input_shape), out)
+        check = onnx_parity(model, out, loaders.test)
+    print(f"written: {out} (ONNX Runtime against PyTorch on {check['images']} test images: max |logit diff| "
+          f"{check['max_abs_diff']:.2e}, top-1 agreement {check['top1_agreement']:.2f}%, top1 "
+          f"{check['onnx_top1']:.2f} vs {check['torch_top1']:.2f})")
     return 0
 
 
@@ -274,10 +321,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "inspect":
             return cmd_inspect(args)
         if args.command == "export":
-            from .build import export_branch
+            return cmd_export(args)
+        if args.command == "profile":
+            from .export import format_profile, profile
 
-            path = export_branch(args.checkpoint, args.branch, args.out, args.net)
-            print(f"written: {path}")
+            result = profile(args.checkpoint, args.net, tuple(args.batch or (1, 64)), args.runs, args.threads,
+                             not args.no_onnx, args.data_root)
+            print(format_profile(result), file=sys.stderr)
+            print(json.dumps(result))
             return 0
         if args.command == "list":
             return cmd_list(args)

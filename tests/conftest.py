@@ -40,3 +40,23 @@ def teacher_ckpt(tmp_path_factory):
 def digits_cfg():
     """Factory of fast digits configs: ``digits_cfg(out_dir, train={"epochs": 3}, method="kd")``."""
     return _digits_cfg
+
+
+def killed_and_resumed(cfg: dict, tmp_path) -> dict:
+    """Train ``cfg`` uninterrupted in ``tmp_path/full``, and again in ``tmp_path/cut`` stopped after its
+    first epoch and resumed; assert both end with the same weights bit for bit; the full run's result."""
+    from kdkit import from_config, resume
+    from kdkit.engine.checkpoint import load_checkpoint
+
+    result = from_config(load_config(base=cfg), run_dir=tmp_path / "full", log=lambda m: None).fit()
+
+    def stop(trainer, epoch, metrics):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        from_config(load_config(base=cfg), run_dir=tmp_path / "cut", log=lambda m: None, callbacks=[stop]).fit()
+    resume(tmp_path / "cut", log=lambda m: None).fit()
+    a, b = (load_checkpoint(tmp_path / d / "checkpoint.pt")["distiller"] for d in ("full", "cut"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return result

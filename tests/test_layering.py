@@ -77,14 +77,14 @@ def test_find_cycle_finds_one():
 LAYERS = [
     ("foundations", ["kdkit.errors", "kdkit.registry", "kdkit.schema"]),
     ("tensors and models", ["kdkit.tasks", "kdkit.features", "kdkit.adapters", "kdkit.losses", "kdkit.models",
-                            "kdkit.transforms", "kdkit.engine.distributed", "kdkit.engine.validate",
+                            "kdkit.transforms", "kdkit.prune", "kdkit.engine.distributed", "kdkit.engine.validate",
                             "kdkit.engine.checkpoint"]),
     ("methods", ["kdkit.methods"]),
     ("run schema", ["kdkit.config"]),
     ("data", ["kdkit.data"]),
     ("engine", ["kdkit.engine"]),
     ("build", ["kdkit.build"]),
-    ("pipelines", ["kdkit.pipeline"]),
+    ("pipelines", ["kdkit.pipeline", "kdkit.specialists", "kdkit.export"]),
     ("front ends", ["kdkit.bench", "kdkit.demo", "kdkit.cli", "kdkit.__main__", "kdkit"]),
 ]
 

@@ -9,8 +9,9 @@ import math
 import pytest
 import torch
 import yaml
+from conftest import killed_and_resumed
 
-from kdkit import from_config, resume
+from kdkit import from_config
 from kdkit.cli import main as cli
 from kdkit.config import load_config
 from kdkit.engine.checkpoint import load_checkpoint
@@ -165,6 +166,13 @@ def test_cl_loss_written_out():
         torch.testing.assert_close(terms[f"cl/kd{k}"], 0.5 * 4 * _kl(q, probs[k]), rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(terms[f"cl/ce{k}"], 0.5 * torch.nn.functional.cross_entropy(zs[k], y),
                                    rtol=1e-4, atol=1e-6)
+    d.zero_grad()
+    terms["cl/kd3"].backward()  # the other heads' predictions are its target, detached: only head 3 learns
+    leaves = {path: dict(student.named_modules())[path] for path in student.leaves()}
+    assert all(p.grad is None for path, h in leaves.items() if path != "heads.1.heads.1" for p in h.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in leaves["heads.1.heads.1"].parameters())
+    assert all(p.grad is None for p in student.heads[0].trunk.parameters())  # not even the other subtree
+    assert any(p.grad is not None for p in student.trunk.parameters())  # the shared trunk does learn
 
 
 # ------------------------------------------------------------------------------------------- runs
@@ -197,27 +205,19 @@ COHORTS = {
              "data": {"name": "digits", "views": 2, "cutout": 2}},
     "okddip": {**BASE, "model": {"name": "cnn_tiny", "transforms": [{"name": "branch", "n": 3}]},
                "method": {"name": "okddip", "rampup_epochs": 2}},
+    "cl": {**BASE, "model": {"name": "cnn_tiny", "transforms": [{"name": "branch", "n": [2, 2], "rescale": True}]},
+           "method": "cl"},
+    "dcm": {**BASE, "model": "cnn_tiny", "peers": ["cnn_tiny"], "method": "dcm"},
 }
 
 
 @pytest.mark.parametrize("cohort", list(COHORTS))
 def test_a_cohort_run_resumes_bit_identically(cohort, tmp_path):
-    cfg = COHORTS[cohort]
-    full = from_config(load_config(base=cfg), run_dir=tmp_path / "full", log=lambda m: None)
-    result = full.fit()
+    result = killed_and_resumed(COHORTS[cohort], tmp_path)
     assert result["test/top1"] > 30
-    deployed = {"dml": "student", "one": "branch0", "kdcl": "student", "okddip": "branch2"}[cohort]  # the leader
+    deployed = {"dml": "student", "one": "branch0", "kdcl": "student", "okddip": "branch2",  # the leader
+                "cl": "branch0", "dcm": "student"}[cohort]
     assert result["deployed"] == deployed and (deployed == "student" or f"test/{deployed}/top1" in result)
-
-    def stop(trainer, epoch, metrics):
-        if epoch == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        from_config(load_config(base=cfg), run_dir=tmp_path / "cut", log=lambda m: None, callbacks=[stop]).fit()
-    resume(tmp_path / "cut", log=lambda m: None).fit()
-    a, b = (load_checkpoint(tmp_path / d / "checkpoint.pt")["distiller"] for d in ("full", "cut"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_a_cohort_reports_every_network_and_their_ensemble(tmp_path):
@@ -339,6 +339,18 @@ def test_kdcl_ensembles_and_loss_written_out_on_separate_views():
         best[b] = z[ces.index(min(ces))][b]
     torch.testing.assert_close(ensemble_logits(z, y, "min_logit"), minl)
     torch.testing.assert_close(ensemble_logits(z, y, "best"), best)
+    from kdkit.methods.kdcl import linear_weights
+
+    z[0] = z[0] + 6 * torch.nn.functional.one_hot(y, 10)  # network 0 knows the labels, the others do not
+    w_b = linear_weights(torch.stack(z)[:, 48:], y[48:])  # fitted on the second half...
+    lin = ensemble_logits(z, y, "linear")
+    torch.testing.assert_close(lin[:48], sum(w_b[i] * z[i][:48] for i in range(3)))  # ...applied to the first
+    w = w_b.double().requires_grad_(True)
+    ce = torch.nn.functional.cross_entropy(sum(w[i] * z[i][48:].double() for i in range(3)), y[48:])
+    (grad,) = torch.autograd.grad(ce, w)
+    assert grad.abs().max() < 1e-4 and w_b[0] > w_b[1].abs() + w_b[2].abs()  # a minimum, led by network 0
+    mean_ce = torch.nn.functional.cross_entropy(sum(z[i][48:] for i in range(3)) / 3, y[48:])
+    assert ce < mean_ce
 
     torch.manual_seed(0)
     nets = {"student": create_model("cnn_tiny"), "peer1": create_model("cnn_small")}

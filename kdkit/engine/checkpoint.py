@@ -31,6 +31,12 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
     return write_atomic(path, lambda f: torch.save(obj, f))
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
     """``write(f)`` into a temporary file ``.<name>.*.tmp`` in the same folder, fsync, then rename it over
     ``path`` (and fsync the folder): a reader, or a crash, sees the old file or the new one."""
@@ -42,6 +48,7 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 -> what a plain open() would have given
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

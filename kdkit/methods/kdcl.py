@@ -21,11 +21,24 @@ def ensemble_logits(logits: list[Tensor], targets: Tensor, how: str) -> Tensor:
     - ``min_logit`` (KDCL-MinLogit): ``z_t^c = min_i (z_i^c - z_i^y)``, each network's logits shifted so
       that its true-class logit is 0, then the smallest value of each class over the networks: the
       softest target that keeps every network's margin of the true class;
-    - ``best``: per sample, the logits of the network with the lowest cross-entropy on that sample.
+    - ``best``: per sample, the logits of the network with the lowest cross-entropy on that sample;
+    - ``linear`` (KDCL-Linear): ``sum_i w_i z_i`` with the weights minimising the cross-entropy of the
+      combination on held-out data; here each half of the batch is combined with weights fitted on the
+      other half (cross-fitting), so no sample's target is fitted on its own label.
     """
     z = torch.stack([t.detach().float() for t in logits])  # [N, B, K]
     if how == "mean":
         return z.mean(0)
+    if how == "linear":
+        half = z.shape[1] // 2
+        if half == 0:
+            return z.mean(0)
+        parts = [slice(0, half), slice(half, None)]
+        out = torch.empty_like(z[0])
+        for fit, use in zip(parts, reversed(parts)):
+            w = linear_weights(z[:, fit], targets[fit])
+            out[use] = torch.einsum("n,nbk->bk", w, z[:, use])
+        return out
     idx = targets.view(1, -1, 1).expand(z.shape[0], -1, 1)
     if how == "min_logit":
         return (z - z.gather(2, idx)).min(0).values
@@ -36,9 +49,27 @@ def ensemble_logits(logits: list[Tensor], targets: Tensor, how: str) -> Tensor:
     raise ValueError(f"unknown ensemble '{how}'")
 
 
+def linear_weights(z: Tensor, targets: Tensor, steps: int = 20) -> Tensor:
+    """``w`` ``[N]`` minimising ``CE(sum_i w_i z_i, y)`` over the batch, by L-BFGS from ``1/N`` (``z``
+    ``[N, B, K]`` detached)."""
+    w = torch.full((z.shape[0],), 1.0 / z.shape[0], dtype=torch.float64, device=z.device, requires_grad=True)
+    z64 = z.double()
+    opt = torch.optim.LBFGS([w], lr=1, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(torch.einsum("n,nbk->bk", w, z64), targets)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    return w.detach().to(z.dtype)
+
+
 @dataclass
 class KDCLConfig(MethodConfig):
-    ensemble: Literal["min_logit", "mean", "best"] = "min_logit"
+    ensemble: Literal["min_logit", "mean", "best", "linear"] = "min_logit"
     temperature: float = 2.0
     networks: list[str] | None = None  # the cohort: default the student and every peer
 

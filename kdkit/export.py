@@ -1,0 +1,209 @@
+"""Exporting a trained network and measuring it: ONNX (with an ONNX Runtime parity check), safetensors
+weights, and a profile (parameters, MACs, file size, CPU latency in PyTorch eager and ONNX Runtime,
+test accuracy).
+
+    kdkit export RUN/checkpoint.pt --out student.onnx          # format from the extension
+    kdkit export RUN/checkpoint.pt --out student.safetensors
+    kdkit profile RUN/checkpoint.pt --batch 1 --batch 64       # JSON on stdout, a table on stderr
+
+ONNX goes through ``torch.onnx.export`` with the ``torch.export``-based exporter (``dynamo=True``, the
+default since PyTorch 2.9; the TorchScript one is deprecated), a dynamic batch dimension, and is checked
+against the PyTorch model on the test set: largest absolute logit difference and top-1 agreement.
+MACs come from ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs of matrix products and convolutions,
+halved): PyTorch's own counter, which sees any module. Latency: median and 90th percentile of single
+calls after a warm-up, at the stated thread count; a measurement of this machine at that moment, so it
+belongs in benchmarks and reports, never in test assertions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .engine.checkpoint import write_atomic
+from .errors import ConfigError, KdkitError
+
+
+def checkpoint_network(checkpoint: str | Path, net: str | None = None, device: str = "cpu",
+                       data_root: str | None = None):
+    """One trainable network of a kdkit checkpoint, rebuilt and loaded, with the run's config and its
+    data loaders: ``(model, cfg, loaders)``."""
+    from .build import build_model, pick_device, stored_config
+    from .config import trainable_spec
+    from .data import build_loaders
+    from .engine.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    cfg = stored_config(ckpt, checkpoint)
+    net = net or "student"
+    spec = trainable_spec(cfg, net, "--net")
+    if data_root:
+        cfg.data.root = data_root
+    dev = pick_device(device)
+    loaders = build_loaders(cfg.data, cfg.train.seed, dev)
+    ds = loaders.dataset
+    spec.checkpoint, spec.net = str(checkpoint), net
+    return build_model(spec, ds.num_classes, ds.in_channels).to(dev).eval(), cfg, loaders
+
+
+def export_onnx(model: nn.Module, input_shape: tuple[int, ...], out: str | Path) -> Path:
+    """``model`` (eval mode, on the CPU) as one self-contained ONNX file with a dynamic batch dimension,
+    written atomically."""
+    import warnings
+
+    model = model.cpu().eval()
+    example = torch.zeros(2, *input_shape)
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    quiet = logging.getLogger("torch.onnx")  # "torchvision is not installed. Skipping torchvision::nms" ...
+    level = quiet.level
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        quiet.setLevel(logging.ERROR)
+        tmp = Path(folder) / "model.onnx"
+        try:
+            torch.onnx.export(model, (example,), str(tmp), dynamo=True, input_names=["input"],
+                              output_names=["logits"], dynamic_shapes=({0: batch},), verbose=False,
+                              external_data=False)  # one self-contained file
+        except Exception as e:  # noqa: BLE001  (the exporter raises many kinds)
+            raise KdkitError(f"the model cannot be exported to ONNX: {type(e).__name__}: "
+                             f"{str(e).strip().splitlines()[0][:300]}") from None
+        finally:
+            quiet.setLevel(level)
+        data = tmp.read_bytes()
+    return write_atomic(out, lambda f: f.write(data))
+
+
+def onnx_session(path: str | Path, threads: int | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+@torch.no_grad()
+def onnx_parity(model: nn.Module, path: str | Path, loader) -> dict[str, float]:
+    """The ONNX file against the PyTorch model on every batch of ``loader``: the largest absolute logit
+    difference, top-1 agreement (%), and each one's top-1 accuracy (%)."""
+    session = onnx_session(path)
+    model = model.cpu().eval()
+    diff, agree, hit_t, hit_o, n = 0.0, 0, 0, 0, 0
+    for x, y, _ in loader:
+        x, y = x.cpu(), y.cpu()
+        z = model(x).float()
+        o = torch.from_numpy(session.run(None, {"input": x.numpy()})[0]).float()
+        diff = max(diff, float((z - o).abs().max()))
+        agree += int((z.argmax(1) == o.argmax(1)).sum())
+        hit_t += int((z.argmax(1) == y).sum())
+        hit_o += int((o.argmax(1) == y).sum())
+        n += len(y)
+    return {"max_abs_diff": diff, "top1_agreement": 100.0 * agree / n, "torch_top1": 100.0 * hit_t / n,
+            "onnx_top1": 100.0 * hit_o / n, "images": n}
+
+
+def export_safetensors(model: nn.Module, out: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+    """The model's weights (state dict) as a safetensors file, with ``metadata`` (JSON strings) in its
+    header; written atomically."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    data = save(state, metadata={k: json.dumps(v) for k, v in (metadata or {}).items()})
+    return write_atomic(out, lambda f: f.write(data))
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one forward pass on one input: FLOPs of PyTorch's counter, halved."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    p = next(model.parameters(), None)
+    x = torch.zeros(1, *input_shape, device=p.device if p is not None else "cpu")
+    was = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    model.train(was)
+    return counter.get_total_flops() // 2
+
+
+def latency(fn: Callable[[], Any], runs: int = 50, warmup: int = 10) -> dict[str, float]:
+    """Median and 90th percentile (ms) of ``runs`` calls of ``fn`` after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    return {"median_ms": statistics.median(times), "p90_ms": times[min(len(times) - 1, int(0.9 * len(times)))]}
+
+
+def profile(checkpoint: str | Path, net: str | None = None, batches: tuple[int, ...] = (1, 64), runs: int = 50,
+            threads: int | None = None, onnx: bool = True, data_root: str | None = None) -> dict[str, Any]:
+    """Size, cost, speed and accuracy of one network of a checkpoint (on the CPU)."""
+    from .engine.evaluate import evaluate
+
+    if any(b < 1 or b > 65536 for b in batches) or not 1 <= runs <= 100000:
+        raise ConfigError("--batch must be in [1, 65536] and --runs in [1, 100000]")
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError(f"--threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
+    model, cfg, loaders = checkpoint_network(checkpoint, net, "cpu", data_root)
+    shape = tuple(loaders.input_shape)
+    result: dict[str, Any] = {
+        "checkpoint": str(checkpoint), "net": net or "student", "model": cfg.model.name, "input_shape": list(shape),
+        "params": sum(p.numel() for p in model.parameters()), "macs": count_macs(model, shape),
+        "checkpoint_bytes": Path(checkpoint).stat().st_size, "threads": threads,
+        "test_top1": evaluate(model, loaders.test)["top1"], "latency": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = export_safetensors(model, Path(tmp) / "w.safetensors")
+        result["weights_bytes"] = weights.stat().st_size
+        session = None
+        if onnx:
+            path = export_onnx(model, shape, Path(tmp) / "m.onnx")
+            result["onnx_bytes"] = path.stat().st_size
+            result["onnx"] = onnx_parity(model, path, loaders.test)
+            session = onnx_session(path, threads)
+        for b in batches:
+            x = torch.randn(b, *shape, generator=torch.Generator().manual_seed(0))
+            with torch.inference_mode():
+                row = {"eager": latency(lambda x=x: model(x), runs)}
+            if session is not None:
+                feed = {"input": x.numpy()}
+                row["onnxruntime"] = latency(lambda feed=feed: session.run(None, feed), runs)
+            result["latency"][str(b)] = row
+    return result
+
+
+def format_profile(p: dict[str, Any]) -> str:
+    lines = [f"{p['model']} ({p['net']}) from {p['checkpoint']}: {p['params']:,} parameters, {p['macs']:,} MACs "
+             f"per image, checkpoint {p['checkpoint_bytes'] / 1024:.0f} KiB, "
+             f"weights {p['weights_bytes'] / 1024:.0f} KiB"
+             + (f", ONNX {p['onnx_bytes'] / 1024:.0f} KiB" if "onnx_bytes" in p else ""),
+             f"test top1 {p['test_top1']:.2f}"
+             + (f" (ONNX Runtime {p['onnx']['onnx_top1']:.2f}, top-1 agreement {p['onnx']['top1_agreement']:.2f}%, "
+                f"max |logit diff| {p['onnx']['max_abs_diff']:.2e})" if "onnx" in p else ""),
+             f"CPU latency, {p['threads']} thread(s), median / p90 ms:"]
+    for b, row in p["latency"].items():
+        timings = "; ".join(f"{k} {v['median_ms']:.3f} / {v['p90_ms']:.3f}" for k, v in row.items())
+        lines.append(f"  batch {b}: {timings}")
+    return "\n".join(lines)
+
+
+def predict_onnx(path: str | Path, x: Tensor) -> Tensor:
+    """Logits of an ONNX file on ``x`` (CPU)."""
+    return torch.from_numpy(onnx_session(path).run(None, {"input": x.cpu().numpy()})[0])
