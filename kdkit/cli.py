@@ -52,6 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "trunk + that branch as a plain network")
     p.add_argument("--net", default=None, help="which trainable network of the run (default: the student)")
 
+    p = sub.add_parser("quantize", help="post-training static int8 for CPU inference (ONNX Runtime QDQ, calibrated "
+                       "on training images), checked against fp32 on the test set")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True, help="the int8 ONNX file to write")
+    p.add_argument("--net", default=None, help="which trainable network of the run (default: the student)")
+    p.add_argument("--calibration", type=int, default=512, help="training images that calibrate the ranges")
+    p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor (default: per channel)")
+    p.add_argument("--fp32-out", default=None, help="also keep the fp32 ONNX file here")
+
     p = sub.add_parser("profile", help="parameters, MACs, file sizes, CPU latency (PyTorch eager and ONNX Runtime) "
                        "and test accuracy of a checkpoint's network")
     p.add_argument("checkpoint")
@@ -322,6 +331,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_inspect(args)
         if args.command == "export":
             return cmd_export(args)
+        if args.command == "quantize":
+            from .quantize import quantize_checkpoint
+
+            r = quantize_checkpoint(args.checkpoint, args.out, args.net, args.calibration, not args.per_tensor,
+                                    args.fp32_out)
+            print(f"written: {r['out']} ({r['int8_bytes'] / 1024:.0f} KiB, fp32 {r['fp32_bytes'] / 1024:.0f} KiB): "
+                  f"test top1 {r['int8_top1']:.2f} (fp32 {r['fp32_top1']:.2f}), top-1 agreement {r['agreement']:.2f}%",
+                  file=sys.stderr)
+            print(json.dumps(r))
+            return 0
         if args.command == "profile":
             from .export import format_profile, profile
 

@@ -35,8 +35,8 @@ from .errors import ConfigError, KdkitError
 
 def checkpoint_network(checkpoint: str | Path, net: str | None = None, device: str = "cpu",
                        data_root: str | None = None):
-    """One trainable network of a kdkit checkpoint, rebuilt and loaded, with the run's config and its
-    data loaders: ``(model, cfg, loaders)``."""
+    """One trainable network of a kdkit checkpoint, rebuilt and loaded, in eval mode, with the run's config
+    and its data loaders: ``(model, cfg, loaders)``. Pruning masks (``sparsify``) are made permanent."""
     from .build import build_model, pick_device, stored_config
     from .config import trainable_spec
     from .data import build_loaders
@@ -52,7 +52,13 @@ def checkpoint_network(checkpoint: str | Path, net: str | None = None, device: s
     loaders = build_loaders(cfg.data, cfg.train.seed, dev)
     ds = loaders.dataset
     spec.checkpoint, spec.net = str(checkpoint), net
-    return build_model(spec, ds.num_classes, ds.in_channels).to(dev).eval(), cfg, loaders
+    model = build_model(spec, ds.num_classes, ds.in_channels).to(dev).eval()
+    from torch.nn.utils import prune as tprune
+
+    for m in model.modules():  # a sparsified network's masks made permanent: plain weights, zeros included
+        if hasattr(m, "weight_mask"):
+            tprune.remove(m, "weight")
+    return model, cfg, loaders
 
 
 def export_onnx(model: nn.Module, input_shape: tuple[int, ...], out: str | Path) -> Path:

@@ -1,4 +1,4 @@
-"""Structured pruning: whole filters and channels removed from any ``nn.Module`` with Torch-Pruning's
+"""Pruning. Structured: whole filters and channels removed from any ``nn.Module`` with Torch-Pruning's
 dependency graph (Fang et al., "DepGraph: Towards Any Structural Pruning", CVPR 2023), to a target
 fraction of MACs or parameters, as the model transform ``prune``:
 
@@ -14,6 +14,12 @@ Importance (how channels are ranked, per group of coupled layers): ``l1`` / ``l2
 group's weights (Li et al. 2017, "Pruning Filters for Efficient ConvNets"); ``bn``, the batch-norm scale
 (Liu et al. 2017, "Network Slimming"); ``random`` as a baseline. The classifier (the last linear layer)
 keeps its outputs, and ``ignore`` lists more module paths to keep whole.
+
+Unstructured (the transform ``sparsify``): the smallest-magnitude weights of every convolution and linear
+layer set to zero, globally or per layer (``torch.nn.utils.prune``, Han et al. 2015, "Learning both
+Weights and Connections"), the masks kept through the recovery training so pruned weights stay zero.
+The network keeps its dense shapes, so it runs exactly as fast as before on dense kernels: sparsity
+saves time only with sparse kernels, which kdkit does not use.
 """
 
 from __future__ import annotations
@@ -47,10 +53,12 @@ def classifier(model: nn.Module) -> str | None:
 
 
 def structured_prune(model: nn.Module, input_shape: tuple[int, ...], ratio: float, by: str = "macs",
-                     importance: str = "l2", ignore: list[str] | None = None, steps: int = 16) -> dict[str, float]:
+                     importance: str = "l2", ignore: list[str] | None = None, steps: int = 16,
+                     round_to: int | None = 8) -> dict[str, float]:
     """Remove channels from ``model`` in place until its MACs (or parameters) have fallen by at least
     ``ratio`` (``0 <= ratio < 1``; 0 leaves it unchanged), in up to ``steps`` increments of the channel
-    ratio. Returns the counts before and after."""
+    ratio, keeping each pruned layer's channel count a multiple of ``round_to`` (None or 1: any count).
+    Returns the counts before and after."""
     import torch_pruning as tp
 
     if not 0.0 <= ratio < 1.0:
@@ -74,7 +82,8 @@ def structured_prune(model: nn.Module, input_shape: tuple[int, ...], ratio: floa
         macs, params = macs0, params0
         if ratio > 0:
             pruner = tp.pruner.MetaPruner(model, example, importance=_importance(importance), pruning_ratio=0.95,
-                                          iterative_steps=steps, ignored_layers=[names[k] for k in keep])
+                                          iterative_steps=steps, ignored_layers=[names[k] for k in keep],
+                                          round_to=round_to if round_to and round_to > 1 else None)
             for _ in range(steps):
                 if (macs if by == "macs" else params) <= target:
                     break
@@ -163,18 +172,21 @@ class Prune(Transform):
     importance: Literal["l1", "l2", "bn", "random"] = "l2"
     ignore: list[str] = field(default_factory=list)  # module paths kept whole (the classifier always is)
     steps: int = 16
+    round_to: int = 8  # channel counts kept multiples of this (1: any); see docs/compression.md for why
 
     def __post_init__(self) -> None:
         if not 0.0 < self.ratio < 1.0:
             raise ValueError(f"ratio must be in (0, 1), got {self.ratio}")
         if not 1 <= self.steps <= 1000:
             raise ValueError(f"steps must be in [1, 1000], got {self.steps}")
+        if not 1 <= self.round_to <= 1024:
+            raise ValueError(f"round_to must be in [1, 1024], got {self.round_to}")
 
     def apply(self, model: nn.Module) -> nn.Module:
         if self.input_shape is None:
             raise ConfigError("prune needs the input shape (it traces the model)")
         self.stats = structured_prune(model, tuple(self.input_shape), self.ratio, self.by, self.importance,
-                                      self.ignore, self.steps)
+                                      self.ignore, self.steps, self.round_to)
         return model
 
     def structure(self, model: nn.Module) -> dict[str, Any]:
@@ -182,3 +194,68 @@ class Prune(Transform):
 
     def rebuild(self, model: nn.Module, structure: dict[str, Any]) -> nn.Module:
         return resize_layers(model, structure.get("layers"))
+
+
+def _prunable(model: nn.Module, ignore: list[str]) -> list[tuple[str, nn.Module]]:
+    names = dict(model.named_modules())
+    missing = [p for p in ignore if p not in names]
+    if missing:
+        raise ConfigError(f"sparsify: no module {missing[0]!r} to leave dense")
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (*_CONV, nn.Linear)) and n not in ignore]
+
+
+def sparsity(model: nn.Module) -> float:
+    """The fraction of zero weights over every convolution and linear layer (masked ones included)."""
+    zeros = total = 0
+    for _, m in _prunable(model, []):
+        w = m.weight.detach()
+        zeros += int((w == 0).sum())
+        total += w.numel()
+    return zeros / max(total, 1)
+
+
+@register_transform
+@dataclass
+class Sparsify(Transform):
+    """Unstructured magnitude pruning of ``ratio`` of the convolution and linear weights (``scope:
+    global``, one threshold over all layers; ``layer``, the same fraction in each), the masks kept while
+    training; see :mod:`kdkit.prune`. The classifier is pruned too unless listed in ``ignore``."""
+
+    name = "sparsify"
+    ratio: float = 0.5
+    scope: Literal["global", "layer"] = "global"
+    ignore: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.ratio < 1.0:
+            raise ValueError(f"ratio must be in (0, 1), got {self.ratio}")
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        from torch.nn.utils import prune as tprune
+
+        layers = _prunable(model, self.ignore)
+        if not layers:
+            raise ConfigError("sparsify: the model has no convolution or linear layer to prune")
+        if self.scope == "global":
+            tprune.global_unstructured([(m, "weight") for _, m in layers], pruning_method=tprune.L1Unstructured,
+                                       amount=self.ratio)
+        else:
+            for _, m in layers:
+                tprune.l1_unstructured(m, "weight", amount=self.ratio)
+        return model
+
+    def structure(self, model: nn.Module) -> dict[str, Any]:
+        return {"layers": [n for n, m in model.named_modules() if hasattr(m, "weight_mask")]}
+
+    def rebuild(self, model: nn.Module, structure: dict[str, Any]) -> nn.Module:
+        """The masked layers' reparametrisation (``weight_orig``, ``weight_mask``), for the checkpoint's
+        weights and masks to load into."""
+        from torch.nn.utils import prune as tprune
+
+        names = dict(model.named_modules())
+        layers = structure.get("layers")
+        if not isinstance(layers, list) or any(not isinstance(n, str) or n not in names for n in layers):
+            raise ConfigError(f"the recorded masked layers do not fit the model: {str(layers)[:80]}")
+        for n in layers:
+            tprune.identity(names[n], "weight")
+        return model

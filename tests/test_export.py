@@ -136,3 +136,32 @@ def test_a_model_that_cannot_be_exported_is_a_clear_error(tmp_path):
     with pytest.raises(KdkitError, match="cannot be exported to ONNX"):
         export_onnx(Odd(), (3, 4, 4), tmp_path / "o.onnx")
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_int8_quantization_keeps_accuracy_on_real_digits(tmp_path, capsys, teacher_ckpt):
+    import onnx
+
+    code, out, err = _run(tmp_path, capsys, "quantize", teacher_ckpt, "--out", str(tmp_path / "q.onnx"),
+                          "--calibration", "256", "--fp32-out", str(tmp_path / "f.onnx"))
+    assert code == 0, err
+    r = json.loads(out.splitlines()[-1])
+    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    ops = {n.op_type for n in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # int8 QDQ
+    int8 = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert int8 and r["int8_bytes"] < r["fp32_bytes"] / 2  # the weights are stored as int8
+    # the 359 real test images: int8 agrees with fp32 on nearly all of them, and loses little accuracy
+    assert r["agreement"] >= 97.0 and r["int8_top1"] >= r["fp32_top1"] - 2.0
+    model, _, loaders = checkpoint_network(teacher_ckpt)
+    x, y, _ = next(iter(loaders.test))
+    q = predict_onnx(tmp_path / "q.onnx", x)
+    with torch.no_grad():
+        z = model(x)
+    assert (q.argmax(1) == z.argmax(1)).float().mean() >= 0.95
+    assert (q - z).abs().max() < 0.5 * z.abs().max()  # close, not equal: int8 rounds
+
+
+def test_quantize_errors(tmp_path, capsys, teacher_ckpt):
+    code, _, err = _run(tmp_path, capsys, "quantize", teacher_ckpt, "--out", str(tmp_path / "q.onnx"),
+                        "--calibration", "0")
+    assert code == 2 and "--calibration must be in" in err

@@ -84,7 +84,7 @@ LAYERS = [
     ("data", ["kdkit.data"]),
     ("engine", ["kdkit.engine"]),
     ("build", ["kdkit.build"]),
-    ("pipelines", ["kdkit.pipeline", "kdkit.specialists", "kdkit.export"]),
+    ("pipelines", ["kdkit.pipeline", "kdkit.specialists", "kdkit.export", "kdkit.quantize"]),
     ("front ends", ["kdkit.bench", "kdkit.demo", "kdkit.cli", "kdkit.__main__", "kdkit"]),
 ]
 

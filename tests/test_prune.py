@@ -43,6 +43,14 @@ def test_half_the_macs_removed_and_the_structure_rebuilds_exactly(name):
         assert torch.equal(m(x), fresh(x))
 
 
+def test_channel_counts_stay_multiples_of_round_to():
+    torch.manual_seed(0)
+    m = create_model("resnet8", num_classes=10)
+    structured_prune(m, (3, 16, 16), 0.5)  # round_to=8 by default
+    counts = [v["out_channels"] for v in layer_shapes(m).values() if "out_channels" in v]
+    assert counts and all(c % 8 == 0 for c in counts) and min(counts) < 16
+
+
 def test_pruning_keeps_the_most_important_filters():
     """Every parameter coupled to the first layer's channels (its filters, the batch norm's scale and
     shift, the next convolution's input slices) is made larger for a higher channel index, so under any
@@ -110,3 +118,45 @@ def test_bad_pruning_requests_are_refused(prune, message, tmp_path, teacher_ckpt
 def test_a_model_torch_pruning_cannot_trace_is_a_clear_error():
     with pytest.raises(ConfigError, match="Torch-Pruning cannot prune this model"):
         structured_prune(create_model("shufflenetv2", num_classes=10), (3, 32, 32), 0.5)
+
+
+def test_sparsify_masks_hold_through_training_and_reload(tmp_path, teacher_ckpt, capsys):
+    from kdkit.export import checkpoint_network, export_onnx, predict_onnx
+    from kdkit.prune import Sparsify, sparsity
+
+    torch.manual_seed(0)
+    m = create_model("cnn_small", num_classes=10)
+    Sparsify(ratio=0.6).apply(m)
+    assert sparsity(m) == pytest.approx(0.6, abs=0.01)
+    per_layer = create_model("cnn_small", num_classes=10)
+    Sparsify(ratio=0.3, scope="layer").apply(per_layer)
+    assert all(float((mod.weight == 0).float().mean()) == pytest.approx(0.3, abs=0.02)
+               for mod in per_layer.modules() if hasattr(mod, "weight_mask"))
+
+    cfg = {**_cfg(tmp_path, teacher_ckpt)}
+    cfg["model"] = {**cfg["model"], "transforms": [{"name": "sparsify", "ratio": 0.6}]}
+    result = killed_and_resumed(cfg, tmp_path)  # the masks are state: resuming keeps them exactly
+    model, _, loaders = checkpoint_network(tmp_path / "full" / "checkpoint.pt")
+    assert sparsity(model) >= 0.6 - 1e-3  # pruned weights stayed zero through two epochs of KD
+    assert not any(hasattr(mod, "weight_mask") for mod in model.modules())  # made permanent for inference
+    capsys.readouterr()
+    assert cli(["eval", str(tmp_path / "full" / "checkpoint.pt"), "--json"]) == 0
+    assert float(yaml.safe_load(capsys.readouterr().out.splitlines()[-1])["top1"]) == pytest.approx(result["test/top1"])
+    x, _, _ = next(iter(loaders.test))
+    path = export_onnx(model, tuple(loaders.input_shape), tmp_path / "s.onnx")
+    with torch.no_grad():
+        torch.testing.assert_close(predict_onnx(path, x), model(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("sparsify,message", [
+    ({"ratio": 1.0}, "ratio must be in (0, 1)"),
+    ({"ignore": ["fc9"]}, "no module 'fc9' to leave dense"),
+    ({"scope": "net"}, "scope"),
+])
+def test_bad_sparsify_requests_are_refused(sparsify, message, tmp_path, teacher_ckpt, capsys):
+    cfg = _cfg(tmp_path, teacher_ckpt)
+    cfg["model"] = {**cfg["model"], "transforms": [{"name": "sparsify", **sparsify}]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert cli(["distill", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

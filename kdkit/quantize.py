@@ -1,0 +1,111 @@
+"""Post-training static int8 quantization for CPU inference, with ONNX Runtime.
+
+    kdkit quantize RUN/checkpoint.pt --out student.int8.onnx --calibration 512
+
+The network is exported to ONNX (:func:`kdkit.export.export_onnx`), pre-processed (shape inference and
+graph optimisation, ``quant_pre_process``), and quantized to the QDQ format with per-channel int8 weights
+and int8 activations whose ranges are calibrated (min-max) on ``--calibration`` training images, without
+augmentation. Then it is checked on the run's test set against the fp32 network: top-1 of both and their
+agreement.
+
+Why this path (issue 14 asked to pick one and say why): with the pinned torch 2.13 the PT2E flow
+(``prepare_pt2e`` / ``convert_pt2e`` with the x86 inductor quantizer) lives in torchao, whose releases are
+tied to torch releases; ``torchao.quantize_`` rewrites ``nn.Linear`` only, so a convolutional network
+passes through it unchanged; the eager/FX ``torch.ao.quantization`` flow still exists but is deprecated.
+ONNX Runtime's static QDQ quantization takes any exported graph, convolutions included, and runs it with
+its int8 kernels on the CPU. int8 is not faster on every CPU or at every size: ``benchmarks/
+prune_table.py``-style measurements (``kdkit profile`` on the ONNX file's source, and the quantize
+benchmark) report what it is.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .engine.checkpoint import write_atomic
+from .errors import ConfigError, KdkitError
+from .export import checkpoint_network, export_onnx, onnx_session
+
+
+class _Calibration:
+    """ONNX Runtime's calibration reader over the first ``n`` training images (no augmentation)."""
+
+    def __init__(self, data, mean, std, n: int, batch: int = 64):
+        from .data import BatchLoader
+
+        idx = torch.arange(min(n, len(data)))
+        loader = BatchLoader(data.subset(idx), batch, mean=mean, std=std)
+        self.batches = [x.numpy() for x, _, _ in loader]
+        self.i = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.i >= len(self.batches):
+            return None
+        self.i += 1
+        return {"input": self.batches[self.i - 1]}
+
+    def rewind(self) -> None:
+        self.i = 0
+
+
+def quantize_onnx(fp32: Path, out: Path, calibration: _Calibration, per_channel: bool = True) -> Path:
+    """Static int8 (QDQ) quantization of the ONNX file ``fp32`` into ``out`` (written atomically)."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def get_next(self):
+            return calibration.get_next()
+
+        def rewind(self):
+            calibration.rewind()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        pre, q = Path(tmp) / "pre.onnx", Path(tmp) / "q.onnx"
+        try:
+            quant_pre_process(str(fp32), str(pre))
+            quantize_static(str(pre), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
+        except Exception as e:  # noqa: BLE001  (ONNX Runtime's tools raise many kinds)
+            raise KdkitError(f"int8 quantization failed: {type(e).__name__}: {str(e).strip()[:300]}") from None
+        data = q.read_bytes()
+    return write_atomic(out, lambda f: f.write(data))
+
+
+def onnx_accuracy(path: Path, loader, reference: Path | None = None) -> dict[str, float]:
+    """Top-1 (%) of an ONNX file on ``loader``, and its top-1 agreement with ``reference`` if given."""
+    session, ref = onnx_session(path), onnx_session(reference) if reference else None
+    hits = agree = n = 0
+    for x, y, _ in loader:
+        pred = session.run(None, {"input": x.cpu().numpy()})[0].argmax(1)
+        hits += int((pred == y.cpu().numpy()).sum())
+        if ref is not None:
+            agree += int((pred == ref.run(None, {"input": x.cpu().numpy()})[0].argmax(1)).sum())
+        n += len(y)
+    return {"top1": 100.0 * hits / n, **({"agreement": 100.0 * agree / n} if ref is not None else {})}
+
+
+def quantize_checkpoint(checkpoint: str | Path, out: str | Path, net: str | None = None, calibration: int = 512,
+                        per_channel: bool = True, fp32_out: str | Path | None = None) -> dict[str, Any]:
+    """Export, quantize and check one network of a checkpoint; returns the figures."""
+    if not 1 <= calibration <= 1 << 20:
+        raise ConfigError(f"--calibration must be in [1, 1048576] images, got {calibration}")
+    model, cfg, loaders = checkpoint_network(checkpoint, net)
+    ds = loaders.dataset
+    shape = tuple(loaders.input_shape)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = export_onnx(model, shape, Path(fp32_out) if fp32_out else Path(tmp) / "fp32.onnx")
+        reader = _Calibration(loaders.train.data, ds.mean, ds.std, calibration)
+        path = quantize_onnx(fp32, Path(out), reader, per_channel)
+        fp = onnx_accuracy(fp32, loaders.test)
+        q = onnx_accuracy(path, loaders.test, reference=fp32)
+        sizes = {"fp32_bytes": fp32.stat().st_size, "int8_bytes": path.stat().st_size}
+    used = min(calibration, len(loaders.train.data))
+    return {"checkpoint": str(checkpoint), "out": str(out), "calibration_images": used,
+            "per_channel": per_channel, "fp32_top1": fp["top1"], "int8_top1": q["top1"],
+            "agreement": q["agreement"], **sizes}
