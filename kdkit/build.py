@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import lowrank, prune  # noqa: F401  (register the 'lowrank', 'prune' and 'sparsify' model transforms)
+from . import lowrank, prune, qat  # noqa: F401  (register the lowrank, prune, sparsify and qat transforms)
 from .config import ModelSpec, RunConfig, network_names, parse_config, trainable_specs
 from .data import Dataset, build_loaders
 from .engine import distributed

@@ -36,7 +36,8 @@ from .errors import ConfigError, KdkitError
 def checkpoint_network(checkpoint: str | Path, net: str | None = None, device: str = "cpu",
                        data_root: str | None = None):
     """One trainable network of a kdkit checkpoint, rebuilt and loaded, in eval mode, with the run's config
-    and its data loaders: ``(model, cfg, loaders)``. Pruning masks (``sparsify``) are made permanent."""
+    and its data loaders: ``(model, cfg, loaders)``. Pruning masks (``sparsify``) are made permanent and
+    fake-quantization wrappers (``qat``) removed."""
     from .build import build_model, pick_device, stored_config
     from .config import trainable_spec
     from .data import build_loaders
@@ -58,7 +59,9 @@ def checkpoint_network(checkpoint: str | Path, net: str | None = None, device: s
     for m in model.modules():  # a sparsified network's masks made permanent: plain weights, zeros included
         if hasattr(m, "weight_mask"):
             tprune.remove(m, "weight")
-    return model, cfg, loaders
+    from .qat import unwrap
+
+    return unwrap(model), cfg, loaders  # a quantization-aware network: its plain layers, for export
 
 
 def export_onnx(model: nn.Module, input_shape: tuple[int, ...], out: str | Path) -> Path:

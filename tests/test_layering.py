@@ -77,7 +77,7 @@ def test_find_cycle_finds_one():
 LAYERS = [
     ("foundations", ["kdkit.errors", "kdkit.registry", "kdkit.schema"]),
     ("tensors and models", ["kdkit.tasks", "kdkit.features", "kdkit.adapters", "kdkit.losses", "kdkit.models",
-                            "kdkit.transforms", "kdkit.prune", "kdkit.lowrank", "kdkit.engine.distributed",
+                            "kdkit.transforms", "kdkit.prune", "kdkit.lowrank", "kdkit.qat", "kdkit.engine.distributed",
                             "kdkit.engine.validate",
                             "kdkit.engine.checkpoint"]),
     ("methods", ["kdkit.methods"]),
