@@ -19,6 +19,25 @@ def mutual_kl(logits: dict[str, Tensor], temperature: float = 1.0) -> dict[str, 
             for i, z in logits.items()}
 
 
+class CohortMethod(Method):
+    """A method over a cohort of trainable networks: ``cfg.networks`` (validated here), by default the
+    student and every peer; each network's term is named ``<method>`` (student) or ``<method>/<peer>``."""
+
+    def setup(self, s_info, t_info) -> None:
+        nets = self.cfg.networks
+        if nets is not None:
+            unknown = [n for n in nets if n not in self.networks]
+            if len(nets) < 2 or unknown:
+                raise ConfigError(f"{self.name}: 'networks' needs at least two trainable networks of the run, "
+                                  f"got {nets}")
+
+    def cohort(self, out: Outputs) -> list[str]:
+        return self.cfg.networks or ["student", *out.peers]
+
+    def term(self, net: str) -> str:
+        return self.name if net == "student" else f"{self.name}/{net}"
+
+
 @dataclass
 class DMLConfig(MethodConfig):
     temperature: float = 1.0  # the paper's plain softmax
@@ -30,7 +49,7 @@ class DMLConfig(MethodConfig):
 
 
 @register_method
-class DML(Method):
+class DML(CohortMethod):
     """Deep mutual learning: a cohort of ``N >= 2`` networks (the student and its ``peers``, any
     architectures) trains together from scratch; each minimises its label cross-entropy (added by the
     trainer for every trainable network) plus ``1/(N-1) sum_{j != i} KL(p_j || p_i)`` (paper eq. (10)),
@@ -46,14 +65,6 @@ class DML(Method):
     needs_teacher = False
     needs_peers = 1
 
-    def setup(self, s_info, t_info) -> None:
-        nets = self.cfg.networks
-        if nets is not None:
-            unknown = [n for n in nets if n not in self.infos or n.startswith("teacher")]
-            if len(nets) < 2 or unknown:
-                raise ConfigError(f"dml: 'networks' needs at least two trainable networks of the run, got {nets}")
-
     def losses(self, out: Outputs) -> dict[str, Tensor]:
-        cohort = self.cfg.networks or ["student", *out.peers]
-        terms = mutual_kl({n: out.logits[n] for n in cohort}, self.cfg.temperature)
-        return {("dml" if n == "student" else f"dml/{n}"): v for n, v in terms.items()}
+        terms = mutual_kl({n: out.logits[n] for n in self.cohort(out)}, self.cfg.temperature)
+        return {self.term(n): v for n, v in terms.items()}

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..errors import ConfigError
 from ..losses import kd_loss
-from .base import Method, MethodConfig, Outputs, register_method
+from .base import MethodConfig, Outputs, register_method
+from .dml import CohortMethod
 
 
 def ensemble_logits(logits: list[Tensor], targets: Tensor, how: str) -> Tensor:
@@ -79,16 +79,16 @@ class KDCLConfig(MethodConfig):
 
 
 @register_method
-class KDCL(Method):
+class KDCL(CohortMethod):
     """Online KD via collaborative learning: ``N >= 2`` networks of any architectures train together; each
     sees its own randomly augmented view of the batch (``data.views: N``, network ``k`` gets view ``k``),
     and all of them learn from one teacher built from their logits on those views:
     ``L_i = CE(z_i, y) + T^2 KL(softmax(z_t / T) || softmax(z_i / T))``, ``z_t`` detached. The teacher
     logits ``z_t`` (``ensemble``): ``min_logit`` (KDCL-MinLogit, ``z_t^c = min_i (z_i^c - z_i^y)``),
-    ``mean`` (the plain mean of the logits) or ``best`` (per sample, the network with the lowest
-    cross-entropy). The paper's linear-weights ensemble (weights fitted on held-out data) and its
-    generalisation-error weighting are not implemented. T=2 is our default, not checked against the
-    authors' settings (their code was not available to us)."""
+    ``mean`` (the plain mean of the logits), ``best`` (per sample, the network with the lowest
+    cross-entropy) or ``linear`` (KDCL-Linear, weights fitted on the other half of the batch: see
+    :func:`ensemble_logits`). The paper's generalisation-error weighting is not implemented. T=2 is our
+    default, not checked against the authors' settings (their code was not available to us)."""
 
     name = "kdcl"
     family = "online"
@@ -98,16 +98,8 @@ class KDCL(Method):
     needs_peers = 1
     needs_views = True
 
-    def setup(self, s_info, t_info) -> None:
-        nets = self.cfg.networks
-        if nets is not None:
-            unknown = [n for n in nets if n not in self.networks]
-            if len(nets) < 2 or unknown:
-                raise ConfigError(f"kdcl: 'networks' needs at least two trainable networks of the run, got {nets}")
-
     def losses(self, out: Outputs) -> dict[str, Tensor]:
-        cohort = self.cfg.networks or ["student", *out.peers]
-        t = self.cfg.temperature
+        cohort, t = self.cohort(out), self.cfg.temperature
         z_t = ensemble_logits([out.logits[n] for n in cohort], out.targets, self.cfg.ensemble)
         q = F.softmax(z_t / t, dim=1)
-        return {("kdcl" if n == "student" else f"kdcl/{n}"): kd_loss(out.logits[n], q, t) for n in cohort}
+        return {self.term(n): kd_loss(out.logits[n], q, t) for n in cohort}
