@@ -219,6 +219,8 @@ def test_method_on_cross_family_pairs(name, pair):
     shapes, every stage's loss is finite, and the student and all helpers get gradients."""
     torch.manual_seed(0)
     t_name, s_name = pair
+    if name == "netaug" and s_name == "shufflenetv2":
+        pytest.skip("netaug refuses a channel shuffle (tests/test_netaug.py checks the refusal)")
     s, t = create_model(s_name, num_classes=100), create_model(t_name, num_classes=100)
     m = create_method(name)
     d = online_distiller(m, s, [t], (3, 32, 32), lambda: create_model(s_name, num_classes=100), num_samples=64)

@@ -19,6 +19,7 @@ from . import (  # noqa: F401  (importing a method's module registers it)
     kdcl,
     kdsvd,
     logit_mse,
+    netaug,
     nst,
     okddip,
     one,
