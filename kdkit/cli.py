@@ -176,7 +176,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     import tempfile
 
     from .build import export_branch
-    from .export import checkpoint_network, export_onnx, export_safetensors, onnx_parity
+    from .export import export_network
 
     out = Path(args.out)
     fmt = args.format or {".onnx": "onnx", ".safetensors": "safetensors"}.get(out.suffix, "kdkit")
@@ -190,15 +190,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         source, net = args.checkpoint, args.net
         if args.branch is not None:  # trunk + branch k as a plain network first
             source, net = export_branch(args.checkpoint, args.branch, Path(tmp) / "branch.pt", args.net), None
-        model, cfg, loaders = checkpoint_network(source, net)
-        if fmt == "safetensors":
-            export_safetensors(model, out, {"model": cfg.model.name, "kwargs": dict(cfg.model.kwargs),
-                                            "num_classes": loaders.dataset.num_classes,
-                                            "input_shape": list(loaders.input_shape)})
-            print(f"written: {out}")
-            return 0
-        export_onnx(model, tuple(loaders.input_shape), out)
-        check = onnx_parity(model, out, loaders.test)
+        check = export_network(source, net, fmt, out)
+    if fmt == "safetensors":
+        print(f"written: {out}")
+        return 0
     print(f"written: {out} (ONNX Runtime against PyTorch on {check['images']} test images: max |logit diff| "
           f"{check['max_abs_diff']:.2e}, top-1 agreement {check['top1_agreement']:.2f}%, top1 "
           f"{check['onnx_top1']:.2f} vs {check['torch_top1']:.2f})")

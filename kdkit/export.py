@@ -198,6 +198,20 @@ def profile(checkpoint: str | Path, net: str | None = None, batches: tuple[int, 
     return result
 
 
+def export_network(source: str | Path, net: str | None, fmt: str, out: str | Path) -> dict[str, Any]:
+    """One network of a checkpoint written as ``onnx`` (checked against PyTorch on the test set:
+    :func:`onnx_parity`) or ``safetensors`` (with the model's name, arguments, classes and input shape as
+    metadata); returns what was written and the check."""
+    model, cfg, loaders = checkpoint_network(source, net)
+    if fmt == "safetensors":
+        export_safetensors(model, out, {"model": cfg.model.name, "kwargs": dict(cfg.model.kwargs),
+                                        "num_classes": loaders.dataset.num_classes,
+                                        "input_shape": list(loaders.input_shape)})
+        return {"out": str(out)}
+    export_onnx(model, tuple(loaders.input_shape), out)
+    return {"out": str(out), **onnx_parity(model, out, loaders.test)}
+
+
 def format_profile(p: dict[str, Any]) -> str:
     lines = [f"{p['model']} ({p['net']}) from {p['checkpoint']}: {p['params']:,} parameters, {p['macs']:,} MACs "
              f"per image, checkpoint {p['checkpoint_bytes'] / 1024:.0f} KiB, "

@@ -28,6 +28,23 @@ checkpoint but no final metrics (the pipeline was killed in it) is resumed from 
 others start. So rerunning a killed pipeline continues in the run where it stopped. ``{from: NAME}``
 points at the final weights (``checkpoint.pt``) of an earlier run's student, ``{from: NAME, net: peer1}``
 at one of its other trainable networks (online runs); for a repeated run it points at its last repetition.
+
+Compression steps chain the same way (configs/pipelines/fashion_mnist_compress.yaml): a training run
+whose recipe prunes, factorizes or quantization-aware-trains the network of ``init: {from: NAME}`` and
+learns from ``teacher: {from: NAME}`` (the uncompressed network), then steps that train nothing:
+
+```yaml
+  - name: int8
+    quantize: {from: pruned, calibration: 512}   # static int8 ONNX file (kdkit quantize), checked on the test set
+  - name: onnx
+    export: {from: pruned, format: onnx}         # or safetensors (kdkit export)
+profile: {batches: [1, 256], runs: 50}           # summary.{md,json,png}: size, MACs, latency, accuracy
+```
+
+A step whose ``result.json`` exists is finished and skipped. With ``profile`` the pipeline ends by
+measuring every network it made (parameters, MACs, weight size, CPU latency in PyTorch eager and ONNX
+Runtime, test accuracy) into ``<out_dir>/summary.md`` / ``summary.json`` and the accuracy-vs-latency plot
+``summary.png``; a teacher the pipeline did not train is not in it (put it in as a run to compare).
 """
 
 from __future__ import annotations
@@ -49,23 +66,55 @@ from .schema import from_dict
 @dataclass
 class RunEntry:
     name: str
-    config: Any  # a recipe path, or the recipe as a mapping
+    config: Any = None  # a recipe path, or the recipe as a mapping
     set: list[str] = field(default_factory=list)
     teacher: Any = None  # {from: NAME}, a model spec, or a list of either
     init: dict[str, Any] | None = None  # {from: NAME}: initial weights from that run's network
     repeat: int = 1
+    quantize: dict[str, Any] | None = None  # {from: NAME, calibration: 512, net: NAME}: a static int8 ONNX file
+    export: dict[str, Any] | None = None  # {from: NAME, format: onnx|safetensors, net: NAME}
 
     def __post_init__(self) -> None:
         if self.repeat < 1:
             raise ValueError(f"repeat must be >= 1, got {self.repeat}")
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise ValueError(f"a run name must be a plain folder name, got {self.name!r}")
+        kinds = [k for k in ("config", "quantize", "export") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"'{self.name}' needs exactly one of config (a training run), quantize or export, "
+                             f"got {', '.join(kinds) or 'none'}")
+        step = self.quantize if self.quantize is not None else self.export
+        if step is not None:
+            allowed = {"from", "net", "calibration"} if self.quantize is not None else {"from", "net", "format"}
+            if not isinstance(step, dict) or "from" not in step or not set(step) <= allowed:
+                raise ValueError(f"'{self.name}': {kinds[0]} takes {{from: RUN}} and optionally "
+                                 f"{', '.join(sorted(allowed - {'from'}))}, got {step!r}")
+            if self.export is not None and step.get("format", "onnx") not in ("onnx", "safetensors"):
+                raise ValueError(f"'{self.name}': export format must be onnx or safetensors, got {step['format']!r}")
+            if self.teacher is not None or self.init is not None or self.set or self.repeat != 1:
+                raise ValueError(f"'{self.name}' is a {kinds[0]} step: teacher, init, set and repeat belong to "
+                                 "training runs")
+
+
+@dataclass
+class Profile:
+    batches: list[int] = field(default_factory=lambda: [1, 256])
+    runs: int = 50
+    threads: int | None = None  # default: torch's
+
+    def __post_init__(self) -> None:
+        if not self.batches or any(b < 1 or b > 65536 for b in self.batches) or not 1 <= self.runs <= 100000:
+            raise ValueError(f"profile: batches must be in [1, 65536] and runs in [1, 100000], got {self.batches}, "
+                             f"{self.runs}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"profile: threads must be >= 1, got {self.threads}")
 
 
 @dataclass
 class PipelineConfig:
     runs: list[RunEntry]
     out_dir: str = "runs/pipeline"
+    profile: Profile | None = None  # measure every network at the end (summary.md/json/png)
 
 
 def load_pipeline(path: str | Path) -> PipelineConfig:
@@ -75,6 +124,7 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
     if not cfg.runs:
         raise ConfigError("pipeline: 'runs' is empty")
     seen: list[str] = []
+    steps = {r.name for r in cfg.runs if r.config is None}
     for i, run in enumerate(cfg.runs):
         if run.name in seen:
             raise ConfigError(f"pipeline: two runs are named '{run.name}'")
@@ -83,6 +133,9 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
                 later = " (a later run: runs execute in order)" if ref in [r.name for r in cfg.runs] else ""
                 raise ConfigError(f"pipeline: runs[{i}] '{run.name}' takes 'from: {ref}', which is not an earlier "
                                   f"run{later}{suggest(ref, seen)}")
+            if ref in steps:
+                raise ConfigError(f"pipeline: runs[{i}] '{run.name}' takes 'from: {ref}', a quantize/export step: "
+                                  "take the training run it came from")
         seen.append(run.name)
     return cfg
 
@@ -95,6 +148,9 @@ def _refs(run: RunEntry) -> list[str]:
             raise ConfigError(f"pipeline: run '{run.name}': init must be {{from: RUN}} (and optionally net: "
                               f"NAME), got {run.init!r}")
         out.append(run.init["from"])
+    for step in (run.quantize, run.export):
+        if step is not None:
+            out.append(step["from"])
     return [str(r) for r in out]
 
 
@@ -125,6 +181,9 @@ def run_pipeline(path: str | Path, out_dir: str | Path | None = None, callbacks:
     done: dict[str, Path] = {}  # entry name -> run directory of its (last) network
     summary = []
     for entry in cfg.runs:
+        if entry.config is None:
+            summary.append(_run_step(entry, root, done, log))
+            continue
         previous = None
         generations = []
         for k in range(1, entry.repeat + 1):
@@ -153,7 +212,53 @@ def run_pipeline(path: str | Path, out_dir: str | Path | None = None, callbacks:
             summary.append({"run": f"{entry.name} (ensemble of {entry.repeat})", "dir": str(root), "status": "ensemble",
                             "test/top1": top1})
             log(f"pipeline: ensemble of {entry.name}.1..{entry.repeat}: test top1 {top1:.2f}%")
+    if cfg.profile is not None:
+        from .summary import profile_pipeline
+
+        profile_pipeline(summary, cfg.profile, root, log)
     return summary
+
+
+def _run_step(entry: RunEntry, root: Path, done: dict[str, Path], log: Callable[[str], None]) -> dict[str, Any]:
+    """A quantize or export step on the final weights of an earlier training run; skipped when its
+    ``result.json`` is there."""
+    from .engine.checkpoint import write_atomic
+
+    run_dir = root / entry.name
+    step = entry.quantize if entry.quantize is not None else entry.export
+    kind = "quantize" if entry.quantize is not None else "export"
+    source = done[step["from"]] / "checkpoint.pt"
+    result_file = run_dir / "result.json"
+    if result_file.is_file():
+        result, status = json.loads(result_file.read_text()), "skipped (finished)"
+    else:
+        log(f"pipeline: {kind} {step['from']} into {run_dir}")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if kind == "quantize":
+            from .quantize import quantize_checkpoint
+
+            result = quantize_checkpoint(source, run_dir / "model.int8.onnx", step.get("net"),
+                                         int(step.get("calibration", 512)), fp32_out=run_dir / "model.fp32.onnx")
+            result["test/top1"] = result["int8_top1"]
+        else:
+            result = _export(source, step.get("net"), step.get("format", "onnx"), run_dir)
+        write_atomic(result_file, lambda f: f.write(json.dumps(result, indent=1).encode()))
+        status = "done"
+    row = {"run": entry.name, "dir": str(run_dir), "status": status, "step": kind, "source": str(source),
+           "net": step.get("net"), "file": result["out"],
+           **{k: v for k, v in result.items() if k.startswith("test/")}}
+    top1 = f"test top1 {row['test/top1']:.2f}%" if "test/top1" in row else f"written {result['out']}"
+    log(f"pipeline: {entry.name}: {status}, {top1}")
+    return row
+
+
+def _export(source: Path, net: str | None, fmt: str, run_dir: Path) -> dict[str, Any]:
+    from .export import export_network
+
+    result = export_network(source, net, fmt, run_dir / f"model.{fmt}")
+    if "onnx_top1" in result:
+        result["test/top1"] = result["onnx_top1"]
+    return result
 
 
 def ensemble_top1(run_dirs: list[Path]) -> float:

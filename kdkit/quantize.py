@@ -32,7 +32,7 @@ from .errors import ConfigError, KdkitError
 from .export import checkpoint_network, export_onnx, onnx_session
 
 
-class _Calibration:
+class Calibration:
     """ONNX Runtime's calibration reader over the first ``n`` training images (no augmentation)."""
 
     def __init__(self, data, mean, std, n: int, batch: int = 64):
@@ -53,7 +53,7 @@ class _Calibration:
         self.i = 0
 
 
-def quantize_onnx(fp32: Path, out: Path, calibration: _Calibration, per_channel: bool = True) -> Path:
+def quantize_onnx(fp32: Path, out: Path, calibration: Calibration, per_channel: bool = True) -> Path:
     """Static int8 (QDQ) quantization of the ONNX file ``fp32`` into ``out`` (written atomically)."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -100,7 +100,7 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, net: str | None
     shape = tuple(loaders.input_shape)
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_onnx(model, shape, Path(fp32_out) if fp32_out else Path(tmp) / "fp32.onnx")
-        reader = _Calibration(loaders.train.data, ds.mean, ds.std, calibration)
+        reader = Calibration(loaders.train.data, ds.mean, ds.std, calibration)
         path = quantize_onnx(fp32, Path(out), reader, per_channel)
         fp = onnx_accuracy(fp32, loaders.test)
         q = onnx_accuracy(path, loaders.test, reference=fp32)

@@ -110,3 +110,77 @@ def test_init_from_another_architecture_is_refused(tmp_path):
                            "set": ["train.epochs=1"]}]
     with pytest.raises(ConfigError, match="initialises a 'cnn_medium' from run 'student'"):
         run_pipeline(_write(tmp_path, runs), log=lambda m: None)
+
+
+def _compress_runs():
+    return [{"name": "teacher", "config": {**BASE, "model": "cnn_small"}},
+            {"name": "pruned", "config": {**BASE, "model": {"name": "cnn_small", "transforms": [
+                {"name": "prune", "ratio": 0.5}]}, "method": "kd", "optim": {"lr": 0.01}},
+             "init": {"from": "teacher"}, "teacher": {"from": "teacher"}},
+            {"name": "int8", "quantize": {"from": "pruned", "calibration": 64}},
+            {"name": "onnx", "export": {"from": "pruned"}},
+            {"name": "weights", "export": {"from": "pruned", "format": "safetensors"}}]
+
+
+def test_prune_recover_quantize_export_pipeline_with_a_profiled_summary(tmp_path):
+    path = tmp_path / "pipe.yaml"
+    path.write_text(yaml.safe_dump({"out_dir": str(tmp_path / "runs"), "runs": _compress_runs(),
+                                    "profile": {"batches": [1, 8], "runs": 3}}))
+    rows = run_pipeline(path, log=lambda m: None)
+    assert [(r["run"], r["status"]) for r in rows] == [("teacher", "trained"), ("pruned", "trained"),
+                                                      ("int8", "done"), ("onnx", "done"), ("weights", "done")]
+    root = tmp_path / "runs"
+    assert (root / "int8" / "model.int8.onnx").is_file() and (root / "onnx" / "model.onnx").is_file()
+    assert (root / "weights" / "model.safetensors").is_file()
+    assert rows[2]["test/top1"] > 80 and abs(rows[2]["test/top1"] - rows[1]["test/top1"]) < 3  # int8 on digits
+    assert rows[3]["test/top1"] == pytest.approx(rows[1]["test/top1"], abs=0.3)  # ONNX fp32 = the network
+    summary = json.loads((root / "summary.json").read_text())
+    assert [r["run"] for r in summary] == ["teacher", "pruned", "int8"]
+    assert summary[1]["macs"] <= 0.5 * summary[0]["macs"] and summary[1]["params"] < summary[0]["params"]
+    assert summary[2]["weights_kib"] < summary[1]["weights_kib"]  # the int8 file is smaller than fp32 weights
+    assert all(r["ort_b8_ms"] > 0 for r in summary) and summary[2]["eager_b8_ms"] != summary[2]["eager_b8_ms"]
+    assert "| int8 | int8 (ONNX Runtime) |" in (root / "summary.md").read_text()
+    assert (root / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # again: training runs and steps are all finished; the steps are skipped, not redone
+    stamp = (root / "int8" / "model.int8.onnx").stat().st_mtime_ns
+    again = run_pipeline(path, log=lambda m: None)
+    assert [r["status"] for r in again] == ["skipped (finished)"] * 5
+    assert (root / "int8" / "model.int8.onnx").stat().st_mtime_ns == stamp
+    assert again[2]["test/top1"] == rows[2]["test/top1"]
+
+
+@pytest.mark.parametrize("runs,message", [
+    ([{"name": "a", "quantize": {"from": "a"}}], "not an earlier run"),
+    ([{"name": "t", "config": {**BASE, "model": "cnn_tiny"}}, {"name": "q", "quantize": {"from": "t"}},
+      {"name": "e", "export": {"from": "q"}}], "a quantize/export step"),
+    ([{"name": "t", "config": {**BASE, "model": "cnn_tiny"}, "quantize": {"from": "t"}}], "exactly one of"),
+    ([{"name": "t"}], "exactly one of"),
+    ([{"name": "t", "config": {**BASE, "model": "cnn_tiny"}}, {"name": "e", "export": {"from": "t", "format": "tf"}}],
+     "onnx or safetensors"),
+    ([{"name": "t", "config": {**BASE, "model": "cnn_tiny"}}, {"name": "q", "quantize": {"from": "t", "bits": 4}}],
+     "optionally calibration, net"),
+    ([{"name": "t", "config": {**BASE, "model": "cnn_tiny"}}, {"name": "q", "quantize": {"from": "t"},
+                                                                "teacher": {"from": "t"}}], "belong to training runs"),
+])
+def test_bad_steps_are_refused_before_anything_runs(tmp_path, capsys, runs, message):
+    path = _write(tmp_path, runs)
+    assert cli(["pipeline", str(path)]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_bad_profile_is_refused(tmp_path, capsys):
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"out_dir": str(tmp_path / "runs"), "runs": _two_runs(),
+                                    "profile": {"batches": [0]}}))
+    assert cli(["pipeline", str(path)]) == 2
+    assert "profile: batches" in capsys.readouterr().err
+
+
+def test_the_shipped_pipelines_load():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).resolve().parents[1] / "configs" / "pipelines").glob("*.yaml"))
+    assert len(files) >= 3
+    for f in files:
+        load_pipeline(f)

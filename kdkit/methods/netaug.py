@@ -84,7 +84,8 @@ def _resize(module: nn.Module, out_dim: int | None = None, in_dim: int | None = 
         n = module.num_features if in_dim is None else in_dim
         module.num_features = n
         if module.weight is not None:
-            module.weight, module.bias = nn.Parameter(module.weight.new_empty(n)), nn.Parameter(module.bias.new_empty(n))
+            module.weight = nn.Parameter(module.weight.new_empty(n))
+            module.bias = nn.Parameter(module.bias.new_empty(n))
 
 
 def widen(model: nn.Module, mult: float, example: Tensor) -> nn.Module:
@@ -113,7 +114,8 @@ def widen(model: nn.Module, mult: float, example: Tensor) -> nn.Module:
         if have != want:
             _resize(module, in_dim=int(have))
 
-    handles = [m.register_forward_pre_hook(follow) for m in wide.modules() if isinstance(m, (*_CONV, nn.Linear, *_NORM))]
+    layers = [m for m in wide.modules() if isinstance(m, (*_CONV, nn.Linear, *_NORM))]
+    handles = [m.register_forward_pre_hook(follow) for m in layers]
     try:
         with torch.no_grad():
             wide.train()

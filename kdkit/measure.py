@@ -1,0 +1,77 @@
+"""What a compressed network costs and buys, measured the same way everywhere (the compression benchmark,
+pipeline summaries): parameters, MACs, weight size, and CPU latency in PyTorch eager and in ONNX Runtime
+(fp32, or the int8 file of :mod:`kdkit.quantize`); and the accuracy-vs-latency plot."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .engine.checkpoint import write_atomic
+from .export import count_macs, export_onnx, export_safetensors, latency, onnx_session
+
+
+def measure_network(model: nn.Module, shape: tuple[int, ...], batches: Sequence[int], runs: int, workdir: Path,
+                    tag: str, int8=None, onnx_file: Path | None = None) -> dict[str, Any]:
+    """Size and latency of ``model`` on the CPU (median and p90 ms over ``runs`` calls after 10 warm-up
+    calls, at each batch size, with torch's current thread count). With ``int8`` (a calibration reader)
+    the ONNX Runtime figures and the size are those of its static int8 file (PyTorch eager runs no int8:
+    its figures are NaN); ``onnx_file`` measures an existing ONNX file instead of exporting ``model``."""
+    from .quantize import quantize_onnx
+
+    model = model.cpu().eval()
+    row: dict[str, Any] = {"params": sum(p.numel() for p in model.parameters()), "macs": count_macs(model, shape),
+                           "threads": torch.get_num_threads()}
+    row["weights_kib"] = export_safetensors(model, workdir / f"{tag}.safetensors").stat().st_size / 1024
+    if onnx_file is None:
+        onnx_file = export_onnx(model, shape, workdir / f"{tag}.onnx")
+        if int8 is not None:
+            onnx_file = quantize_onnx(onnx_file, workdir / f"{tag}.int8.onnx", int8)
+    if int8 is not None or onnx_file.name.endswith(".int8.onnx"):
+        row["weights_kib"] = onnx_file.stat().st_size / 1024
+    session = onnx_session(onnx_file, torch.get_num_threads())
+    for b in batches:
+        x = torch.randn(b, *shape, generator=torch.Generator().manual_seed(0))
+        if int8 is None and not onnx_file.name.endswith(".int8.onnx"):
+            with torch.inference_mode():
+                t = latency(lambda x=x: model(x), runs)
+            row[f"eager_b{b}_ms"], row[f"eager_b{b}_p90_ms"] = t["median_ms"], t["p90_ms"]
+        else:
+            row[f"eager_b{b}_ms"] = row[f"eager_b{b}_p90_ms"] = float("nan")
+        t = latency(lambda x=x: session.run(None, {"input": x.numpy()}), runs)
+        row[f"ort_b{b}_ms"], row[f"ort_b{b}_p90_ms"] = t["median_ms"], t["p90_ms"]
+    row["onnx_file"] = str(onnx_file)
+    return row
+
+
+def accuracy_latency_plot(points: Sequence[dict[str, Any]], out: str | Path, xlabel: str, title: str) -> Path:
+    """A PNG of test accuracy against latency, one labelled point per entry of ``points`` (``label``,
+    ``latency_ms``, ``top1``, and optionally ``top1_std``, drawn as an error bar); written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    for p in points:
+        x, y = p["latency_ms"], p["top1"]
+        if not (math.isfinite(x) and math.isfinite(y)):
+            continue
+        ax.errorbar([x], [y], yerr=[p.get("top1_std") or 0.0], fmt="o", capsize=3)
+        ax.annotate(p["label"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return write_atomic(Path(out), lambda f: f.write(buf.getvalue()))
