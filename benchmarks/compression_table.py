@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -97,6 +98,7 @@ def main() -> int:
     train_missing(args.seeds)
     if args.train_only:
         return 0
+    load = os.getloadavg()[0]
     teacher, _, loaders = checkpoint_network(args.teacher)
     shape = tuple(loaders.input_shape)
     ds = loaders.dataset
@@ -158,7 +160,8 @@ def main() -> int:
              "Students: cnn_tiny, 5 epochs, `configs/fashion_mnist/{scratch,kd,netaug_plain,netaug}.yaml` (NetAug: "
              "widths x1.5-3 drawn per step, deployed alone, so it costs what the plain student costs). "
              f"Latency: median of {args.runs} calls after 10 warm-up calls (and one discarded measurement of the "
-             "teacher first), measured in this one run; x faster is against the teacher.", "",
+             "teacher first), measured in this one run; x faster is against the teacher. "
+             f"Load average when it began: {load:.2f} on {os.cpu_count()} CPUs.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in rows.items():
         acc = f"{r['top1_mean']:.2f}" + (f" ± {r['top1_std']:.2f} ({len(r['top1'])})" if len(r["top1"]) > 1 else "")
@@ -174,7 +177,7 @@ def main() -> int:
     accuracy_latency_plot([{"label": n, "latency_ms": r[f"ort_b{b}_ms"], "top1": r["top1_mean"],
                             "top1_std": r["top1_std"]} for n, r in rows.items()],
                           f"docs/results/{args.name}.png", f"ONNX Runtime latency, batch {b}, {args.threads} threads "
-                          "(ms, log scale)", f"Fashion-MNIST: compression steps (mean ± std over {args.seeds} seeds)")
+                          "(ms)", f"Fashion-MNIST: compression steps (mean ± std over {args.seeds} seeds)")
     Path(f"docs/results/{args.name}.md").write_text("\n".join(lines) + "\n")
     Path(f"docs/results/{args.name}.json").write_text(json.dumps({"args": vars(args), "prune": stats, "rows": rows},
                                                                  indent=1) + "\n")

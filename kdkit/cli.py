@@ -108,6 +108,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="pipeline YAML (see docs/architecture.md): runs, each a recipe")
     p.add_argument("--out", default=None, help="where the runs go (default: the file's out_dir)")
 
+    p = sub.add_parser("report", help="one HTML page (and its Markdown twin) over runs, pipelines and result JSONs: "
+                       "comparison by recipe (mean ± std over seeds), config differences, learning curves, costs")
+    p.add_argument("paths", nargs="+", help="run directories, folders of runs (a pipeline's out_dir), result JSONs")
+    p.add_argument("--out", default="report", help="output folder (default: ./report)")
+
+    p = sub.add_parser("compare", help="the report's comparison tables in the terminal")
+    p.add_argument("paths", nargs="+", help="run directories, folders of runs, result JSONs")
+
     p = sub.add_parser("specialists", help="a generalist and specialists for clusters of classes it confuses "
                        "(Hinton et al. 2015, sec. 5): cluster, train, combine, report")
     p.add_argument("file", help="the specialists' YAML (generalist checkpoint, clusters, top_k, set)")
@@ -354,6 +362,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary = run_specialists(load_specialists_config(args.file, args.set), args.out,
                                       log=lambda m: print(m, file=sys.stderr))
             print(json.dumps({k: summary[k] for k in ("generalist_top1", "combined_top1", "clusters")}))
+            return 0
+        if args.command in ("report", "compare"):
+            from .report import collect, terminal, write_report
+
+            report = collect(args.paths)
+            if args.command == "compare":
+                print(terminal(report))
+                return 0
+            written = write_report(report, args.out)
+            print(f"report: {written['report.html']} ({len(report.runs)} runs; Markdown: {written['report.md']})")
             return 0
         if args.command == "pipeline":
             from .pipeline import run_pipeline

@@ -52,8 +52,10 @@ def measure_network(model: nn.Module, shape: tuple[int, ...], batches: Sequence[
 
 def accuracy_latency_plot(points: Sequence[dict[str, Any]], out: str | Path, xlabel: str, title: str) -> Path:
     """A PNG of test accuracy against latency, one labelled point per entry of ``points`` (``label``,
-    ``latency_ms``, ``top1``, and optionally ``top1_std``, drawn as an error bar); written atomically."""
+    ``latency_ms``, ``top1``, and optionally ``top1_std``, drawn as an error bar); the latency axis is
+    logarithmic when it spans more than a factor 5. Written atomically."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -65,8 +67,13 @@ def accuracy_latency_plot(points: Sequence[dict[str, Any]], out: str | Path, xla
             continue
         ax.errorbar([x], [y], yerr=[p.get("top1_std") or 0.0], fmt="o", capsize=3)
         ax.annotate(p["label"], (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
-    ax.set_xscale("log")
-    ax.set_xlabel(xlabel)
+    xs = [p["latency_ms"] for p in points if math.isfinite(p["latency_ms"]) and p["latency_ms"] > 0]
+    log_scale = bool(xs) and max(xs) / min(xs) > 5  # a narrow range reads better on a linear axis
+    if log_scale:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xlabel(xlabel + (" (log scale)" if log_scale else ""))
     ax.set_ylabel("test top-1 (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)

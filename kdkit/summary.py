@@ -5,6 +5,7 @@ measured one after another in this process (:func:`kdkit.measure.measure_network
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ def profile_pipeline(summary: list[dict[str, Any]], profile, root: Path,
 
     if profile.threads is not None:
         torch.set_num_threads(profile.threads)
+    load = os.getloadavg()[0]  # other work on the machine distorts every latency: say how busy it was
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -48,7 +50,9 @@ def profile_pipeline(summary: list[dict[str, Any]], profile, root: Path,
     lines = [f"# Pipeline summary: {root}", "",
              f"CPU latency with {threads} thread(s): median / p90 of {profile.runs} calls after 10 warm-up "
              "calls, measured one network after another in one process. int8 rows: the static int8 ONNX file "
-             "(weights KiB is its size; PyTorch eager runs no int8: -).", "",
+             "(weights KiB is its size; PyTorch eager runs no int8: -). "
+             f"Load average when the measurement began: {load:.2f} on {os.cpu_count()} CPUs (with other work "
+             "running, threads wait on each other and latencies can be many times the quiet figures).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["run"], r["kind"], f"{r['test_top1']:.2f}", f"{r['params']:,}", f"{r['macs']:,}",
@@ -62,7 +66,7 @@ def profile_pipeline(summary: list[dict[str, Any]], profile, root: Path,
     lines += ["", f"![test top-1 against ONNX Runtime latency at batch {b}](summary.png)", ""]
     root.mkdir(parents=True, exist_ok=True)
     accuracy_latency_plot([{"label": r["run"], "latency_ms": r[f"ort_b{b}_ms"], "top1": r["test_top1"]} for r in rows],
-                          root / "summary.png", f"ONNX Runtime latency, batch {b}, {threads} thread(s) (ms, log scale)",
+                          root / "summary.png", f"ONNX Runtime latency, batch {b}, {threads} thread(s) (ms)",
                           f"pipeline {root.name}: accuracy against latency")
     write_atomic(root / "summary.md", lambda f: f.write(("\n".join(lines) + "\n").encode()))
     write_atomic(root / "summary.json", lambda f: f.write(json.dumps(rows, indent=1).encode()))

@@ -184,3 +184,23 @@ def test_the_shipped_pipelines_load():
     assert len(files) >= 3
     for f in files:
         load_pipeline(f)
+
+
+def test_iterative_pruning_prunes_the_previous_rounds_network(tmp_path):
+    prune = {**BASE, "model": {"name": "cnn_small", "transforms": [{"name": "prune", "ratio": 0.3}]},
+             "method": "kd", "optim": {"lr": 0.01}, "train": {"epochs": 1, "progress": False, "seed": 0}}
+    runs = [{"name": "dense", "config": {**BASE, "model": "cnn_small"}},
+            {"name": "r1", "config": prune, "init": {"from": "dense"}, "teacher": {"from": "dense"}},
+            {"name": "r2", "config": prune, "init": {"from": "r1"}, "teacher": {"from": "dense"}}]
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"out_dir": str(tmp_path / "runs"), "runs": runs,
+                                    "profile": {"batches": [2], "runs": 2}}))
+    rows = run_pipeline(path, log=lambda m: None)
+    assert all(r["test/top1"] > 60 for r in rows)
+    macs = [r["macs"] for r in json.loads((tmp_path / "runs" / "summary.json").read_text())]
+    assert macs[1] <= 0.7 * macs[0] and macs[2] <= 0.7 * macs[1]
+    from kdkit.export import checkpoint_network
+
+    r2, _, _ = checkpoint_network(tmp_path / "runs" / "r2" / "checkpoint.pt")  # rebuilt from plain data
+    r1, _, _ = checkpoint_network(tmp_path / "runs" / "r1" / "checkpoint.pt")
+    assert sum(p.numel() for p in r2.parameters()) < sum(p.numel() for p in r1.parameters())
