@@ -18,6 +18,7 @@ from .engine import distributed
 from .engine.checkpoint import load_checkpoint, load_model_weights
 from .engine.trainer import Built, Callback, Trainer
 from .errors import CheckpointError, ConfigError, KdkitError
+from .features import logits_output
 from .methods import Distiller, create_method
 from .models import create_model
 from .tasks import create_task
@@ -45,6 +46,7 @@ def build_model(spec: ModelSpec, num_classes: int, in_channels: int, load: bool 
         model = create_model(spec.name, num_classes=num_classes, in_channels=in_channels, **spec.kwargs)
     except TypeError as e:
         raise ConfigError(f"model '{spec.name}': {e}") from None
+    model = logits_output(model, spec.output)
     if load and spec.checkpoint:
         ckpt = load_checkpoint(spec.checkpoint)
         if "config" in ckpt:

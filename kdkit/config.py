@@ -35,6 +35,9 @@ class ModelSpec:
     id: str | None = None  # the network's name in this run (peers: peer1, peer2..; teachers: teacher..)
     lr: float | None = None  # trainable networks: this network's own base learning rate (default optim.lr)
     weight_decay: float | None = None  # and its own weight decay (default optim.weight_decay)
+    # which part of a forward that returns a tuple/list (an index) or a dict (a key) is the logits;
+    # default: the tensor itself, a sequence's first tensor, a dict's "logits" (or its only tensor)
+    output: str | int | None = None
 
     def __post_init__(self) -> None:
         if self.lr is not None and self.lr <= 0:

@@ -13,11 +13,12 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .errors import LayerPathError
+from .errors import ConfigError, LayerPathError
 
 _WRAPPER_ATTRS = ("_orig_mod", "module")  # torch.compile, DDP / DataParallel
 
@@ -284,3 +285,45 @@ def format_inspect(model: nn.Module, info: ModelInfo) -> str:
     lines.append("")
     lines.append(f"stages (default feature layers): {', '.join(stages) if stages else '(none found)'}")
     return "\n".join(lines)
+
+
+def logits_output(model: nn.Module, output: str | int | None = None) -> nn.Module:
+    """Make ``model(x)`` return its logits when its forward returns a tuple, list or dict (a forward hook
+    on the model: module paths, weights and checkpoints stay as they are). ``output`` picks the index or
+    key; by default a tensor passes, a sequence gives its first tensor and a dict its ``"logits"`` entry
+    (or its only tensor). Idempotent; anything else is a :class:`ConfigError` naming what there was."""
+    if getattr(model, "_kdkit_output", "unset") == output:
+        return model
+
+    def pick(module: nn.Module, inputs: tuple, out: Any) -> Tensor:
+        if isinstance(out, Tensor) and output is None:
+            return out
+        if isinstance(out, (tuple, list)):
+            if isinstance(output, int) and -len(out) <= output < len(out):
+                found = out[output]
+            elif output is None:
+                found = next((o for o in out if isinstance(o, Tensor)), None)
+            else:
+                raise ConfigError(f"model output: index {output!r} of a {len(out)}-element {type(out).__name__}")
+        elif isinstance(out, dict):
+            key = output if output is not None else "logits"
+            tensors = [k for k, v in out.items() if isinstance(v, Tensor)]
+            if key in out:
+                found = out[key]
+            elif output is None and len(tensors) == 1:
+                found = out[tensors[0]]
+            else:
+                raise ConfigError(f"model output: no key {key!r} in the forward's dict (keys: "
+                                  f"{', '.join(map(str, out))}); say which is the logits with model.output")
+        else:
+            found = out if output is None else None
+        if not isinstance(found, Tensor):
+            raise ConfigError(f"model output: the forward returned a {type(out).__name__} without a logits tensor"
+                              + (f" at {output!r}" if output is not None else "") + "; set model.output")
+        return found
+
+    if hasattr(model, "_kdkit_output_hook"):
+        model._kdkit_output_hook.remove()
+    model._kdkit_output_hook = model.register_forward_hook(pick)
+    model._kdkit_output = output
+    return model

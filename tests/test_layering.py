@@ -85,8 +85,9 @@ LAYERS = [
     ("data", ["kdkit.data"]),
     ("engine", ["kdkit.engine"]),
     ("build", ["kdkit.build"]),
-    ("pipelines", ["kdkit.pipeline", "kdkit.specialists", "kdkit.export", "kdkit.quantize"]),
-    ("front ends", ["kdkit.bench", "kdkit.demo", "kdkit.cli", "kdkit.__main__", "kdkit"]),
+    ("pipelines", ["kdkit.pipeline", "kdkit.specialists", "kdkit.export", "kdkit.quantize", "kdkit.measure",
+                   "kdkit.summary"]),
+    ("front ends", ["kdkit.bench", "kdkit.demo", "kdkit.report", "kdkit.cli", "kdkit.__main__", "kdkit"]),
 ]
 
 

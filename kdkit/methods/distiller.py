@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..features import FeatureTap, probe
+from ..features import FeatureTap, logits_output, probe, unwrap
 from ..tasks import Task, create_task
 from .base import Method, Outputs
 from .stages import MAIN, PlannedStage, Stage, frozen_match, plan_stages
@@ -68,6 +68,9 @@ class Distiller(nn.Module):
             if m.cfg.teacher is not None and m.cfg.teacher not in self.teacher_names:
                 raise ConfigError(f"method {m.name}: teacher '{m.cfg.teacher}' is not a teacher of this run "
                                   f"(teachers: {', '.join(self.teacher_names) or 'none'})")
+        for net in (student, *peers.values(), *teachers):
+            if not hasattr(unwrap(net), "_kdkit_output"):  # built by kdkit: its model.output is set already
+                logits_output(unwrap(net))  # a forward that returns a tuple or dict gives its logits
         self.task = task or create_task()
         self.views = views  # >1: a batch is [views, B, ...]; trainable network k sees view k % views
         self.student = student
