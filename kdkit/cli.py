@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="distill on the embedded digits dataset and print a results table")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=None, help="epochs per model (default: the demo's recipe)")
-    p.add_argument("--out", default=None, help="keep the demo's run directories here (default: a temp dir)")
+    p.add_argument("--out", default=None, help="where the demo's runs and report go (default: runs/demo)")
     return parser
 
 

@@ -111,3 +111,14 @@ def test_yaml_of_a_run_is_read_flattened(runs):
     run = report.runs[0]
     assert run.config["method.0.name"] == "kd" and run.config["model.name"] == "cnn_tiny"
     assert yaml.safe_load((runs / "kd-s0" / "config.yaml").read_text())["train"]["seed"] == run.config["train.seed"]
+
+
+def test_the_demo_prints_its_table_and_writes_its_report_and_runs_twice(tmp_path, capsys):
+    for _ in range(2):  # a second demo into the same folder starts afresh
+        assert cli(["demo", "--seeds", "1", "--epochs", "2", "--out", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    for row in ("| teacher |", "| scratch, all images |", "| kd, all images |", "| scratch, 100 images |",
+                "| kd, 100 images |"):
+        assert row in out
+    page = (tmp_path / "demo" / "report" / "report.html").read_text()
+    assert str(tmp_path / "demo" / "report" / "report.html") in out and page.count("seed0-") >= 5
