@@ -5,7 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
 
 
 def test_readme_python_example(tmp_path):
@@ -26,3 +27,51 @@ def test_readme_recipe_block_validates():
     block = re.findall(r"```yaml\n(.*?)```", README.read_text(), re.S)[0]
     cfg = parse_config(yaml.safe_load(block))
     assert [method_name(m) for m in cfg.method] == ["kd", "at"]
+
+
+def _readme_commands() -> list[str]:
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), re.S):
+        lines += [line.split("#")[0].strip() for line in block.splitlines() if line.split("#")[0].strip()]
+    return lines
+
+
+def test_every_readme_command_parses_and_its_files_fit_together():
+    """Every command of the README's shell blocks parses with kdkit's own parser; the recipes it names
+    validate; a run directory it names is the one an earlier command's recipe writes (so the commands work
+    in the order given). The quick ones are run for real in the next test."""
+    import shlex
+
+    from kdkit.cli import build_parser
+    from kdkit.config import load_config
+
+    commands = _readme_commands()
+    assert "make demo" in commands and "make test" in commands
+    written = set()
+    parser = build_parser()
+    for line in commands:
+        argv = shlex.split(line)
+        if argv[0] == "make":
+            assert argv[1] in ("demo", "test")
+            continue
+        if argv[0] == "torchrun":  # torchrun ... -m kdkit ARGS
+            argv = argv[argv.index("kdkit"):]
+        assert argv[0] == "kdkit", line
+        args = parser.parse_args(argv[1:])
+        for a in argv[1:]:
+            if a.endswith(".yaml") and a.startswith("configs/") and "pipelines" not in a:
+                cfg = load_config(ROOT / a)
+                written.add(f"{cfg.train.out_dir}/{cfg.train.run_name}")
+            elif a.startswith("runs/"):
+                run = "/".join(a.split("/")[:2])
+                assert run in written, f"{line}: {run} is written by no earlier README command"
+        assert args.command
+
+
+def test_the_quick_readme_commands_run_as_written(tmp_path):
+    (tmp_path / "configs").symlink_to(ROOT / "configs")
+    for line in _readme_commands():
+        if line.startswith(("kdkit list", "kdkit inspect", "kdkit pipeline configs/pipelines/digits.yaml")):
+            p = subprocess.run([sys.executable, "-m", "kdkit", *__import__("shlex").split(line)[1:]], cwd=tmp_path,
+                               capture_output=True, text=True, timeout=300)
+            assert p.returncode == 0, f"{line}: {p.stderr[-1500:]}"
