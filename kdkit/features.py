@@ -182,12 +182,18 @@ class ModelInfo:
         """Shape (without the batch dimension) of a captured feature: a module's output, or its input."""
         path, where = split_spec(spec)
         info = self.layers.get(path)
+        if info is None:
+            close = difflib.get_close_matches(path, [p for p in self.layers if p], n=3, cutoff=0.4)
+            hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise LayerPathError(f"no module '{path}' ran in the probing forward pass{hint} "
+                                 "(`kdkit inspect MODEL` lists every path)")
         if where == "input":
-            if info is None or info.in_shape is None:
+            if info.in_shape is None:
                 raise LayerPathError(f"no tensor input recorded at '{path}'")
             return info.in_shape
-        if info is None or info.shape is None:
-            raise LayerPathError(f"no tensor output recorded at '{path}'")
+        if info.shape is None:
+            raise LayerPathError(f"no tensor output recorded at '{path}' (its forward returned a "
+                                 "non-tensor)")
         return info.shape
 
     def stages(self) -> list[str]:
