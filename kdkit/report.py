@@ -32,6 +32,12 @@ from .errors import ConfigError
 SAME_RECIPE = ("train.seed", "train.run_name", "train.out_dir")  # keys that do not make another recipe
 
 
+def _same_recipe(key: str) -> bool:
+    """Seed, names, output folder, and the checkpoints networks start from or learn from (each seed of a
+    recipe may have its own teacher) do not make another recipe."""
+    return key in SAME_RECIPE or key.endswith(".checkpoint")
+
+
 class ReportError(ConfigError):
     """A path that is not a run directory, a folder of runs, or a result JSON."""
 
@@ -68,7 +74,9 @@ class Run:
 
     @property
     def recipe(self) -> str:
-        return json.dumps({k: v for k, v in self.config.items() if k not in SAME_RECIPE}, sort_keys=True, default=str)
+        # a key set to None is the same recipe as one an older config did not have yet
+        return json.dumps({k: v for k, v in self.config.items() if not _same_recipe(k) and v is not None},
+                          sort_keys=True, default=str)
 
 
 @dataclass
@@ -214,7 +222,8 @@ def groups(runs: list[Run]) -> list[tuple[str, list[Run]]]:
             others = [json.loads(k) for k in by if k != key and labels[k] == label]
             mine = json.loads(key)
             diff = sorted(k for k in mine if any(o.get(k) != mine[k] for o in others))
-            label += " (" + ", ".join(f"{k}={mine[k]}" for k in diff[:2]) + ")"
+            if diff:
+                label += " (" + ", ".join(f"{k}={mine[k]}" for k in diff[:2]) + ")"
         out.append((label, members))
     return out
 
