@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from ..errors import ConfigError
-from ..prune import classifier
+from ..prune import classifier, resize_layers
 from .base import Method, MethodConfig, Outputs, register_method
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -58,34 +58,30 @@ def _key(name: str) -> str:
     return name.replace(".", "__")
 
 
-def _resize(module: nn.Module, out_dim: int | None = None, in_dim: int | None = None) -> None:
-    """Give one convolution / linear / batch norm new channel counts, with uninitialised weights."""
+def _channels(module: nn.Module, out_dim: int | None = None, in_dim: int | None = None) -> dict[str, int]:
+    """The channel counts of one convolution / linear / batch norm with new outputs or inputs, in the
+    form :func:`kdkit.prune.resize_layers` takes (a depthwise convolution's outputs follow its inputs)."""
     if isinstance(module, _CONV):
-        cin = module.in_channels if in_dim is None else in_dim
         depthwise = module.groups > 1 and module.groups == module.in_channels
         if module.groups > 1 and not depthwise:
             raise ConfigError(f"netaug: a grouped convolution ({module.groups} groups) does not widen as a prefix")
+        cin = module.in_channels if in_dim is None else in_dim
         cout = module.out_channels if out_dim is None else out_dim
         if depthwise and in_dim is not None:
             cout = in_dim * (module.out_channels // module.in_channels)
-        module.in_channels, module.out_channels = cin, cout
-        module.groups = cin if depthwise else 1
-        module.weight = nn.Parameter(module.weight.new_empty(cout, cin // module.groups, *module.kernel_size))
-        if module.bias is not None:
-            module.bias = nn.Parameter(module.bias.new_empty(cout))
-    elif isinstance(module, nn.Linear):
-        cin = module.in_features if in_dim is None else in_dim
-        cout = module.out_features if out_dim is None else out_dim
-        module.in_features, module.out_features = cin, cout
-        module.weight = nn.Parameter(module.weight.new_empty(cout, cin))
-        if module.bias is not None:
-            module.bias = nn.Parameter(module.bias.new_empty(cout))
-    elif isinstance(module, _NORM):
-        n = module.num_features if in_dim is None else in_dim
-        module.num_features = n
-        if module.weight is not None:
-            module.weight = nn.Parameter(module.weight.new_empty(n))
-            module.bias = nn.Parameter(module.bias.new_empty(n))
+        return {"in_channels": cin, "out_channels": cout, "groups": cin if depthwise else 1}
+    if isinstance(module, nn.Linear):
+        return {"in_features": module.in_features if in_dim is None else in_dim,
+                "out_features": module.out_features if out_dim is None else out_dim}
+    return {"num_features": module.num_features if in_dim is None else in_dim}
+
+
+def _batch_statistics_only(model: nn.Module) -> None:
+    """Batch norms that normalise with the batch's statistics and keep none (the augmented networks')."""
+    for m in model.modules():
+        if isinstance(m, _NORM):
+            m.track_running_stats = False
+            m.running_mean = m.running_var = m.num_batches_tracked = None
 
 
 def widen(model: nn.Module, mult: float, example: Tensor) -> nn.Module:
@@ -93,16 +89,15 @@ def widen(model: nn.Module, mult: float, example: Tensor) -> nn.Module:
     (the classifier keeps its own) and whose layers' inputs follow, found by one forward pass on
     ``example``. Its batch norms use batch statistics only; its weights are uninitialised."""
     wide = copy.deepcopy(model)
+    _batch_statistics_only(wide)
     head = classifier(wide)
+    paths = {m: n for n, m in wide.named_modules()}
     for name, m in wide.named_modules():
         if isinstance(m, (*_CONV, nn.Linear)) and name != head:
             depthwise = isinstance(m, _CONV) and m.groups > 1 and m.groups == m.in_channels
             if not depthwise:  # a depthwise convolution's outputs follow its inputs
                 c = m.out_channels if isinstance(m, _CONV) else m.out_features
-                _resize(m, out_dim=max(c, round(mult * c)))
-        if isinstance(m, _NORM):
-            m.track_running_stats = False
-            m.running_mean = m.running_var = m.num_batches_tracked = None
+                resize_layers(wide, {name: _channels(m, out_dim=max(c, round(mult * c)))})
 
     def follow(module: nn.Module, inputs: tuple) -> None:
         x = inputs[0] if inputs and isinstance(inputs[0], Tensor) else None
@@ -112,7 +107,7 @@ def widen(model: nn.Module, mult: float, example: Tensor) -> nn.Module:
         want = module.in_features if isinstance(module, nn.Linear) else (
             module.in_channels if isinstance(module, _CONV) else module.num_features)
         if have != want:
-            _resize(module, in_dim=int(have))
+            resize_layers(wide, {paths[module]: _channels(module, in_dim=int(have))})
 
     layers = [m for m in wide.modules() if isinstance(m, (*_CONV, nn.Linear, *_NORM))]
     handles = [m.register_forward_pre_hook(follow) for m in layers]
@@ -208,11 +203,9 @@ class NetAug(Method):
         """The base network must be the augmented one with zero extra weights; otherwise its channels do
         not sit in the leading block of each widened layer and sharing would be meaningless."""
         base = copy.deepcopy(student).train()
+        _batch_statistics_only(base)  # as in the augmented network
         for m in base.modules():
-            if isinstance(m, _NORM):  # batch statistics, as in the augmented network
-                m.track_running_stats = False
-                m.running_mean = m.running_var = m.num_batches_tracked = None
-            elif isinstance(m, nn.modules.dropout._DropoutNd):
+            if isinstance(m, nn.modules.dropout._DropoutNd):
                 m.eval()
         x = torch.randn(8, *example.shape[1:], generator=torch.Generator().manual_seed(0)).to(example.device)
         with torch.no_grad():
