@@ -130,8 +130,12 @@ def main() -> int:
         for name, source in INT8.items():
             accs = []
             for seed in range(1 if source is None else args.seeds):
-                model = teacher if source is None else checkpoint_network(
-                    seeded(RECIPES[source], seed)[1] / "checkpoint.pt")[0]
+                if source is None:
+                    model = teacher
+                elif seed == 0:  # loaded already for its fp32 row
+                    model = models[source]
+                else:
+                    model = checkpoint_network(seeded(RECIPES[source], seed)[1] / "checkpoint.pt")[0]
                 reader = Calibration(loaders.train.data, ds.mean, ds.std, args.calibration)
                 runs = args.runs if seed == 0 else 1  # other seeds: their accuracy only
                 row = measure_network(model, shape, batches, runs, work, f"q{len(rows)}-{seed}", int8=reader)

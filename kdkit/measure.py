@@ -33,12 +33,13 @@ def measure_network(model: nn.Module, shape: tuple[int, ...], batches: Sequence[
         onnx_file = export_onnx(model, shape, workdir / f"{tag}.onnx")
         if int8 is not None:
             onnx_file = quantize_onnx(onnx_file, workdir / f"{tag}.int8.onnx", int8)
-    if int8 is not None or onnx_file.name.endswith(".int8.onnx"):
+    quantized = int8 is not None or onnx_file.name.endswith(".int8.onnx")
+    if quantized:
         row["weights_kib"] = onnx_file.stat().st_size / 1024
     session = onnx_session(onnx_file, torch.get_num_threads())
     for b in batches:
         x = torch.randn(b, *shape, generator=torch.Generator().manual_seed(0))
-        if int8 is None and not onnx_file.name.endswith(".int8.onnx"):
+        if not quantized:
             with torch.inference_mode():
                 t = latency(lambda x=x: model(x), runs)
             row[f"eager_b{b}_ms"], row[f"eager_b{b}_p90_ms"] = t["median_ms"], t["p90_ms"]
@@ -51,9 +52,15 @@ def measure_network(model: nn.Module, shape: tuple[int, ...], batches: Sequence[
 
 
 def accuracy_latency_plot(points: Sequence[dict[str, Any]], out: str | Path, xlabel: str, title: str) -> Path:
+    """:func:`accuracy_latency_png` written atomically to ``out``."""
+    data = accuracy_latency_png(points, xlabel, title)
+    return write_atomic(Path(out), lambda f: f.write(data))
+
+
+def accuracy_latency_png(points: Sequence[dict[str, Any]], xlabel: str, title: str) -> bytes:
     """A PNG of test accuracy against latency, one labelled point per entry of ``points`` (``label``,
     ``latency_ms``, ``top1``, and optionally ``top1_std``, drawn as an error bar); the latency axis is
-    logarithmic when it spans more than a factor 5. Written atomically."""
+    logarithmic when it spans more than a factor 5."""
     import matplotlib
     import matplotlib.ticker
 
@@ -77,8 +84,15 @@ def accuracy_latency_plot(points: Sequence[dict[str, Any]], out: str | Path, xla
     ax.set_ylabel("test top-1 (%)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
+    return figure_png(fig)
+
+
+def figure_png(fig) -> bytes:
+    """A matplotlib figure as PNG bytes (laid out tightly), the figure closed."""
+    import matplotlib.pyplot as plt
+
     buf = io.BytesIO()
+    fig.tight_layout()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    return write_atomic(Path(out), lambda f: f.write(buf.getvalue()))
+    return buf.getvalue()

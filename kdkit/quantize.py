@@ -13,9 +13,8 @@ Why this path (issue 14 asked to pick one and say why): with the pinned torch 2.
 tied to torch releases; ``torchao.quantize_`` rewrites ``nn.Linear`` only, so a convolutional network
 passes through it unchanged; the eager/FX ``torch.ao.quantization`` flow still exists but is deprecated.
 ONNX Runtime's static QDQ quantization takes any exported graph, convolutions included, and runs it with
-its int8 kernels on the CPU. int8 is not faster on every CPU or at every size: ``benchmarks/
-prune_table.py``-style measurements (``kdkit profile`` on the ONNX file's source, and the quantize
-benchmark) report what it is.
+its int8 kernels on the CPU. int8 is not faster on every CPU or at every size:
+``benchmarks/compression_table.py`` and a pipeline's ``profile`` measure what it is.
 """
 
 from __future__ import annotations
@@ -78,16 +77,21 @@ def quantize_onnx(fp32: Path, out: Path, calibration: Calibration, per_channel: 
 
 
 def onnx_accuracy(path: Path, loader, reference: Path | None = None) -> dict[str, float]:
-    """Top-1 (%) of an ONNX file on ``loader``, and its top-1 agreement with ``reference`` if given."""
+    """Top-1 (%) of an ONNX file on ``loader``; with ``reference``, in the same pass, the reference's
+    top-1 (``reference_top1``) and their top-1 agreement."""
     session, ref = onnx_session(path), onnx_session(reference) if reference else None
-    hits = agree = n = 0
+    hits = ref_hits = agree = n = 0
     for x, y, _ in loader:
-        pred = session.run(None, {"input": x.cpu().numpy()})[0].argmax(1)
-        hits += int((pred == y.cpu().numpy()).sum())
+        feed, y = {"input": x.cpu().numpy()}, y.cpu().numpy()
+        pred = session.run(None, feed)[0].argmax(1)
+        hits += int((pred == y).sum())
         if ref is not None:
-            agree += int((pred == ref.run(None, {"input": x.cpu().numpy()})[0].argmax(1)).sum())
+            ref_pred = ref.run(None, feed)[0].argmax(1)
+            ref_hits += int((ref_pred == y).sum())
+            agree += int((pred == ref_pred).sum())
         n += len(y)
-    return {"top1": 100.0 * hits / n, **({"agreement": 100.0 * agree / n} if ref is not None else {})}
+    extra = {"reference_top1": 100.0 * ref_hits / n, "agreement": 100.0 * agree / n} if ref is not None else {}
+    return {"top1": 100.0 * hits / n, **extra}
 
 
 def quantize_checkpoint(checkpoint: str | Path, out: str | Path, net: str | None = None, calibration: int = 512,
@@ -102,10 +106,9 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, net: str | None
         fp32 = export_onnx(model, shape, Path(fp32_out) if fp32_out else Path(tmp) / "fp32.onnx")
         reader = Calibration(loaders.train.data, ds.mean, ds.std, calibration)
         path = quantize_onnx(fp32, Path(out), reader, per_channel)
-        fp = onnx_accuracy(fp32, loaders.test)
-        q = onnx_accuracy(path, loaders.test, reference=fp32)
+        q = onnx_accuracy(path, loaders.test, reference=fp32)  # one pass: int8, fp32 and their agreement
         sizes = {"fp32_bytes": fp32.stat().st_size, "int8_bytes": path.stat().st_size}
     used = min(calibration, len(loaders.train.data))
     return {"checkpoint": str(checkpoint), "out": str(out), "calibration_images": used,
-            "per_channel": per_channel, "fp32_top1": fp["top1"], "int8_top1": q["top1"],
+            "per_channel": per_channel, "fp32_top1": q["reference_top1"], "int8_top1": q["top1"],
             "agreement": q["agreement"], **sizes}

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import math
 import statistics
@@ -254,22 +253,14 @@ def config_differences(runs: list[Run], limit: int = 40) -> list[tuple[str, list
 # ------------------------------------------------------------------------------------------- the plots
 
 
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
-
-
 def plots(report: Report) -> dict[str, bytes]:
     """The report's figures as PNG bytes, by file name."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from .measure import figure_png
 
     out: dict[str, bytes] = {}
     runs = [r for r in report.runs if r.epochs]
@@ -290,7 +281,7 @@ def plots(report: Report) -> dict[str, bytes]:
             ax.set_xlabel("epoch")
             ax.grid(True, alpha=0.3)
         axes[0].legend(fontsize=6, ncol=2)
-        out["curves.png"] = _png(fig)
+        out["curves.png"] = figure_png(fig)
         shown = [(label, members[0]) for label, members in groups(runs)][:12]
         cols = min(3, len(shown))
         rows = math.ceil(len(shown) / cols)
@@ -306,22 +297,15 @@ def plots(report: Report) -> dict[str, bytes]:
             ax.legend(fontsize=6)
         for ax in list(axes.flat)[len(shown):]:
             ax.axis("off")
-        out["loss_terms.png"] = _png(fig)
+        out["loss_terms.png"] = figure_png(fig)
     if report.costs:
-        from .measure import accuracy_latency_plot
-
+        from .measure import accuracy_latency_png
         key = _latency_key(report.costs)
         if key is not None:
-            tmp = io.BytesIO()
             points = [{"label": c["label"], "latency_ms": c.get(key, math.nan), "top1": c.get("top1") or math.nan,
                        "top1_std": c.get("top1_std")} for c in report.costs]
-            import tempfile
-
-            with tempfile.TemporaryDirectory() as d:
-                f = accuracy_latency_plot(points, Path(d) / "cost.png", f"{key[:-3].replace('_', ' ')} (ms)",
-                                          "accuracy against latency")
-                tmp.write(f.read_bytes())
-            out["accuracy_latency.png"] = tmp.getvalue()
+            out["accuracy_latency.png"] = accuracy_latency_png(points, f"{key[:-3].replace('_', ' ')} (ms)",
+                                                               "accuracy against latency")
     return out
 
 
