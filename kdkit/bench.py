@@ -319,7 +319,9 @@ def format_bench(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def default_out(r: dict[str, Any]) -> Path:
+def default_out(r: dict[str, Any], out_dir: str | Path = "runs/bench") -> Path:
+    """``<out_dir>/bench-<dataset>-<teacher>-<student>-<method>-b<batch>-<device>[...].json``: under the
+    runs folder by default, never over the repository's tracked results unless ``--out`` says so."""
     dev = "cuda" if r["device"].startswith("cuda") else "cpu"
     parts = ["bench", r["dataset"], str(r["teacher"]), r["student"], r["method"], f"b{r['batch_size']}", dev]
     if r["compile"] != "none":
@@ -328,7 +330,7 @@ def default_out(r: dict[str, Any]) -> Path:
         parts.append(f"ghost{r['ghost_batch_size']}")
     if not r["synthetic"]:
         parts.append("real")
-    return Path("docs/results") / ("-".join(parts) + ".json")
+    return Path(out_dir) / ("-".join(parts) + ".json")
 
 
 def write_json(r: dict[str, Any], path: Path) -> None:

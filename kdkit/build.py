@@ -4,6 +4,7 @@ the engine, which takes built parts and never builds."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,12 +16,13 @@ from . import lowrank, prune, qat  # noqa: F401  (register the lowrank, prune, s
 from .config import ModelSpec, RunConfig, network_names, parse_config, trainable_specs
 from .data import Dataset, build_loaders
 from .engine import distributed
-from .engine.checkpoint import load_checkpoint, load_model_weights
+from .engine.checkpoint import load_checkpoint, load_model_weights, load_plain_weights, read_weights
 from .engine.trainer import Built, Callback, Trainer
 from .errors import CheckpointError, ConfigError, KdkitError
 from .features import logits_output
 from .methods import Distiller, create_method
 from .models import create_model
+from .models.external import check_from_checkpoint
 from .tasks import create_task
 from .transforms import GhostBatchNorm, apply_transforms
 
@@ -48,9 +50,18 @@ def build_model(spec: ModelSpec, num_classes: int, in_channels: int, load: bool 
         raise ConfigError(f"model '{spec.name}': {e}") from None
     model = logits_output(model, spec.output)
     if load and spec.checkpoint:
-        ckpt = load_checkpoint(spec.checkpoint)
+        ckpt, weights = read_weights(spec.checkpoint)
+        if ckpt is None:  # a plain state dict or safetensors file: pretrained weights from anywhere
+            if spec.net:
+                raise ConfigError(f"net: '{spec.net}' picks a network of a kdkit checkpoint; {spec.checkpoint} "
+                                  "holds plain weights")
+            skipped = load_plain_weights(model, weights, spec.checkpoint, spec.strict)
+            if skipped:
+                warnings.warn(f"{spec.checkpoint} loaded into '{spec.name}' with strict: false; not loaded: "
+                              + "; ".join(skipped), stacklevel=2)
+            return model
         if "config" in ckpt:
-            stored_config(ckpt, spec.checkpoint)  # a file whose stored config does not validate is refused
+            stored_config(ckpt, spec.checkpoint, rebuild=False)  # a stored config that does not validate: refused
         model = load_model_weights(model, ckpt, spec.name, num_classes, in_channels, source=spec.checkpoint,
                                    net=spec.net)
     return model
@@ -66,6 +77,8 @@ def build(cfg: RunConfig, device: torch.device | None = None, rank: int = 0, wor
     """Load the data (or use ``dataset``), create (and load) the models, and set up the methods on probed
     shapes. ``rank``/``world_size`` shard the data for distributed training. ``load_teachers=False``
     keeps randomly initialised teachers (speed measurements)."""
+    if cfg.train.threads is not None:
+        torch.set_num_threads(cfg.train.threads)
     device = device or pick_device(cfg.train.device)
     channels_last = use_channels_last(cfg, device)
     loaders = build_loaders(cfg.data, cfg.train.seed, device, dataset=dataset, rank=rank, world_size=world_size,
@@ -100,6 +113,9 @@ def build(cfg: RunConfig, device: torch.device | None = None, rank: int = 0, wor
         raise
     except RuntimeError as e:  # a model that cannot run on this input size
         raise ConfigError(f"cannot run the models on {ds.name} inputs {loaders.input_shape}: {e}") from None
+    specs = dict(zip(distiller.networks(), [cfg.model, *cfg.peers, *cfg.teacher]))
+    for name, info in distiller.infos.items():  # logits of the right size, before any file is written
+        distiller.task.check_output(info.output_shape, ds, f"network '{name}' ('{specs[name].name}')")
     if ghost:  # the methods' own trainable modules (regressors, embeddings) normalise the same way
         ghost.apply(distiller.methods)
     distiller = distiller.to(device)
@@ -110,39 +126,59 @@ def build(cfg: RunConfig, device: torch.device | None = None, rank: int = 0, wor
 
 def from_config(cfg: RunConfig, built: Built | None = None, run_dir: str | Path | None = None,
                 callbacks: Sequence[Callback] = (), log: Callable[[str], None] | None = None,
-                write_files: bool = True, dist_info: distributed.DistInfo | None = None) -> Trainer:
+                write_files: bool = True, dist_info: distributed.DistInfo | None = None,
+                dataset: Dataset | None = None) -> Trainer:
     """A :class:`Trainer` for ``cfg``: joins the process group under ``torchrun``, builds the parts on
-    this rank's device (unless ``built`` is given) and hands them to the trainer."""
+    this rank's device (unless ``built`` is given) and hands them to the trainer. ``dataset``: train on it
+    instead of ``cfg.data.name``'s (e.g. :func:`kdkit.dataset_from_loaders` of your own DataLoaders)."""
     dist = dist_info or distributed.from_env()
+    if dataset is not None and dataset.name != cfg.data.name:
+        raise ConfigError(f"data.name is '{cfg.data.name}' but the dataset given is '{dataset.name}': set data.name "
+                          f"to '{dataset.name}', so that the run's files say what it was trained on")
     if built is None:
         device = distributed.setup(dist, cfg.train.device) if dist.enabled else None
-        built = build(cfg, device, dist.rank, dist.world_size)
+        built = build(cfg, device, dist.rank, dist.world_size, dataset=dataset)
     return Trainer(cfg, built, run_dir=run_dir, callbacks=callbacks, log=log, write_files=write_files,
                    dist_info=dist)
 
 
-def stored_config(ckpt: dict[str, Any], source: str | Path) -> RunConfig:
+def stored_config(ckpt: dict[str, Any], source: str | Path, rebuild: bool = True) -> RunConfig:
     """The run config a checkpoint holds, validated; a CheckpointError (exit 4) naming the file if it has
-    none or if it does not validate."""
+    none or if it does not validate. ``rebuild``: the caller builds the networks it names, so a name that
+    would make kdkit call an untrusted function is refused (:func:`kdkit.models.external.check_from_checkpoint`)."""
     if "config" not in ckpt:
         raise CheckpointError(f"{source}: holds no run config (a model-only checkpoint)")
     try:
-        return parse_config(ckpt["config"])
+        cfg = parse_config(ckpt["config"])
     except ConfigError as e:
         raise CheckpointError(f"{source}: its stored config does not validate ({e})") from None
+    if rebuild:
+        for spec in (cfg.model, *cfg.peers, *cfg.teacher):
+            check_from_checkpoint(spec.name, str(source))
+    return cfg
 
 
-def resume(run_dir: str | Path, **kwargs: Any) -> Trainer:
+def resume(run_dir: str | Path, epochs: int | None = None, **kwargs: Any) -> Trainer:
     """Continue the run in ``run_dir`` (or from a checkpoint file) from its last checkpoint, with the
     config it was started with; ``kwargs`` as for :func:`from_config`. The checkpoint is checked whole
-    against the rebuilt run before any of it is used."""
+    against the rebuilt run before any of it is used. ``epochs``: extend the run (finished or not) to
+    this many epochs; the learning-rate schedule is then recomputed over the new length, so the result
+    is not that of a run started with that many epochs. A finished run resumed without it does nothing."""
     run_dir = Path(run_dir)
     path = run_dir / "checkpoint.pt" if run_dir.is_dir() else run_dir
     ckpt = load_checkpoint(path)
     if "optimizer" not in ckpt or "config" not in ckpt:
         raise CheckpointError(f"{path} holds a model-only checkpoint, which cannot be resumed")
-    trainer = from_config(stored_config(ckpt, path), run_dir=run_dir if run_dir.is_dir() else run_dir.parent,
-                          **kwargs)
+    cfg = stored_config(ckpt, path)
+    if epochs is not None:
+        done = ckpt.get("epoch")
+        if cfg.stages:
+            raise ConfigError("this run lists its stages (stages:), whose epochs fix its length; --epochs extends "
+                              "runs with the default plan only")
+        if type(done) is int and epochs < done:
+            raise ConfigError(f"--epochs {epochs}: the run has completed {done} epochs already")
+        cfg.train.epochs = epochs  # the schedule is recomputed over the new length
+    trainer = from_config(cfg, run_dir=run_dir if run_dir.is_dir() else run_dir.parent, **kwargs)
     trainer.load_state(ckpt, str(path))
     return trainer
 

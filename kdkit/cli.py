@@ -18,6 +18,13 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="override a config value, e.g. --set method.temperature=2 (repeatable)")
     p.add_argument("--out", help="run directory (default: train.out_dir/<data>-<model>-<method>-<time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
+    p.add_argument("--epochs", type=int, default=None, help="train.epochs; with --resume, extend a run (finished "
+                   "or not) to this many epochs")
+    exists = p.add_mutually_exclusive_group()
+    exists.add_argument("--overwrite", action="store_true", help="when the run directory holds a run, replace it "
+                        "(train.existing=overwrite)")
+    exists.add_argument("--new-dir", action="store_true", help="when the run directory holds a run, keep it and "
+                        "write to <run>-2, <run>-3, ... (train.existing=new)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="kdkit loop: batch norm over groups of this many samples (the large-batch recipe)")
     p.add_argument("--device", default="auto")
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak for MFU (known GPUs: built in)")
-    p.add_argument("--out", default=None, help="JSON file (default: docs/results/bench-<...>.json)")
+    p.add_argument("--out", default=None, help="JSON file (default: runs/bench/bench-<...>.json; "
+                   "the repository's docs/results only when named here)")
     p.add_argument("--no-write", action="store_true", help="print only")
 
     p = sub.add_parser("pipeline", help="run named runs in order, later ones taught by earlier ones")
@@ -135,14 +143,19 @@ def cmd_run(args: argparse.Namespace, distill: bool) -> int:
     from .config import load_config
     from .engine import distributed
 
+    if args.epochs is not None and args.epochs < 1:
+        raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
     if args.resume:
-        if args.config or args.overrides:
-            raise ConfigError("--resume continues a run with its saved config; drop the config and --set")
-        trainer = resume(args.resume)
+        if args.config or args.overrides or args.overwrite or args.new_dir:
+            raise ConfigError("--resume continues a run with its saved config; drop the config, --set, --overwrite "
+                              "and --new-dir (--epochs N extends it)")
+        trainer = resume(args.resume, epochs=args.epochs)
     else:
         if not args.config:
             raise ConfigError(f"kdkit {args.command} needs a config file (or --resume RUN_DIR)")
-        cfg = load_config(args.config, args.overrides)
+        flags = ([f"train.epochs={args.epochs}"] if args.epochs is not None else []) + (
+            ["train.existing=overwrite"] if args.overwrite else ["train.existing=new"] if args.new_dir else [])
+        cfg = load_config(args.config, [*args.overrides, *flags])
         if distill and not cfg.teacher:
             raise ConfigError("kdkit distill needs a teacher in the config (use `kdkit train` without one)")
         if not distill and cfg.teacher:
@@ -296,6 +309,8 @@ def load_plugin(name: str) -> None:
     import importlib
     import importlib.util
 
+    from .models.external import trust_module
+
     path = Path(name)
     try:
         if path.suffix == ".py":
@@ -315,6 +330,7 @@ def load_plugin(name: str) -> None:
                 raise
         else:
             importlib.import_module(name)
+            trust_module(name)  # its factories may be named by checkpoints (kdkit.models.external)
     except KdkitError:
         raise
     except Exception as e:  # the plugin's own error: say which plugin, keep the message

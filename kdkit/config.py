@@ -7,6 +7,7 @@ method registry (:func:`kdkit.methods.method_config`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +26,8 @@ from .transforms import Transform, transform_config
 
 @dataclass
 class ModelSpec:
-    """A network from the model zoo, optionally initialised from a kdkit checkpoint."""
+    """A network: a zoo name, ``package.module:ClassOrFactory`` or ``timm:<name>``; optionally initialised
+    from a checkpoint: a kdkit checkpoint, a plain PyTorch ``state_dict`` file or a ``.safetensors`` file."""
 
     name: str
     checkpoint: str | None = None
@@ -38,6 +40,8 @@ class ModelSpec:
     # which part of a forward that returns a tuple/list (an index) or a dict (a key) is the logits;
     # default: the tensor itself, a sequence's first tensor, a dict's "logits" (or its only tensor)
     output: str | int | None = None
+    # plain state-dict / safetensors checkpoints: every weight must fit (false: load those that fit)
+    strict: bool = True
 
     def __post_init__(self) -> None:
         if self.lr is not None and self.lr <= 0:
@@ -63,6 +67,10 @@ class DataConfig:
     cutout: int = 0  # side of the Cutout square (0: off), training augmentation
     replay_views: int = 0  # >0: each sample has this many fixed augmented views, epoch e shows view e % n
     views: int = 1  # >1: each training batch in this many independently augmented views (kdcl: one per network)
+    # normalisation (x / 255 - mean) / std per channel; default: the dataset's own statistics. Set them to
+    # what a pretrained teacher was trained with (e.g. mean [0.0], std [1.0] for images in [0, 1])
+    mean: list[float] | None = None
+    std: list[float] | None = None
 
     def __post_init__(self) -> None:
         for name, high in (("batch_size", 1 << 24), ("eval_batch_size", 1 << 24), ("image_size", 4096)):
@@ -75,6 +83,10 @@ class DataConfig:
                 raise ValueError(f"{name} must be in [0, {high}], got {getattr(self, name)}")
         if self.limit_train is not None and self.limit_train < 1:
             raise ValueError(f"limit_train must be >= 1, got {self.limit_train}")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("mean and std are set together")
+        if self.std is not None and (not self.std or min(self.std) <= 0 or len(self.std) != len(self.mean)):
+            raise ValueError(f"std must be positive numbers, one per channel as in mean, got {self.std}")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
 
@@ -124,6 +136,9 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast, on CUDA only
     out_dir: str = "runs"
     run_name: str | None = None
+    # when the run directory already holds a run: error (default), overwrite (kdkit's files of the old run
+    # are removed first) or new (the next free name: <run>-2, <run>-3, ...)
+    existing: Literal["error", "overwrite", "new"] = "error"
     progress: bool = True
     deterministic: bool = True
     grad_clip: float | None = None
@@ -135,8 +150,13 @@ class TrainConfig:
     compile_teacher: bool = False  # torch.compile the teacher's forward too
     teacher_cache: TeacherCacheConfig | None = None  # store teacher outputs (see docs/speed.md)
     ghost_batch_size: int | None = None  # batch-norm statistics over groups of this many samples (per rank)
+    # CPU threads of this process (torch.set_num_threads; default: torch's). Results with one seed differ
+    # between thread counts (reductions are summed in another order), so set it to reproduce a run exactly.
+    threads: int | None = None
 
     def __post_init__(self) -> None:
+        if self.threads is not None and not 1 <= self.threads <= 4096:
+            raise ValueError(f"threads must be in [1, 4096], got {self.threads}")
         if self.log_every < 1 or self.eval_every < 1:
             raise ValueError(f"log_every and eval_every must be >= 1, got {self.log_every}, {self.eval_every}")
         if not 1 <= self.epochs <= 1_000_000:
@@ -231,6 +251,14 @@ class _Loader(yaml.SafeLoader):
         if node is not None:
             _check_expansion(node)
         return node
+
+
+# YAML 1.1 (PyYAML) reads ``3e-4`` and ``1e3`` as strings: its floats need a dot. YAML 1.2 and every
+# person writing a learning rate read them as numbers, so this loader does too (integers stay integers).
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
 
 
 def _check_expansion(root) -> None:

@@ -44,9 +44,11 @@ class NonFiniteLossError(KdkitError):
 
     exit_code = 5
 
-    def __init__(self, term: str, value: float, epoch: int, step: int):
+    def __init__(self, term: str, value: float, epoch: int, step: int, checkpoint: bool = True):
         self.term, self.value, self.epoch, self.step = term, value, epoch, step
+        kept = ("the last good checkpoint is kept" if checkpoint
+                else "no checkpoint had been written yet")
         super().__init__(
             f"loss term '{term}' became {value} at epoch {epoch + 1}, step {step}; training stopped, "
-            "the last good checkpoint is kept (try a lower learning rate or loss weight)"
+            f"{kept} (try a lower learning rate or loss weight)"
         )

@@ -177,22 +177,24 @@ class ModelInfo:
     layers: dict[str, LayerInfo]
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...] | None
+    network: str = ""  # which network of a run, e.g. "the student (cnn_tiny)", for messages
 
     def shape(self, spec: str) -> tuple[int, ...]:
         """Shape (without the batch dimension) of a captured feature: a module's output, or its input."""
         path, where = split_spec(spec)
         info = self.layers.get(path)
+        of = f" of {self.network}" if self.network else ""
         if info is None:
             close = difflib.get_close_matches(path, [p for p in self.layers if p], n=3, cutoff=0.4)
             hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-            raise LayerPathError(f"no module '{path}' ran in the probing forward pass{hint} "
+            raise LayerPathError(f"no module '{path}'{of} ran in the probing forward pass{hint} "
                                  "(`kdkit inspect MODEL` lists every path)")
         if where == "input":
             if info.in_shape is None:
-                raise LayerPathError(f"no tensor input recorded at '{path}'")
+                raise LayerPathError(f"no tensor input recorded at '{path}'{of}")
             return info.in_shape
         if info.shape is None:
-            raise LayerPathError(f"no tensor output recorded at '{path}' (its forward returned a "
+            raise LayerPathError(f"no tensor output recorded at '{path}'{of} (its forward returned a "
                                  "non-tensor)")
         return info.shape
 
@@ -293,40 +295,49 @@ def format_inspect(model: nn.Module, info: ModelInfo) -> str:
     return "\n".join(lines)
 
 
+def pick_logits(out: Any, output: str | int | None = None) -> Tensor:
+    """The logits in a forward's output: ``output`` picks the index, key or attribute; by default a tensor
+    passes, a sequence gives its first tensor, a dict its ``"logits"`` entry (or its only tensor) and any
+    other object (a dataclass, a ``ModelOutput``-like class) its ``logits`` attribute. Anything else is a
+    :class:`ConfigError` naming what there was."""
+    if isinstance(out, Tensor) and output is None:
+        return out
+    if isinstance(out, (tuple, list)):
+        if isinstance(output, int) and -len(out) <= output < len(out):
+            found = out[output]
+        elif output is None:
+            found = next((o for o in out if isinstance(o, Tensor)), None)
+        else:
+            raise ConfigError(f"model output: index {output!r} of a {len(out)}-element {type(out).__name__}")
+    elif isinstance(out, dict):
+        key = output if output is not None else "logits"
+        tensors = [k for k, v in out.items() if isinstance(v, Tensor)]
+        if key in out:
+            found = out[key]
+        elif output is None and len(tensors) == 1:
+            found = out[tensors[0]]
+        else:
+            raise ConfigError(f"model output: no key {key!r} in the forward's dict (keys: "
+                              f"{', '.join(map(str, out))}); say which is the logits with model.output")
+    elif isinstance(output, int):
+        found = None
+    else:
+        found = getattr(out, output if output is not None else "logits", None)
+    if not isinstance(found, Tensor):
+        raise ConfigError(f"model output: the forward returned a {type(out).__name__} without a logits tensor"
+                          + (f" at {output!r}" if output is not None else "") + "; set model.output")
+    return found
+
+
 def logits_output(model: nn.Module, output: str | int | None = None) -> nn.Module:
-    """Make ``model(x)`` return its logits when its forward returns a tuple, list or dict (a forward hook
-    on the model: module paths, weights and checkpoints stay as they are). ``output`` picks the index or
-    key; by default a tensor passes, a sequence gives its first tensor and a dict its ``"logits"`` entry
-    (or its only tensor). Idempotent; anything else is a :class:`ConfigError` naming what there was."""
+    """Make ``model(x)`` return its logits (:func:`pick_logits`) when its forward returns a tuple, list,
+    dict or output object: a forward hook on the model, so module paths, weights and checkpoints stay as
+    they are. Idempotent."""
     if getattr(model, "_kdkit_output", "unset") == output:
         return model
 
     def pick(module: nn.Module, inputs: tuple, out: Any) -> Tensor:
-        if isinstance(out, Tensor) and output is None:
-            return out
-        if isinstance(out, (tuple, list)):
-            if isinstance(output, int) and -len(out) <= output < len(out):
-                found = out[output]
-            elif output is None:
-                found = next((o for o in out if isinstance(o, Tensor)), None)
-            else:
-                raise ConfigError(f"model output: index {output!r} of a {len(out)}-element {type(out).__name__}")
-        elif isinstance(out, dict):
-            key = output if output is not None else "logits"
-            tensors = [k for k, v in out.items() if isinstance(v, Tensor)]
-            if key in out:
-                found = out[key]
-            elif output is None and len(tensors) == 1:
-                found = out[tensors[0]]
-            else:
-                raise ConfigError(f"model output: no key {key!r} in the forward's dict (keys: "
-                                  f"{', '.join(map(str, out))}); say which is the logits with model.output")
-        else:
-            found = out if output is None else None
-        if not isinstance(found, Tensor):
-            raise ConfigError(f"model output: the forward returned a {type(out).__name__} without a logits tensor"
-                              + (f" at {output!r}" if output is not None else "") + "; set model.output")
-        return found
+        return pick_logits(out, output)
 
     if hasattr(model, "_kdkit_output_hook"):
         model._kdkit_output_hook.remove()

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .errors import ConfigError
 from .registry import Registry
 
 
@@ -29,7 +30,10 @@ class Task:
     counts: ClassVar[tuple[str, ...]] = ()  # names of the summed evaluation counts
 
     def split_batch(self, batch: Any) -> tuple[Tensor, Any, Tensor | None]:
-        """``(inputs, targets, sample indices)`` of a loader's batch."""
+        """``(inputs, targets, sample indices)`` of a loader's batch; an ordinary ``(inputs, targets)``
+        batch (a torch DataLoader's) has no indices (``None``)."""
+        if isinstance(batch, (tuple, list)) and len(batch) == 2:
+            return batch[0], batch[1], None
         x, y, index = batch
         return x, y, index
 
@@ -64,6 +68,10 @@ class Task:
     def record(self, dataset) -> dict[str, Any]:
         """What a model record says of the network's input and output (checked when it is loaded)."""
         return {"in_channels": dataset.in_channels}
+
+    def check_output(self, shape: tuple[int, ...] | None, dataset, network: str) -> None:
+        """Refuse, before training starts, a network whose probed output (without the batch dimension)
+        cannot be this task's output on ``dataset``."""
 
 
 TASKS: Registry[type[Task]] = Registry("task")
@@ -130,3 +138,11 @@ class Classification(Task):
 
     def record(self, dataset) -> dict[str, Any]:
         return {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels}
+
+    def check_output(self, shape: tuple[int, ...] | None, dataset, network: str) -> None:
+        if shape != (dataset.num_classes,):
+            got = "no tensor" if shape is None else f"outputs of shape {list(shape)} per image"
+            raise ConfigError(f"{network} gives {got}, but {dataset.name} has {dataset.num_classes} classes: "
+                              f"its logits must be [batch, {dataset.num_classes}] (a model that does not take "
+                              "num_classes gets its head size from model.kwargs; model.output picks the logits "
+                              "of a tuple, dict or output object)")

@@ -174,7 +174,8 @@ def test_explicit_layers_and_errors():
         Distiller(s, [create_method("at", student_layers=["layer2"], teacher_layers=["block2", "block3"])], [t], SHAPE)
     from kdkit.errors import LayerPathError
 
-    with pytest.raises(LayerPathError, match="no module 'layer9' ran in the probing forward pass; did you mean"):
+    with pytest.raises(LayerPathError, match=r"method fitnets: no module 'layer9' of the student \(CifarResNet\) "
+                                             "ran in the probing forward pass; did you mean"):
         Distiller(s, [create_method("fitnets", student_layer="layer9")], [t], SHAPE)
     with pytest.raises(LayerPathError, match="did you mean 'layer2'"):  # a misspelled layer: its closest paths
         Distiller(s, [create_method("fitnets", student_layer="layr2")], [t], SHAPE)

@@ -141,6 +141,12 @@ def test_prune_recover_quantize_export_pipeline_with_a_profiled_summary(tmp_path
     assert all(r["ort_b8_ms"] > 0 for r in summary) and summary[2]["eager_b8_ms"] != summary[2]["eager_b8_ms"]
     assert "| int8 | int8 (ONNX Runtime) |" in (root / "summary.md").read_text()
     assert (root / "summary.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # kdkit report over the pipeline's folder: its training runs and the summary's costs, with the plot
+    assert cli(["report", str(root), "--out", str(tmp_path / "rep")]) == 0
+    page = (tmp_path / "rep" / "report.html").read_text()
+    assert all(f"<td>{name}</td>" in page for name in ("teacher", "pruned", "int8"))
+    assert f"{summary[1]['macs']:,}" in page and f"{rows[1]['test/top1']:.2f}" in page
+    assert (tmp_path / "rep" / "accuracy_latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # again: training runs and steps are all finished; the steps are skipped, not redone
     stamp = (root / "int8" / "model.int8.onnx").stat().st_mtime_ns
     again = run_pipeline(path, log=lambda m: None)

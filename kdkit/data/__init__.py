@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -103,6 +103,11 @@ def build_loaders(cfg: DataConfig, seed: int, device: torch.device | str = "cpu"
     """Train / validation / test loaders. ``data.batch_size`` is the global batch: with ``world_size``
     processes each trains on its share; validation and test sets are sharded across them."""
     ds = dataset or load_dataset(cfg)
+    if cfg.mean is not None:
+        if len(cfg.mean) != ds.in_channels:
+            raise ConfigError(f"data.mean and data.std have {len(cfg.mean)} values; {ds.name} has {ds.in_channels} "
+                              "channel(s)")
+        ds = replace(ds, mean=tuple(cfg.mean), std=tuple(cfg.std))
     train, val = split_train_val(ds.train, cfg.val_fraction, seed)
     if cfg.limit_train is not None:
         train = train.subset(torch.arange(min(cfg.limit_train, len(train))))

@@ -76,6 +76,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     except Exception as e:  # pickle errors, zip errors, refused globals ...
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path} is not a kdkit checkpoint (cannot be read safely: {first})") from None
+    return _checked(obj, path)
+
+
+def _checked(obj: Any, path: Path) -> dict[str, Any]:
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a kdkit checkpoint (no '{FORMAT}' marker)")
     version = obj.get("version", 0)
@@ -98,6 +102,14 @@ def model_record(name: str, kwargs: dict[str, Any], transforms: list[dict[str, A
     the task records of its input and output: classes and input channels for classification) and to
     give it the recorded structure (``kdkit.transforms.records``)."""
     return {"name": name, **task_fields, "kwargs": dict(kwargs), "transforms": list(transforms or [])}
+
+
+def inference_record(dataset: Any, input_shape: tuple[int, ...]) -> dict[str, Any]:
+    """What using the network outside kdkit needs, as plain data: the dataset's name, the input shape
+    ``[C, H, W]``, the normalisation (``(x / 255 - mean) / std`` per channel) and the class names."""
+    return {"dataset": dataset.name, "input_shape": [int(v) for v in input_shape],
+            "mean": [float(v) for v in dataset.mean], "std": [float(v) for v in dataset.std],
+            "classes": [str(c) for c in dataset.classes] or [str(i) for i in range(dataset.num_classes)]}
 
 
 def network_entry(ckpt: dict[str, Any], net: str | None, source: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -138,3 +150,79 @@ def load_model_weights(model: nn.Module, ckpt: dict[str, Any], name: str, num_cl
         first = str(e).strip().splitlines()[0]
         raise CheckpointError(f"{source} does not fit model '{name}': {first}") from None
     return model
+
+
+# ----------------------------------------------------------------------------- weights from elsewhere
+
+WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "weights")  # where other tools nest them
+
+
+def _nested_state_dict(obj: Any) -> dict[str, torch.Tensor] | None:
+    if isinstance(obj, dict) and obj.get("format") != FORMAT:
+        for key in WRAPPER_KEYS:
+            if is_state_dict(obj.get(key)) and obj[key]:
+                return obj[key]
+    return None
+
+
+def read_weights(path: str | Path) -> tuple[dict[str, Any] | None, dict[str, torch.Tensor] | None]:
+    """``(checkpoint, None)`` for a kdkit checkpoint (checked as :func:`load_checkpoint` does), or
+    ``(None, state_dict)`` for a plain PyTorch ``state_dict`` file (``torch.save(model.state_dict())``,
+    read with ``weights_only=True``; also one nested under ``state_dict``/``model``/... as training tools
+    save it) or a ``.safetensors`` file. A ``module.`` prefix on every key (DataParallel) is removed."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path} is a directory, not a weights file" if path.is_dir()
+                              else f"checkpoint not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            weights: Any = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(obj, dict) and obj.get("format") == FORMAT:
+                return _checked(obj, path), None
+            weights = obj if is_state_dict(obj) else _nested_state_dict(obj)
+    except CheckpointError:
+        raise
+    except Exception as e:  # pickle errors, zip errors, refused globals, a malformed safetensors header ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path} is neither a kdkit checkpoint nor a weights file that can be read safely "
+                              f"({first[:200]})") from None
+    if not weights:
+        raise CheckpointError(f"{path}: neither a kdkit checkpoint nor a state dict (a mapping of names to tensors, "
+                              f"possibly under one of {', '.join(WRAPPER_KEYS)})")
+    if all(k.startswith("module.") for k in weights):
+        weights = {k[len("module."):]: v for k, v in weights.items()}
+    return None, weights
+
+
+def load_plain_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str,
+                       strict: bool = True) -> list[str]:
+    """Load a plain state dict into ``model``. ``strict``: every key of the model, no other key, same
+    shapes, or a CheckpointError that lists what differs (missing, unexpected and mismatched keys, with
+    their counts). Not strict: the keys that fit are loaded and the returned lines say what was not."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    shapes = sorted(k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
+
+    def some(keys: list[str], shape: bool = False) -> str:
+        items = [f"{k} {list(weights[k].shape)} vs {list(own[k].shape)}" if shape else k for k in keys[:4]]
+        return ", ".join(items) + (f" and {len(keys) - 4} more" if len(keys) > 4 else "")
+
+    report = ([f"{len(missing)} missing ({some(missing)})"] if missing else []) + (
+        [f"{len(unexpected)} unexpected ({some(unexpected)})"] if unexpected else []) + (
+        [f"{len(shapes)} of another shape ({some(shapes, True)})"] if shapes else [])
+    fit = {k: v for k, v in weights.items() if k in own and k not in shapes}
+    if strict and report:
+        raise CheckpointError(f"{source} does not fit the model: {'; '.join(report)} (of the model's {len(own)} "
+                              f"keys; set strict: false to load the {len(fit)} that fit)")
+    if not fit:
+        raise CheckpointError(f"{source}: none of its {len(weights)} weights fits the model")
+    for k, v in fit.items():
+        if v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise CheckpointError(f"{source}: the weights hold non-finite values in '{k}'")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in fit.items()}, strict=False)
+    return report

@@ -7,6 +7,7 @@ from contextlib import nullcontext
 
 import torch
 
+from ..features import pick_logits
 from ..tasks import Task, create_task
 from . import distributed
 
@@ -15,18 +16,22 @@ from . import distributed
 def evaluate(model: torch.nn.Module, loader, teachers: Sequence[torch.nn.Module] = (),
              autocast: Callable = nullcontext, dist_info: distributed.DistInfo | None = None,
              task: Task | None = None) -> dict[str, float]:
-    """The task's metrics of ``model`` on ``loader`` (classification: top-1 / top-5 accuracy in %, mean
-    cross-entropy, and with teachers the % agreement of the prediction with the teachers' mean-logit
-    prediction). Distributed: each rank evaluates its shard and the counts are summed over ranks. Counts
-    stay on the device until the end."""
+    """The task's metrics of ``model`` on ``loader``: kdkit's loaders, or any iterable of ``(inputs,
+    targets)`` batches such as a torch DataLoader (moved to the model's device). Classification: top-1 /
+    top-5 accuracy in %, mean cross-entropy, and with teachers the % agreement of the prediction with the
+    teachers' mean-logit prediction. Distributed: each rank evaluates its shard and the counts are summed
+    over ranks. Counts stay on the device until the end."""
     task = task or create_task()
     was_training = model.training
     model.eval()
     counts = None
+    device = next((p.device for p in model.parameters()), None)
     for batch in loader:
         x, y, _ = task.split_batch(batch)
+        if device is not None and isinstance(x, torch.Tensor) and x.device != device:  # a plain DataLoader's
+            x, y = x.to(device), y.to(device) if isinstance(y, torch.Tensor) else y  # batches are on the CPU
         with autocast():
-            output = model(x).float()
+            output = pick_logits(model(x)).float()  # a plain model may return a tuple or dict
             t_output = torch.stack([t(x).float() for t in teachers]).mean(0) if teachers else None
         batch_counts = task.eval_counts(output, y, t_output)
         counts = batch_counts if counts is None else counts + batch_counts

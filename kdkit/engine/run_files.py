@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError
+from ..config import load_config
+from ..errors import CheckpointError, ConfigError
 from .checkpoint import write_atomic
 
 CHECKPOINTS = ("checkpoint.pt", "best.pt")
@@ -59,6 +60,22 @@ def reconcile_metrics(run_dir: Path, epoch: int, last: dict[str, Any] | None) ->
     return lines
 
 
+def final_line(run_dir: Path, epoch: int) -> dict[str, Any] | None:
+    """The ``final`` (test) line of ``metrics.jsonl`` written after epoch ``epoch``, if there is one."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    found = None
+    for raw in path.read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and row.get("final") and row.get("epoch") == epoch:
+            found = row
+    return found
+
+
 def repair_best(run_dir: Path, epoch: int, best_epoch_is_last: bool) -> bool:
     """Copy ``checkpoint.pt`` to ``best.pt`` when the last completed epoch was the best and ``best.pt``
     does not hold it (the kill came between the two writes); returns whether it did."""
@@ -77,3 +94,47 @@ def repair_best(run_dir: Path, epoch: int, best_epoch_is_last: bool) -> bool:
     except OSError as e:
         raise CheckpointError(f"{best}: cannot be restored from {ckpt}: {e}") from None
     return True
+
+
+def holds_run(run_dir: Path) -> bool | None:
+    """Whether ``run_dir`` holds a kdkit run: ``True`` (a checkpoint, metrics, TensorBoard events, or a
+    ``config.yaml`` that validates as a run config), ``None`` when it holds a ``config.yaml`` that is not
+    a run's (the user's own file, never to be replaced), ``False`` otherwise (missing or no such files)."""
+    if not run_dir.is_dir():
+        return False
+    if any((run_dir / n).exists() for n in (*CHECKPOINTS, "metrics.jsonl")) or any(
+            run_dir.glob("events.out.tfevents.*")):
+        return True
+    config = run_dir / "config.yaml"
+    if not config.exists():
+        return False
+    try:
+        load_config(config)
+    except ConfigError:
+        return None
+    return True
+
+
+def remove_run(run_dir: Path) -> list[str]:
+    """Delete the files a kdkit run writes in ``run_dir`` (checkpoints, metrics, config, TensorBoard events,
+    the default teacher cache, interrupted writes); anything else in the folder stays. Returns the names."""
+    removed = []
+    for p in sorted(run_dir.iterdir()):
+        ours = p.name in (*CHECKPOINTS, "metrics.jsonl", "config.yaml") or p.name.startswith("events.out.tfevents.") \
+            or any(p.name.startswith(f".{n}.") and p.name.endswith(".tmp") for n in CHECKPOINTS)
+        if ours and (p.is_file() or p.is_symlink()):
+            p.unlink()
+            removed.append(p.name)
+        elif p.name == "teacher_cache" and p.is_dir() and (p / "meta.json").is_file():
+            shutil.rmtree(p)
+            removed.append(p.name)
+    return removed
+
+
+def next_free(run_dir: Path) -> Path:
+    """``run_dir`` itself if it holds no run, else the first of ``<run_dir>-2``, ``-3``, ... that holds none."""
+    k, path = 1, run_dir
+    while holds_run(path) is not False:
+        k += 1
+        path = run_dir.with_name(f"{run_dir.name}-{k}")
+    return path

@@ -28,7 +28,7 @@ from ..methods import Distiller, method_name
 from ..methods.distiller import STUDENT
 from ..transforms import Transform, records
 from . import distributed, run_files
-from .checkpoint import FORMAT, VERSION, model_record, network_entry, save_atomic
+from .checkpoint import FORMAT, VERSION, inference_record, model_record, network_entry, save_atomic
 from .evaluate import evaluate, evaluate_networks
 from .optim import group_lrs, lr_at, make_optimizer  # noqa: F401  (lr_at: part of this module's API)
 from .validate import check_tensors, check_training_state
@@ -98,6 +98,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.best_epoch: int | None = None  # the epoch best.pt holds
         self._resumed_metrics: dict[str, Any] | None = None  # the checkpoint's last epoch metrics, on resume
+        self._final: dict[str, Any] | None = None  # a finished run's final metrics, when it is resumed
         self._tb = None
         use_amp = cfg.train.amp and self.device.type == "cuda"
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
@@ -182,13 +183,19 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
             "metrics": self.history[-1] if self.history else {},
+            "inference": inference_record(ds, self.loaders.input_shape),
         } | ({"networks": networks} if networks else {})
 
     # ------------------------------------------------------------------------------------ training
     def fit(self) -> dict[str, Any]:
         if self.write_files:
             self._prepare_run_dir()
+        if self.dist.enabled:  # rank 0 may have moved to a new directory (train.existing: new)
+            self.run_dir = Path(distributed.broadcast_object(str(self.run_dir), self.dist))
         distributed.barrier(self.dist)  # the run directory exists before any rank writes into it
+        if self._final is not None:  # resuming a finished run: nothing to train or evaluate again
+            self.log(f"{self.run_dir} is finished ({self.epoch} epochs); nothing to do (--epochs N extends it)")
+            return dict(self._final)
         if self.cfg.train.teacher_cache is not None and self.cache is None:
             self._build_cache()
         try:
@@ -215,16 +222,16 @@ class Trainer:
                 self._tb.close()
 
     def _prepare_run_dir(self) -> None:
-        ckpt = self.run_dir / "checkpoint.pt"
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise ConfigError(f"{self.run_dir} exists and is not a directory; choose another --out / train.run_name")
-        if self.epoch == 0 and ckpt.exists():
-            raise ConfigError(f"{self.run_dir} already holds a run; resume it with --resume {self.run_dir} "
-                              "or choose another --out / train.run_name")
+        if self.epoch == 0:
+            self._claim_run_dir()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for path in run_files.remove_stale_temps(self.run_dir):
             self.log(f"removed {path.name}, left by an interrupted checkpoint write")
-        if self.epoch > 0:  # resuming: the files as they were after this epoch, whatever moment the kill hit
+        if self.epoch > 0 and self.epoch == self.total_epochs:  # a finished run: its final line, if it has one
+            self._final = run_files.final_line(self.run_dir, self.epoch)
+        if self.epoch > 0 and self._final is None:  # resuming: the files as they were after this epoch
             last = self._resumed_metrics
             self.history = run_files.reconcile_metrics(self.run_dir, self.epoch, last)
             no_val = (last or {}).get(f"val/{self.task.primary}") is None
@@ -233,6 +240,27 @@ class Trainer:
                 self.log("best.pt restored from checkpoint.pt (the run was stopped between the two writes)")
         (self.run_dir / "config.yaml").write_text(dump_yaml(self.cfg))
         self.log(f"run directory: {self.run_dir}")
+
+    def _claim_run_dir(self) -> None:
+        """A new run's directory: refused when it holds another run (or a ``config.yaml`` that is not a
+        run's), unless ``train.existing`` says to overwrite that run or to take the next free name."""
+        held = run_files.holds_run(self.run_dir)
+        mode = self.cfg.train.existing
+        if held is None and mode != "new":
+            raise ConfigError(f"{self.run_dir} holds a config.yaml that is not a kdkit run's; kdkit does not replace "
+                              "it: choose another --out / train.run_name")
+        if not held:
+            return
+        if mode == "new":
+            taken, self.run_dir = self.run_dir, run_files.next_free(self.run_dir)
+            self.log(f"{taken} holds a run: this one goes to {self.run_dir}")
+        elif mode == "overwrite":
+            removed = run_files.remove_run(self.run_dir)
+            self.log(f"overwriting the run in {self.run_dir} (removed {', '.join(removed)})")
+        else:
+            raise ConfigError(f"{self.run_dir} already holds a run: continue it with --resume {self.run_dir}, "
+                              "replace it with --overwrite, keep it and start another with --new-dir "
+                              "(train.existing: overwrite / new), or choose another --out / train.run_name")
 
     def _build_cache(self) -> None:
         from .cache import build_cache
@@ -287,7 +315,7 @@ class Trainer:
             first_bad = torch.where(torch.isfinite(values), first_bad, first_bad.clamp(max=self.step))
             if (i + 1) % every == 0 or i + 1 == steps:
                 means = self._read_sums(names, sums, first_bad, i + 1, epoch)
-                if bar.disable is False:
+                if not bar.disable:  # None on a terminal (tqdm decides), True when off
                     bar.set_postfix(loss=f"{sum(means.values()):.4f}", lr=f"{lrs[0]:.4g}")
         bar.close()
         metrics: dict[str, Any] = {"epoch": epoch + 1, "stage": stage.name, "lr": lrs[0],
@@ -328,7 +356,8 @@ class Trainer:
         means, bad_at = dict(zip(names, vals[:k])), vals[k:]
         if min(bad_at) < NEVER:
             j = min(range(k), key=lambda j: bad_at[j])
-            raise NonFiniteLossError(names[j], means[names[j]], epoch, int(bad_at[j]))
+            raise NonFiniteLossError(names[j], means[names[j]], epoch, int(bad_at[j]),
+                                     checkpoint=(self.run_dir / "checkpoint.pt").is_file())
         return means
 
     def _evaluate_epoch(self) -> dict[str, Any]:

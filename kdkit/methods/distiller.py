@@ -17,7 +17,7 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor, nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, LayerPathError
 from ..features import FeatureTap, logits_output, probe, unwrap
 from ..tasks import Task, create_task
 from .base import Method, Outputs
@@ -83,10 +83,17 @@ class Distiller(nn.Module):
         if input_shape is not None:
             example = self.task.example_input(tuple(input_shape), _device(student))
             infos = {name: probe(net, example) for name, net in self.networks().items()}
+            for name, info in infos.items():
+                model = type(unwrap(self.networks()[name])).__name__
+                info.network = f"the {name} ({model})" if name in ("student", "teacher") else f"'{name}' ({model})"
+            object.__setattr__(self, "infos", infos)  # what the probing pass found, by network
             for m in methods:
                 m.num_samples, m.infos, m.teacher_names = num_samples, infos, list(self.teacher_names)
                 object.__setattr__(m, "networks", self.networks(trainable_only=True))  # not submodules of m
-                m.setup(infos[STUDENT], infos[m.cfg.teacher or self.teacher_names[0]] if teachers else None)
+                try:
+                    m.setup(infos[STUDENT], infos[m.cfg.teacher or self.teacher_names[0]] if teachers else None)
+                except LayerPathError as e:  # say which method's layer it was
+                    raise LayerPathError(f"method {m.name}: {e}") from None
         for m in methods:
             for net, specs in m.taps(self.teacher_names[0] if teachers else None).items():
                 if net not in all_names:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from torch import nn
 
 from ..registry import Registry
+from .external import create_external, is_external
 
 MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
@@ -16,7 +17,10 @@ def register_model(name: str):
 
 
 def create_model(name: str, num_classes: int = 10, in_channels: int = 3, **kwargs) -> nn.Module:
-    """Build model ``name`` from the zoo (``kdkit list models`` shows the names)."""
+    """Build model ``name``: a zoo name (``kdkit list models`` shows them), ``package.module:ClassOrFactory``
+    or ``timm:<name>`` (:mod:`kdkit.models.external`)."""
+    if is_external(name):
+        return create_external(name, num_classes, in_channels, **kwargs)
     return MODELS.get(name)(num_classes=num_classes, in_channels=in_channels, **kwargs)
 
 
