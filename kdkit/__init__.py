@@ -3,27 +3,66 @@
 >>> import kdkit
 >>> cfg = kdkit.load_config("configs/digits/kd.yaml", ["method.temperature=2"])
 >>> result = kdkit.from_config(cfg).fit()
+
+The names below are imported on first use (PEP 562), so ``import kdkit.cli`` starts without loading
+torch: the command line answers Ctrl-C and ``--help`` from its first instant.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from .build import from_config, resume
-from .config import RunConfig, load_config, parse_config
-from .data import list_datasets, load_dataset
-from .data.tensors import dataset_from_loaders, load_tensors
-from .engine.checkpoint import load_checkpoint
-from .engine.trainer import Trainer, evaluate
-from .features import FeatureTap, probe
-from .methods import Distiller, Method, Stage, create_method, list_methods, register_method
-from .models import create_model, list_models, register_model
-from .models.external import trust_module
-from .tasks import Task, create_task, register_task
-from .transforms import Transform, list_transforms, register_transform
+_EXPORTS = {
+    "from_config": "build", "resume": "build",
+    "RunConfig": "config", "load_config": "config", "parse_config": "config",
+    "list_datasets": "data", "load_dataset": "data",
+    "dataset_from_loaders": "data.tensors", "load_tensors": "data.tensors",
+    "load_checkpoint": "engine.checkpoint",
+    "Trainer": "engine.trainer", "evaluate": "engine.trainer",
+    "FeatureTap": "features", "probe": "features",
+    "Distiller": "methods", "Method": "methods", "Stage": "methods", "create_method": "methods",
+    "list_methods": "methods", "register_method": "methods",
+    "create_model": "models", "list_models": "models", "register_model": "models",
+    "trust_module": "models.external",
+    "Task": "tasks", "create_task": "tasks", "register_task": "tasks",
+    "Transform": "transforms", "list_transforms": "transforms", "register_transform": "transforms",
+}
 
-__all__ = [
-    "trust_module", "dataset_from_loaders", "load_tensors",
-    "__version__", "RunConfig", "load_config", "parse_config", "from_config", "resume", "list_datasets", "load_dataset",
-    "load_checkpoint", "Trainer", "evaluate", "FeatureTap", "probe", "Distiller", "Method", "create_method",
-    "list_methods", "register_method", "create_model", "list_models", "register_model", "Transform",
-    "list_transforms", "register_transform", "Stage", "Task", "create_task", "register_task",
+__all__ = [  # the same names as _EXPORTS (a literal, for linters)
+    "__version__", "from_config", "resume", "RunConfig", "load_config", "parse_config", "list_datasets",
+    "load_dataset", "dataset_from_loaders", "load_tensors", "load_checkpoint", "Trainer", "evaluate", "FeatureTap",
+    "probe", "Distiller", "Method", "Stage", "create_method", "list_methods", "register_method", "create_model",
+    "list_models", "register_model", "trust_module", "Task", "create_task", "register_task", "Transform",
+    "list_transforms", "register_transform",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kdkit' has no attribute '{name}'")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from .build import from_config, resume
+    from .config import RunConfig, load_config, parse_config
+    from .data import list_datasets, load_dataset
+    from .data.tensors import dataset_from_loaders, load_tensors
+    from .engine.checkpoint import load_checkpoint
+    from .engine.trainer import Trainer, evaluate
+    from .features import FeatureTap, probe
+    from .methods import Distiller, Method, Stage, create_method, list_methods, register_method
+    from .models import create_model, list_models, register_model
+    from .models.external import trust_module
+    from .tasks import Task, create_task, register_task
+    from .transforms import Transform, list_transforms, register_transform

@@ -1,5 +1,15 @@
+import os
+import signal
 import sys
 
-from .cli import main
 
-sys.exit(main())
+def _leave_now(signum, frame):  # Ctrl-C before the command line is even imported: leave at once, one line
+    print("kdkit: interrupted", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
+signal.signal(signal.SIGINT, _leave_now)
+
+from .cli import entry  # noqa: E402  (after the handler: an interrupt while importing leaves cleanly)
+
+entry()

@@ -16,7 +16,7 @@ from . import lowrank, prune, qat  # noqa: F401  (register the lowrank, prune, s
 from .config import ModelSpec, RunConfig, network_names, parse_config, trainable_specs
 from .data import Dataset, build_loaders
 from .engine import distributed
-from .engine.checkpoint import load_checkpoint, load_model_weights, load_plain_weights, read_weights
+from .engine.checkpoint import inference_record, load_checkpoint, load_model_weights, load_plain_weights, read_weights
 from .engine.trainer import Built, Callback, Trainer
 from .errors import CheckpointError, ConfigError, KdkitError
 from .features import logits_output
@@ -43,7 +43,34 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
-def build_model(spec: ModelSpec, num_classes: int, in_channels: int, load: bool = True) -> nn.Module:
+def check_same_data(ckpt: dict[str, Any], spec: ModelSpec, data: dict[str, Any]) -> None:
+    """Refuse a teacher checkpoint trained on other data than this run's (another dataset, input shape or
+    normalisation, as its ``inference`` record says), unless the spec sets ``other_data``. Checkpoints
+    written before the record existed are taken as they are."""
+    rec = ckpt.get("inference")
+    if spec.other_data or not isinstance(rec, dict):
+        return
+    src = spec.checkpoint
+    if rec.get("dataset") != data["dataset"] or list(rec.get("input_shape") or []) != data["input_shape"]:
+        raise CheckpointError(
+            f"{src} was trained on {rec.get('dataset')} {rec.get('input_shape')}, this run's data is "
+            f"{data['dataset']} {data['input_shape']}: a teacher must see the data it learned from (set "
+            "other_data: true on it to use it anyway)")
+    for key in ("mean", "std"):
+        theirs, ours = rec.get(key), data[key]
+        if not isinstance(theirs, list) or len(theirs) != len(ours) or any(
+                not isinstance(a, (int, float)) or abs(a - b) > 1e-5 for a, b in zip(theirs, ours)):
+            raise CheckpointError(
+                f"{src} was trained on inputs normalised with mean {rec.get('mean')}, std {rec.get('std')}; this "
+                f"run normalises with mean {[round(v, 6) for v in data['mean']]}, std "
+                f"{[round(v, 6) for v in data['std']]}: set data.mean and data.std to the teacher's (or "
+                "other_data: true)")
+
+
+def build_model(spec: ModelSpec, num_classes: int, in_channels: int, load: bool = True,
+                data: dict[str, Any] | None = None) -> nn.Module:
+    """Create ``spec``'s network and load its checkpoint if it names one. ``data``: the run's
+    :func:`~kdkit.engine.checkpoint.inference_record`, checked against a teacher's (:func:`check_same_data`)."""
     try:
         model = create_model(spec.name, num_classes=num_classes, in_channels=in_channels, **spec.kwargs)
     except TypeError as e:
@@ -64,6 +91,8 @@ def build_model(spec: ModelSpec, num_classes: int, in_channels: int, load: bool 
             stored_config(ckpt, spec.checkpoint, rebuild=False)  # a stored config that does not validate: refused
         model = load_model_weights(model, ckpt, spec.name, num_classes, in_channels, source=spec.checkpoint,
                                    net=spec.net)
+        if data is not None:
+            check_same_data(ckpt, spec, data)
     return model
 
 
@@ -99,7 +128,8 @@ def build(cfg: RunConfig, device: torch.device | None = None, rank: int = 0, wor
     for spec in cfg.teacher:
         if not spec.checkpoint and load_teachers:
             raise ConfigError(f"teacher '{spec.name}' needs a checkpoint (train one with `kdkit train`)")
-        teacher = build_model(spec, ds.num_classes, ds.in_channels, load=load_teachers)
+        teacher = build_model(spec, ds.num_classes, ds.in_channels, load=load_teachers,
+                              data=inference_record(ds, loaders.input_shape))
         teachers.append(apply_transforms(teacher, spec.transforms, loaders.input_shape))
     methods = [create_method(m) for m in cfg.method]
     if teachers and not any(m.needs_teacher for m in methods):

@@ -161,6 +161,7 @@ def cmd_run(args: argparse.Namespace, distill: bool) -> int:
         if not distill and cfg.teacher:
             raise ConfigError("this config has a teacher: use `kdkit distill`")
         trainer = from_config(cfg, run_dir=args.out)
+    interruptible()
     try:
         result = trainer.fit()
     except BaseException:
@@ -338,6 +339,68 @@ def load_plugin(name: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
+
+
+INTERRUPTED = ("kdkit: interrupted; files already written are kept (a stopped run continues with "
+               "--resume RUN_DIR)")
+
+
+def _leave_now(signum: int, frame: object) -> None:
+    """Ctrl-C while kdkit starts (imports, data, models): nothing is being written yet, so leave at once.
+    An interrupt raised inside an import (torch's C++ initialisation calls back into Python) would leave
+    extension modules half set up: a traceback, or an abort at interpreter exit, instead of exit 130."""
+    import os
+
+    print(INTERRUPTED, file=sys.stderr, flush=True)
+    os._exit(130)
+
+
+def interruptible() -> None:
+    """From here on, Ctrl-C raises KeyboardInterrupt (training stops cleanly between writes)."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is _leave_now:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _start_work() -> None:
+    """Commands that run several trainings (pipeline, specialists, demo): finish the slow imports while
+    Ctrl-C still leaves at once, then make it interruptible."""
+    import importlib
+
+    for name in ("torch", "kdkit.build", "sklearn.datasets"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+    interruptible()
+
+
+def entry() -> None:
+    """The ``kdkit`` command (and ``python -m kdkit``): Ctrl-C leaves at once until work that writes
+    files begins (:func:`interruptible`), then stops it cleanly; exit code 130 and one line either way."""
+    import os
+    import signal
+
+    signal.signal(signal.SIGINT, _leave_now)
+    code = main()
+    # interrupted: leave without the interpreter's clean-up of half-used extensions. Under torchrun too:
+    # gloo's threads can race the interpreter's teardown after the process group is destroyed ("terminate
+    # called without an active exception", 2 aborts in about 20 runs of a loaded machine); every
+    # file is written and closed by now, so nothing is lost by skipping that teardown
+    if code == 130 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)
     try:
         for plugin in args.plugin:
@@ -375,6 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "specialists":
             from .specialists import load_specialists_config, run_specialists
 
+            _start_work()
             summary = run_specialists(load_specialists_config(args.file, args.set), args.out,
                                       log=lambda m: print(m, file=sys.stderr))
             print(json.dumps({k: summary[k] for k in ("generalist_top1", "combined_top1", "clusters")}))
@@ -392,21 +456,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "pipeline":
             from .pipeline import run_pipeline
 
+            _start_work()
             for row in run_pipeline(args.file, args.out, log=lambda m: print(m, file=sys.stderr)):
                 print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}))
             return 0
         from .demo import run_demo
 
+        if args.seeds < 1 or args.epochs is not None and args.epochs < 1:
+            raise ConfigError("kdkit demo: --seeds and --epochs must be >= 1")
+        _start_work()
         run_demo(seeds=args.seeds, epochs=args.epochs, out=Path(args.out) if args.out else None)
         return 0
     except KdkitError as e:
         message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
         print(f"kdkit: error: {message}", file=sys.stderr)  # one line, whatever the error
         return e.exit_code
-    except KeyboardInterrupt:
-        print("kdkit: interrupted; the last completed epoch's checkpoint is kept", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -42,6 +42,8 @@ class ModelSpec:
     output: str | int | None = None
     # plain state-dict / safetensors checkpoints: every weight must fit (false: load those that fit)
     strict: bool = True
+    # teachers: use a checkpoint trained on another dataset, input size or normalisation (refused otherwise)
+    other_data: bool = False
 
     def __post_init__(self) -> None:
         if self.lr is not None and self.lr <= 0:
@@ -103,6 +105,14 @@ class OptimConfig:
     def __post_init__(self) -> None:
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not 0.0 <= self.momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs momentum > 0")
 
 
 @dataclass
@@ -112,6 +122,16 @@ class ScheduleConfig:
     gamma: float = 0.1
     warmup_epochs: float = 0.0  # linear warm-up from 0, in (fractional) epochs
     min_lr: float = 0.0  # cosine floor
+
+    def __post_init__(self) -> None:
+        if self.warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        if self.min_lr < 0:
+            raise ValueError(f"min_lr must be >= 0, got {self.min_lr}")
+        if not 0 < self.gamma <= 1:
+            raise ValueError(f"gamma must be in (0, 1], got {self.gamma}")
+        if any(m < 1 for m in self.milestones) or self.milestones != sorted(set(self.milestones)):
+            raise ValueError(f"milestones must be increasing epochs >= 1, got {self.milestones}")
 
 
 @dataclass
@@ -155,6 +175,11 @@ class TrainConfig:
     threads: int | None = None
 
     def __post_init__(self) -> None:
+        if self.run_name is not None:
+            parts = Path(self.run_name).parts
+            if not parts or Path(self.run_name).is_absolute() or ".." in parts or "~" in self.run_name[:1]:
+                raise ValueError(f"run_name must be a name inside out_dir (no absolute path, no '..'), got "
+                                 f"{self.run_name!r}; --out PATH puts a run anywhere")
         if self.threads is not None and not 1 <= self.threads <= 4096:
             raise ValueError(f"threads must be in [1, 4096], got {self.threads}")
         if self.log_every < 1 or self.eval_every < 1:
@@ -245,6 +270,17 @@ MAX_YAML_NODES = 100_000  # nodes after alias expansion ("billion laughs" docume
 class _Loader(yaml.SafeLoader):
     """``yaml.SafeLoader`` whose document is refused when its aliases would expand it past
     ``MAX_YAML_NODES`` nodes (checked on the composed graph, before anything is built from it)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            if key is not None and key in seen:
+                raise ConfigError(f"duplicate key '{str(key)[:60]}' (lines {seen[key] + 1} and "
+                                  f"{key_node.start_mark.line + 1}): which one is meant?")
+            if key is not None:
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
 
     def get_single_node(self):
         node = super().get_single_node()

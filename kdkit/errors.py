@@ -52,3 +52,20 @@ class NonFiniteLossError(KdkitError):
             f"loss term '{term}' became {value} at epoch {epoch + 1}, step {step}; training stopped, "
             f"{kept} (try a lower learning rate or loss weight)"
         )
+
+
+class DivergedError(KdkitError):
+    """After an epoch, the weights or the epoch's metrics are not finite: nothing of that epoch is written."""
+
+    exit_code = 5
+
+    def __init__(self, what: str, epoch: int, checkpoint: bool):
+        kept = "the last good checkpoint is kept" if checkpoint else "no checkpoint had been written yet"
+        super().__init__(f"after epoch {epoch}, {what}: training stopped before saving that epoch, {kept} "
+                         "(try a lower learning rate, grad_clip or loss weight)")
+
+
+class OutputError(KdkitError):
+    """A file could not be written (a full disk, no permission); what was there before is kept."""
+
+    exit_code = 6

@@ -486,7 +486,7 @@ def _evil_npy(path):
 
 def _link_outside(path):
     path.unlink()
-    path.symlink_to(path.parent.parent / "outside.npy")
+    path.symlink_to(path.parents[2] / "outside.npy")  # <tmp>/c/<fingerprint>/logits0.npy -> <tmp>/outside.npy
 
 
 CACHE_CASES = {
@@ -513,13 +513,14 @@ def test_bad_teacher_cache_is_rebuilt_saying_why(case, cached, tmp_path, capsys)
     outside = tmp_path / "outside.npy"
     np.save(outside, np.ones(4))
     outside_bytes = outside.read_bytes()
-    CACHE_CASES[case](cache)
+    (folder,) = [d for d in cache.iterdir() if d.is_dir()]  # the cache's folder for its fingerprint
+    CACHE_CASES[case](folder)
     cfg = yaml.safe_load((cached / "cfg.yaml").read_text())
     cfg["train"]["teacher_cache"]["path"] = str(cache)
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     first = snapshot(cached / "first")
     err = check_refused(capsys, ["distill", tmp_path / "cfg.yaml", "--out", tmp_path / "run"], 0, [],
-                        marker=cache / "MARKER")
+                        marker=folder / "MARKER")
     assert "not reused:" in err and "rebuilding it" in err
     assert outside.read_bytes() == outside_bytes and snapshot(cached / "first") == first
     capsys.readouterr()  # the rebuilt cache is valid: a third run reuses it

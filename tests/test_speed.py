@@ -74,7 +74,9 @@ def test_disk_cache_is_reused_and_checked(tmp_path, digits_cfg, teacher_ckpt):
     opts = {"teacher_cache": {"store": "disk", "path": str(path)}}
     a = from_config(_kd_cfg(digits_cfg, tmp_path, teacher_ckpt, {"augment": False}, opts, "a"), **QUIET)
     a.fit()
-    meta = json.loads((path / "meta.json").read_text())
+    (folder,) = [d for d in path.iterdir() if (d / "meta.json").is_file()]  # one folder per fingerprint
+    meta = json.loads((folder / "meta.json").read_text())
+    assert folder.name == meta["fingerprint"][:16]
     assert meta["complete"] and meta["num_keys"] == len(a.loaders.train.data)
     b = from_config(_kd_cfg(digits_cfg, tmp_path, teacher_ckpt, {"augment": False}, opts, "b"), **QUIET)
     logs = []
@@ -87,7 +89,8 @@ def test_disk_cache_is_reused_and_checked(tmp_path, digits_cfg, teacher_ckpt):
     c.log = logs.append
     c.fit()
     assert any("filled" in line for line in logs)
-    assert json.loads((path / "meta.json").read_text())["fingerprint"] != meta["fingerprint"]
+    folders = sorted(d.name for d in path.iterdir() if (d / "meta.json").is_file())
+    assert len(folders) == 2 and json.loads((folder / "meta.json").read_text()) == meta  # a's cache untouched
 
 
 def test_topk_cache_keeps_top_logits_and_tail_mass(tmp_path):

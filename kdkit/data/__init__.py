@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -97,6 +98,30 @@ def split_train_val(data: ImageSet, val_fraction: float, seed: int) -> tuple[Ima
     return data.subset(perm[n_val:].sort().values), data.subset(perm[:n_val].sort().values)
 
 
+def memory_bytes(device: torch.device | str) -> int | None:
+    """Total memory of ``device`` (a CUDA device's, or this machine's RAM), or None if unknown."""
+    device = torch.device(device)
+    try:
+        if device.type == "cuda":
+            return torch.cuda.get_device_properties(device).total_memory
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError, RuntimeError):
+        return None
+
+
+def check_batch_memory(batch_size: int, ds: Dataset, device: torch.device | str) -> None:
+    """Refuse, before anything runs, a batch whose float inputs alone take more than an eighth of the
+    device's memory (the activations of a network are many times its input): a huge ``image_size`` or
+    batch would otherwise end in an out-of-memory kill, with no message."""
+    total = memory_bytes(device)
+    need = batch_size * ds.in_channels * ds.image_size[0] * ds.image_size[1] * 4
+    if total is not None and need > total // 8:
+        raise ConfigError(f"a batch of {batch_size} images of {ds.in_channels}x{ds.image_size[0]}x{ds.image_size[1]} "
+                          f"is {need / 2**30:.1f} GiB as floats, more than an eighth of the "
+                          f"{total / 2**30:.0f} GiB of {torch.device(device).type} memory: lower data.batch_size or "
+                          "data.image_size")
+
+
 def build_loaders(cfg: DataConfig, seed: int, device: torch.device | str = "cpu",
                   dataset: Dataset | None = None, rank: int = 0, world_size: int = 1,
                   channels_last: bool = False) -> Loaders:
@@ -108,6 +133,7 @@ def build_loaders(cfg: DataConfig, seed: int, device: torch.device | str = "cpu"
             raise ConfigError(f"data.mean and data.std have {len(cfg.mean)} values; {ds.name} has {ds.in_channels} "
                               "channel(s)")
         ds = replace(ds, mean=tuple(cfg.mean), std=tuple(cfg.std))
+    check_batch_memory(cfg.batch_size, ds, device)
     train, val = split_train_val(ds.train, cfg.val_fraction, seed)
     if cfg.limit_train is not None:
         train = train.subset(torch.arange(min(cfg.limit_train, len(train))))

@@ -1,8 +1,8 @@
-"""A user's own images: ``ROOT/train/<class>/*.png`` and ``ROOT/test/<class>/*.png`` (or, without
-``train``/``test`` sub-folders, ``ROOT/<class>/*``, from which a fixed 20% test split is drawn with
-seed 0). Images are decoded with Pillow, converted to RGB (or kept greyscale when every image is), and
-resized to ``data.image_size`` squared. They are read lazily, through a DataLoader, so a folder may be
-larger than memory.
+"""A user's own images: ``ROOT/train/<class>/*.png`` and ``ROOT/test/<class>/*.png`` (or, without a
+``test`` sub-folder, ``ROOT/<class>/*`` or ``ROOT/train/<class>/*``, from which a fixed 20% test split is
+drawn with seed 0; a test class without training images is refused). Images are decoded with Pillow,
+converted to RGB (or kept greyscale when every image is), and resized to ``data.image_size`` squared.
+They are read lazily, through a DataLoader, so a folder may be larger than memory.
 """
 
 from __future__ import annotations
@@ -72,14 +72,19 @@ def load_folder_dataset(cfg: DataConfig) -> Dataset:
     root = Path(cfg.root).expanduser()
     if not root.is_dir():
         raise DatasetError(f"data.root {root} is not a folder")
-    if (root / "train").is_dir():
+    if (root / "train").is_dir() and (root / "test").is_dir():
         paths, labels, classes = _scan(root / "train")
-        if (root / "test").is_dir():
-            tpaths, tlabels, _ = _scan(root / "test", classes)
-        else:
-            tpaths, tlabels = [], []
-    else:
-        allp, alll, classes = _scan(root)
+        test_classes = sorted(d.name for d in (root / "test").iterdir() if d.is_dir() and not d.name.startswith("."))
+        unknown = [c for c in test_classes if c not in classes]
+        if unknown:
+            raise DatasetError(f"{root / 'test'} has class folders that {root / 'train'} lacks: "
+                               f"{', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''} (a class needs training "
+                               "images)")
+        tpaths, tlabels, _ = _scan(root / "test", classes)
+        if not tpaths:
+            raise DatasetError(f"{root / 'test'} holds no images")
+    else:  # ROOT/<class>/* (or ROOT/train/<class>/* without test/): a fixed 20% test split
+        allp, alll, classes = _scan(root / "train" if (root / "train").is_dir() else root)
         perm = torch.randperm(len(allp), generator=torch.Generator().manual_seed(0)).tolist()
         n_test = int(round(0.2 * len(allp)))
         test_ids, train_ids = sorted(perm[:n_test]), sorted(perm[n_test:])
@@ -89,7 +94,9 @@ def load_folder_dataset(cfg: DataConfig) -> Dataset:
     size = cfg.image_size
     train = ImageSet(as_labels(labels), reader=_reader(paths, size, mode))
     test = ImageSet(as_labels(tlabels), reader=_reader(tpaths, size, mode))
-    sample = torch.stack([train.reader(i) for i in range(0, len(train), max(1, len(train) // 256))])
+    # the normalisation statistics from up to 256 images, and at most 64 Mi values (huge image sizes)
+    n = max(1, min(256, len(train), (1 << 26) // (size * size * (1 if mode == "L" else 3))))
+    sample = torch.stack([train.reader(i) for i in range(0, len(train), max(1, len(train) // n))][:n])
     mean, std = channel_stats(sample)
     return Dataset("folder", train, test, len(classes), 1 if mode == "L" else 3, (size, size), mean, std,
                    crop_padding=max(1, size // 8), flip=True, classes=classes)

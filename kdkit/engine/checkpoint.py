@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, OutputError
 from ..transforms import rebuild_transforms
 from .validate import check_record, check_tensors, is_state_dict
 
@@ -41,8 +41,12 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
     """``write(f)`` into a temporary file ``.<name>.*.tmp`` in the same folder, fsync, then rename it over
     ``path`` (and fsync the folder): a reader, or a crash, sees the old file or the new one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    kept = f"the previous {path.name} is kept" if path.exists() else "nothing was written"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise OutputError(f"cannot write {path}: {e.strerror or e}; {kept}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -50,6 +54,13 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 -> what a plain open() would have given
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # a full disk: OSError from Python, RuntimeError from torch.save
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if not isinstance(e, OSError) and "writ" not in str(e).lower():
+            raise  # not a failed write (an object that cannot be saved): the error as it is
+        reason = getattr(e, "strerror", None) or (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise OutputError(f"cannot write {path} ({reason[:200]}; is the disk full?); {kept}") from None
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

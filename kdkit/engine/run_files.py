@@ -13,7 +13,9 @@ in evaluation, while writing a checkpoint or a metrics line) continues as if it 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +127,7 @@ def remove_run(run_dir: Path) -> list[str]:
         if ours and (p.is_file() or p.is_symlink()):
             p.unlink()
             removed.append(p.name)
-        elif p.name == "teacher_cache" and p.is_dir() and (p / "meta.json").is_file():
+        elif p.name == "teacher_cache" and p.is_dir() and any(p.glob("*/meta.json")):
             shutil.rmtree(p)
             removed.append(p.name)
     return removed
@@ -138,3 +140,39 @@ def next_free(run_dir: Path) -> Path:
         k += 1
         path = run_dir.with_name(f"{run_dir.name}-{k}")
     return path
+
+
+LOCK = ".kdkit.lock"
+
+
+class RunLock:
+    """An exclusive lock on a run directory (``fcntl.flock`` on ``.kdkit.lock``), held while a run writes
+    into it: a second run or resume of the same directory is refused instead of interleaving its files.
+    The lock goes with the process (a killed run leaves no stale lock); the file says who holds it."""
+
+    def __init__(self, run_dir: Path):
+        import fcntl
+
+        self.path = run_dir / LOCK
+        self.created = not self.path.exists()  # so that a refused run leaves no file of its own behind
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(self._fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(self._fd)
+            self._fd = None
+            self.created = False
+            raise ConfigError(f"{run_dir} is in use by another kdkit run ({holder}); wait for it to end, or choose "
+                              "another --out / train.run_name") from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+
+    def release(self, remove: bool = False) -> None:
+        """Let go (closing the descriptor releases the lock); ``remove``: delete the lock file too if this
+        run created it (a run refused before it wrote anything)."""
+        if self._fd is not None:
+            if remove and self.created:
+                self.path.unlink(missing_ok=True)
+            os.close(self._fd)
+            self._fd = None

@@ -9,6 +9,7 @@ last epoch, written atomically) and ``best.pt`` (best validation top-1).
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -23,7 +24,7 @@ from tqdm import tqdm
 
 from ..config import RunConfig, config_dict, dump_yaml, trainable_specs
 from ..data import Loaders
-from ..errors import CheckpointError, ConfigError, KdkitError, NonFiniteLossError
+from ..errors import CheckpointError, ConfigError, DivergedError, KdkitError, NonFiniteLossError, OutputError
 from ..methods import Distiller, method_name
 from ..methods.distiller import STUDENT
 from ..transforms import Transform, records
@@ -99,6 +100,8 @@ class Trainer:
         self.best_epoch: int | None = None  # the epoch best.pt holds
         self._resumed_metrics: dict[str, Any] | None = None  # the checkpoint's last epoch metrics, on resume
         self._final: dict[str, Any] | None = None  # a finished run's final metrics, when it is resumed
+        self._lock: run_files.RunLock | None = None  # held on the run directory while fit() writes into it
+        self._resumed_from: tuple[Path, int, int] | None = None  # the checkpoint resumed from, as it was read
         self._tb = None
         use_amp = cfg.train.amp and self.device.type == "cuda"
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
@@ -154,6 +157,9 @@ class Trainer:
 
     def load_state(self, ckpt: dict[str, Any], source: str = "checkpoint") -> None:
         self.check_state(ckpt, source)
+        if Path(source).is_file():  # fit() checks, under the run's lock, that no other run replaced it since
+            st = Path(source).stat()
+            self._resumed_from = (Path(source), st.st_ino, st.st_mtime_ns)
         self.distiller.load_state_dict(ckpt["distiller"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.epoch, self.step, self.best = ckpt["epoch"], ckpt["step"], ckpt.get("best")
@@ -188,17 +194,17 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ training
     def fit(self) -> dict[str, Any]:
-        if self.write_files:
-            self._prepare_run_dir()
-        if self.dist.enabled:  # rank 0 may have moved to a new directory (train.existing: new)
-            self.run_dir = Path(distributed.broadcast_object(str(self.run_dir), self.dist))
-        distributed.barrier(self.dist)  # the run directory exists before any rank writes into it
-        if self._final is not None:  # resuming a finished run: nothing to train or evaluate again
-            self.log(f"{self.run_dir} is finished ({self.epoch} epochs); nothing to do (--epochs N extends it)")
-            return dict(self._final)
-        if self.cfg.train.teacher_cache is not None and self.cache is None:
-            self._build_cache()
         try:
+            if self.write_files:
+                self._prepare_run_dir()
+            if self.dist.enabled:  # rank 0 may have moved to a new directory (train.existing: new)
+                self.run_dir = Path(distributed.broadcast_object(str(self.run_dir), self.dist))
+            distributed.barrier(self.dist)  # the run directory exists before any rank writes into it
+            if self._final is not None:  # resuming a finished run: nothing to train or evaluate again
+                self.log(f"{self.run_dir} is finished ({self.epoch} epochs); nothing to do (--epochs N extends it)")
+                return dict(self._final)
+            if self.cfg.train.teacher_cache is not None and self.cache is None:
+                self._build_cache()
             while self.epoch < self.total_epochs:
                 metrics = self._train_epoch(self.epoch)
                 distributed.broadcast_buffers(self.distiller, self.dist)  # evaluate and save rank 0's
@@ -220,13 +226,41 @@ class Trainer:
         finally:
             if self._tb is not None:
                 self._tb.close()
+                self._tb = None
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+            if self.cache is not None:
+                self.cache.release()  # other runs may rebuild a shared disk cache once no run reads it
 
-    def _prepare_run_dir(self) -> None:
+    def _make_dir(self) -> None:
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise ConfigError(f"{self.run_dir} exists and is not a directory; choose another --out / train.run_name")
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create the run directory {self.run_dir}: {e.strerror or e}") from None
+        self._lock = run_files.RunLock(self.run_dir)  # one writer per run directory
+
+    def _prepare_run_dir(self) -> None:
+        self._make_dir()
+        if self._resumed_from is not None:
+            path, ino, mtime = self._resumed_from
+            st = path.stat() if path.is_file() else None
+            if st is None or (st.st_ino, st.st_mtime_ns) != (ino, mtime):
+                raise ConfigError(f"{path} was replaced by another run while this one was starting from it; "
+                                  "resume again")
         if self.epoch == 0:
-            self._claim_run_dir()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+            taken = self.run_dir
+            try:
+                self._claim_run_dir()
+            except ConfigError:
+                self._lock.release(remove=True)  # refused: the folder is left as it was
+                self._lock = None
+                raise
+            if self.run_dir != taken:  # train.existing: new
+                self._lock.release(remove=True)
+                self._make_dir()
         for path in run_files.remove_stale_temps(self.run_dir):
             self.log(f"removed {path.name}, left by an interrupted checkpoint write")
         if self.epoch > 0 and self.epoch == self.total_epochs:  # a finished run: its final line, if it has one
@@ -366,7 +400,22 @@ class Trainer:
             return {}
         return self.evaluate_networks(loader, "val")
 
+    def _check_finite(self, metrics: dict[str, Any]) -> None:
+        """Refuse to call an epoch good (checkpoint, best.pt, metrics line) when a metric or a weight is
+        NaN or infinite: a blow-up in the epoch's last updates passes the per-step loss check."""
+        bad = next((k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)), None)
+        what = f"{bad} is {metrics[bad]}" if bad else None
+        if what is None:
+            state = self.distiller.state_dict()
+            floats = [t for t in state.values() if t.is_floating_point() and t.numel()]
+            if floats and not bool(torch.stack([t.detach().float().abs().amax() for t in floats]).isfinite().all()):
+                name = next(k for k, t in state.items() if t.is_floating_point() and not bool(t.isfinite().all()))
+                what = f"the weights hold non-finite values ('{name}')"
+        if what is not None:
+            raise DivergedError(what, metrics.get("epoch", self.epoch), (self.run_dir / "checkpoint.pt").is_file())
+
     def _end_epoch(self, metrics: dict[str, Any]) -> None:
+        self._check_finite(metrics)
         if self.dist.enabled:
             metrics["ddp/world_size"] = self.dist.world_size
             metrics["ddp/replicas_identical"] = distributed.replicas_identical(self.distiller, self.dist)
@@ -396,8 +445,12 @@ class Trainer:
     def _write_metrics(self, metrics: dict[str, Any]) -> None:
         if not self.write_files:
             return
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(metrics) + "\n")
+        try:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(metrics) + "\n")
+        except OSError as e:
+            raise OutputError(f"cannot append to {self.run_dir / 'metrics.jsonl'} ({e.strerror or e}; is the disk "
+                              "full?); this epoch's checkpoint is written: --resume restores the line") from None
         if self._tb is None:
             from torch.utils.tensorboard import SummaryWriter
 
