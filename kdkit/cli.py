@@ -391,7 +391,7 @@ def entry() -> None:
     code = main()
     # interrupted: leave without the interpreter's clean-up of half-used extensions. Under torchrun too:
     # gloo's threads can race the interpreter's teardown after the process group is destroyed ("terminate
-    # called without an active exception", 2 aborts in about 20 runs of a loaded machine); every
+    # called without an active exception": 3 aborts in about 12 runs on a loaded machine); every
     # file is written and closed by now, so nothing is lost by skipping that teardown
     if code == 130 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
         sys.stdout.flush()
