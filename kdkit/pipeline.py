@@ -57,6 +57,7 @@ from typing import Any
 
 from .build import from_config, resume
 from .config import load_config, load_yaml, parse_config, trainable_spec
+from .engine.run_files import read_rows
 from .engine.trainer import Callback
 from .errors import ConfigError
 from .registry import suggest
@@ -156,10 +157,7 @@ def _refs(run: RunEntry) -> list[str]:
 
 def final_metrics(run_dir: Path) -> dict[str, Any] | None:
     """The final test metrics of the run in ``run_dir``, or None while it has not finished."""
-    metrics = run_dir / "metrics.jsonl"
-    if not metrics.is_file():
-        return None
-    finals = [m for m in map(json.loads, filter(str.strip, metrics.read_text().splitlines())) if m.get("final")]
+    finals = [row for row in read_rows(run_dir) if row.get("final")]
     return finals[-1] if finals else None
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .engine.checkpoint import write_atomic
+from .engine.run_files import read_rows
 from .errors import ConfigError
 
 SAME_RECIPE = ("train.seed", "train.run_name", "train.out_dir")  # keys that do not make another recipe
@@ -106,18 +107,11 @@ def read_run(path: Path) -> Run:
     if (path / "config.yaml").is_file():
         config = _flatten(yaml.safe_load((path / "config.yaml").read_text()) or {})
     epochs, final = [], None
-    if (path / "metrics.jsonl").is_file():
-        for line in (path / "metrics.jsonl").read_text().splitlines():
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a kill: the run is in progress or was stopped
-                continue
-            if row.get("final"):
-                final = row
-            else:
-                epochs = [e for e in epochs if e.get("epoch") != row.get("epoch")] + [row]  # a resume rewrites
+    for row in read_rows(path):  # a line cut by a kill is skipped: the run is in progress or was stopped
+        if row.get("final"):
+            final = row
+        else:
+            epochs = [e for e in epochs if e.get("epoch") != row.get("epoch")] + [row]  # a resume rewrites
     return Run(path.name, path, config, epochs, final)
 
 

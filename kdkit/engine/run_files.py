@@ -39,21 +39,35 @@ def remove_stale_temps(run_dir: Path) -> list[Path]:
     return removed
 
 
+def parse_rows(text: str) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl`` text: one mapping per line; a line cut by a kill (or anything that
+    is not a JSON mapping) is skipped."""
+    rows = []
+    for raw in text.splitlines():
+        try:
+            row = json.loads(raw)
+        except ValueError:
+            continue  # a line cut by a kill, or a blank one
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def read_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """:func:`parse_rows` of ``run_dir/metrics.jsonl`` (none when there is no such file)."""
+    path = run_dir / "metrics.jsonl"
+    return parse_rows(path.read_text(errors="replace")) if path.is_file() else []
+
+
 def reconcile_metrics(run_dir: Path, epoch: int, last: dict[str, Any] | None) -> list[dict[str, Any]]:
     """Make ``metrics.jsonl`` hold the epochs ``1..epoch`` once each (the last from ``last``, the
     checkpoint's metrics, if its line is missing); returns those lines."""
     path = run_dir / "metrics.jsonl"
     before = path.read_text(errors="replace") if path.is_file() else None
     lines: list[dict[str, Any]] = []
-    if before is not None:
-        for raw in before.splitlines():
-            try:
-                row = json.loads(raw)
-            except ValueError:
-                continue  # a line cut by the kill
-            if isinstance(row, dict) and not row.get("final") and type(row.get("epoch")) is int \
-                    and len(lines) < row["epoch"] <= epoch:
-                lines.append(row)
+    for row in parse_rows(before or ""):
+        if not row.get("final") and type(row.get("epoch")) is int and len(lines) < row["epoch"] <= epoch:
+            lines.append(row)
     if last and last.get("epoch") == epoch and (not lines or lines[-1]["epoch"] < epoch):
         lines.append(last)
     text = "".join(json.dumps(row) + "\n" for row in lines)
@@ -64,18 +78,8 @@ def reconcile_metrics(run_dir: Path, epoch: int, last: dict[str, Any] | None) ->
 
 def final_line(run_dir: Path, epoch: int) -> dict[str, Any] | None:
     """The ``final`` (test) line of ``metrics.jsonl`` written after epoch ``epoch``, if there is one."""
-    path = run_dir / "metrics.jsonl"
-    if not path.is_file():
-        return None
-    found = None
-    for raw in path.read_text(errors="replace").splitlines():
-        try:
-            row = json.loads(raw)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and row.get("final") and row.get("epoch") == epoch:
-            found = row
-    return found
+    finals = [row for row in read_rows(run_dir) if row.get("final") and row.get("epoch") == epoch]
+    return finals[-1] if finals else None
 
 
 def repair_best(run_dir: Path, epoch: int, best_epoch_is_last: bool) -> bool:
