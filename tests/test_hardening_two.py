@@ -51,7 +51,7 @@ def test_a_run_directory_in_use_is_refused_to_a_second_run_and_to_a_resume(tmp_p
     cfg = _yaml(tmp_path, _cfg(tmp_path))
     assert cli(["train", str(cfg), "--set", "train.epochs=1"]) == 0  # a stopped-or-finished run to resume
     before = snapshot(run)
-    held = run_files.RunLock(run)  # another process's lock (flock: another open file conflicts likewise)
+    held = run_files.lock_run(run)  # another process's lock (flock: another open file conflicts likewise)
     try:
         for argv, code in ((["train", cfg, "--overwrite"], 2), (["train", "--resume", run, "--epochs", "2"], 2)):
             check_refused(capsys, argv, code, [run, "in use by another kdkit run (pid"])

@@ -21,14 +21,12 @@ options) matches, so several students can share one teacher pass.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +39,7 @@ from ..config import TeacherCacheConfig
 from ..data.base import TrainLoader
 from ..errors import ConfigError
 from ..tasks import Task, create_task
+from .run_files import FileLock
 
 LOCK_WAIT_S = 600.0  # how long a run waits for another run's use of a disk cache before giving up
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -70,7 +69,7 @@ class TeacherCache:
             raise ConfigError("train.teacher_cache.store=disk needs a path")
         # one folder per fingerprint: runs with other teachers or data never touch each other's files
         self.path = root / fingerprint[:16] if root is not None else None
-        self._lock_fd: int | None = None
+        self._flock: FileLock | None = None
         self.entries: dict[str, Tensor | np.ndarray] = {}
         self.n_teachers = 0
         self.feature_names: list[list[str]] = []  # [teacher, layer] of each stored feature
@@ -85,36 +84,28 @@ class TeacherCache:
                 self.path.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise ConfigError(f"train.teacher_cache.path: cannot create {self.path}: {e.strerror or e}") from None
-            self._lock(fcntl.LOCK_SH)  # readers share; filling (below) needs it alone
+            self._lock(exclusive=False)  # readers share; filling (below) needs it alone
             self._open_existing()
 
     # ------------------------------------------------------------------------------------ locking
-    def _lock(self, mode: int) -> None:
+    def _lock(self, exclusive: bool) -> None:
         """Hold ``.lock`` in the cache folder: shared while a run reads the cache, exclusive while one fills
         it, so that no run rewrites files another is reading. Waits (saying so) up to ``LOCK_WAIT_S``."""
-        if self._lock_fd is None:
-            self._lock_fd = os.open(self.path / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-        wait_s = LOCK_WAIT_S
-        deadline, said = time.monotonic() + wait_s, False
-        while True:
-            try:
-                fcntl.flock(self._lock_fd, mode | fcntl.LOCK_NB)
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.release()
-                    raise ConfigError(f"the teacher cache {self.path} stayed in use by another run for {wait_s:.0f} s; "
-                                      "try again later or use another train.teacher_cache.path") from None
-                if not said:
-                    print(f"waiting for another run using the teacher cache {self.path}", file=sys.stderr)
-                    said = True
-                time.sleep(0.2)
+        if self._flock is None:
+            self._flock = FileLock(self.path / ".lock")
+        def say() -> None:
+            print(f"waiting for another run using the teacher cache {self.path}", file=sys.stderr)
+
+        if not self._flock.acquire(exclusive, LOCK_WAIT_S, on_wait=say):
+            self.release()
+            raise ConfigError(f"the teacher cache {self.path} stayed in use by another run for {LOCK_WAIT_S:.0f} s; "
+                              "try again later or use another train.teacher_cache.path")
 
     def release(self) -> None:
         """Let go of the cache folder (the run ended); its memory maps stay readable."""
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._flock is not None:
+            self._flock.release()
+            self._flock = None
 
     def __del__(self) -> None:
         self.release()
@@ -242,11 +233,11 @@ class TeacherCache:
         if self.complete:
             return
         if self.path is not None:
-            self._lock(fcntl.LOCK_EX)  # alone: no other run reads these files while they are rewritten
+            self._lock(exclusive=True)  # alone: no other run reads these files while they are rewritten
             self.entries.clear()
             self._open_existing()  # another run may have filled it while this one waited
             if self.complete:
-                self._lock(fcntl.LOCK_SH)
+                self._lock(exclusive=False)
                 return
             meta = self._meta_file()
             if meta.is_dir() and not meta.is_symlink():
@@ -281,7 +272,7 @@ class TeacherCache:
             tmp.unlink(missing_ok=True)
             tmp.write_text(json.dumps(meta, indent=1))
             os.replace(tmp, self._meta_file())  # the cache counts as complete only once this lands
-            self._lock(fcntl.LOCK_SH)  # filled: others may read it now
+            self._lock(exclusive=False)  # filled: others may read it now
 
     def lookup(self, keys: Tensor, num_classes: int) -> tuple[list[Tensor], dict[str, dict[str, Tensor]]]:
         """The stored ``(teacher logits list, {teacher: {layer: feature}})`` for the inputs with these keys."""

@@ -12,10 +12,13 @@ in evaluation, while writing a checkpoint or a metrics line) continues as if it 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -149,34 +152,60 @@ def next_free(run_dir: Path) -> Path:
 LOCK = ".kdkit.lock"
 
 
-class RunLock:
-    """An exclusive lock on a run directory (``fcntl.flock`` on ``.kdkit.lock``), held while a run writes
-    into it: a second run or resume of the same directory is refused instead of interleaving its files.
-    The lock goes with the process (a killed run leaves no stale lock); the file says who holds it."""
+class FileLock:
+    """``fcntl.flock`` on one file, shared or exclusive, converted in place on the same descriptor. The
+    lock goes with the process (a killed run leaves no stale lock). Serves the run directory (one writer)
+    and the teacher cache on disk (readers share; a filler is alone)."""
 
-    def __init__(self, run_dir: Path):
-        import fcntl
+    def __init__(self, path: Path):
+        self.path = path
+        self.created = not path.exists()  # so that a refused run can leave no file of its own behind
+        self._fd: int | None = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
 
-        self.path = run_dir / LOCK
-        self.created = not self.path.exists()  # so that a refused run leaves no file of its own behind
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.pread(self._fd, 200, 0).decode(errors="replace").strip() or "another process"
-            os.close(self._fd)
-            self._fd = None
-            self.created = False
-            raise ConfigError(f"{run_dir} is in use by another kdkit run ({holder}); wait for it to end, or choose "
-                              "another --out / train.run_name") from None
+    def acquire(self, exclusive: bool, wait_s: float = 0.0, on_wait: Callable[[], None] | None = None) -> bool:
+        """Take (or convert to) the lock; wait up to ``wait_s`` seconds, calling ``on_wait`` once when it
+        has to wait. Returns whether the lock is held."""
+        mode = (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB
+        deadline, waited = time.monotonic() + wait_s, False
+        while True:
+            try:
+                fcntl.flock(self._fd, mode)
+                return True
+            except OSError:
+                if time.monotonic() >= deadline:
+                    return False
+                if on_wait is not None and not waited:
+                    on_wait()
+                waited = True
+                time.sleep(0.2)
+
+    def holder(self) -> str:
+        """What the holder wrote into the file (:meth:`note`), or "another process"."""
+        return os.pread(self._fd, 200, 0).decode(errors="replace").strip() or "another process"
+
+    def note(self, text: str) -> None:
         os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        os.pwrite(self._fd, text.encode(), 0)
 
     def release(self, remove: bool = False) -> None:
-        """Let go (closing the descriptor releases the lock); ``remove``: delete the lock file too if this
-        run created it (a run refused before it wrote anything)."""
+        """Let go (closing the descriptor releases the lock); ``remove``: delete the file too if this
+        process created it (a run refused before it wrote anything)."""
         if self._fd is not None:
             if remove and self.created:
                 self.path.unlink(missing_ok=True)
             os.close(self._fd)
             self._fd = None
+
+
+def lock_run(run_dir: Path) -> FileLock:
+    """The exclusive lock on a run directory (``.kdkit.lock``), held while a run writes into it: a second
+    run or resume of the same directory is refused instead of interleaving its files; the file says who
+    holds it."""
+    lock = FileLock(run_dir / LOCK)
+    if not lock.acquire(exclusive=True):
+        holder = lock.holder()
+        lock.release()  # not removed: the holder's file
+        raise ConfigError(f"{run_dir} is in use by another kdkit run ({holder}); wait for it to end, or choose "
+                          "another --out / train.run_name")
+    lock.note(f"pid {os.getpid()} on {socket.gethostname()}")
+    return lock

@@ -100,7 +100,7 @@ class Trainer:
         self.best_epoch: int | None = None  # the epoch best.pt holds
         self._resumed_metrics: dict[str, Any] | None = None  # the checkpoint's last epoch metrics, on resume
         self._final: dict[str, Any] | None = None  # a finished run's final metrics, when it is resumed
-        self._lock: run_files.RunLock | None = None  # held on the run directory while fit() writes into it
+        self._lock: run_files.FileLock | None = None  # held on the run directory while fit() writes into it
         self._resumed_from: tuple[Path, int, int] | None = None  # the checkpoint resumed from, as it was read
         self._tb = None
         use_amp = cfg.train.amp and self.device.type == "cuda"
@@ -240,7 +240,7 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"cannot create the run directory {self.run_dir}: {e.strerror or e}") from None
-        self._lock = run_files.RunLock(self.run_dir)  # one writer per run directory
+        self._lock = run_files.lock_run(self.run_dir)  # one writer per run directory
 
     def _prepare_run_dir(self) -> None:
         self._make_dir()
