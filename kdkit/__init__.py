@@ -31,13 +31,7 @@ _EXPORTS = {
     "Transform": "transforms", "list_transforms": "transforms", "register_transform": "transforms",
 }
 
-__all__ = [  # the same names as _EXPORTS (a literal, for linters)
-    "__version__", "from_config", "resume", "RunConfig", "load_config", "parse_config", "list_datasets",
-    "load_dataset", "dataset_from_loaders", "load_tensors", "load_checkpoint", "Trainer", "evaluate", "FeatureTap",
-    "probe", "Distiller", "Method", "Stage", "create_method", "list_methods", "register_method", "create_model",
-    "list_models", "register_model", "trust_module", "Task", "create_task", "register_task", "Transform",
-    "list_transforms", "register_transform",
-]
+__all__ = ["__version__", *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:
@@ -54,15 +48,15 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from .build import from_config, resume
-    from .config import RunConfig, load_config, parse_config
-    from .data import list_datasets, load_dataset
-    from .data.tensors import dataset_from_loaders, load_tensors
-    from .engine.checkpoint import load_checkpoint
-    from .engine.trainer import Trainer, evaluate
-    from .features import FeatureTap, probe
-    from .methods import Distiller, Method, Stage, create_method, list_methods, register_method
-    from .models import create_model, list_models, register_model
-    from .models.external import trust_module
-    from .tasks import Task, create_task, register_task
-    from .transforms import Transform, list_transforms, register_transform
+    from .build import from_config, resume  # noqa: F401
+    from .config import RunConfig, load_config, parse_config  # noqa: F401
+    from .data import list_datasets, load_dataset  # noqa: F401
+    from .data.tensors import dataset_from_loaders, load_tensors  # noqa: F401
+    from .engine.checkpoint import load_checkpoint  # noqa: F401
+    from .engine.trainer import Trainer, evaluate  # noqa: F401
+    from .features import FeatureTap, probe  # noqa: F401
+    from .methods import Distiller, Method, Stage, create_method, list_methods, register_method  # noqa: F401
+    from .models import create_model, list_models, register_model  # noqa: F401
+    from .models.external import trust_module  # noqa: F401
+    from .tasks import Task, create_task, register_task  # noqa: F401
+    from .transforms import Transform, list_transforms, register_transform  # noqa: F401

@@ -125,11 +125,11 @@ def build(cfg: RunConfig, device: torch.device | None = None, rank: int = 0, wor
         peer_transforms[name] = list(spec.transforms) + ([ghost] if ghost else [])
         peers[name] = apply_transforms(peer, peer_transforms[name], loaders.input_shape).to(device)
     teachers = []
+    data = inference_record(ds, loaders.input_shape)  # what each teacher's checkpoint must have seen
     for spec in cfg.teacher:
         if not spec.checkpoint and load_teachers:
             raise ConfigError(f"teacher '{spec.name}' needs a checkpoint (train one with `kdkit train`)")
-        teacher = build_model(spec, ds.num_classes, ds.in_channels, load=load_teachers,
-                              data=inference_record(ds, loaders.input_shape))
+        teacher = build_model(spec, ds.num_classes, ds.in_channels, load=load_teachers, data=data)
         teachers.append(apply_transforms(teacher, spec.transforms, loaders.input_shape))
     methods = [create_method(m) for m in cfg.method]
     if teachers and not any(m.needs_teacher for m in methods):

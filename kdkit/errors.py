@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (torch's run over many lines), or its type's name."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _kept(checkpoint: bool) -> str:
+    return "the last good checkpoint is kept" if checkpoint else "no checkpoint had been written yet"
+
+
 class KdkitError(Exception):
     """Base class of every error kdkit reports to a user. ``exit_code`` is the CLI's exit status."""
 
@@ -46,11 +56,9 @@ class NonFiniteLossError(KdkitError):
 
     def __init__(self, term: str, value: float, epoch: int, step: int, checkpoint: bool = True):
         self.term, self.value, self.epoch, self.step = term, value, epoch, step
-        kept = ("the last good checkpoint is kept" if checkpoint
-                else "no checkpoint had been written yet")
         super().__init__(
             f"loss term '{term}' became {value} at epoch {epoch + 1}, step {step}; training stopped, "
-            f"{kept} (try a lower learning rate or loss weight)"
+            f"{_kept(checkpoint)} (try a lower learning rate or loss weight)"
         )
 
 
@@ -60,8 +68,7 @@ class DivergedError(KdkitError):
     exit_code = 5
 
     def __init__(self, what: str, epoch: int, checkpoint: bool):
-        kept = "the last good checkpoint is kept" if checkpoint else "no checkpoint had been written yet"
-        super().__init__(f"after epoch {epoch}, {what}: training stopped before saving that epoch, {kept} "
+        super().__init__(f"after epoch {epoch}, {what}: training stopped before saving that epoch, {_kept(checkpoint)} "
                          "(try a lower learning rate, grad_clip or loss weight)")
 
 

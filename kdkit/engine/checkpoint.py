@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, OutputError
+from ..errors import CheckpointError, OutputError, first_line
 from ..transforms import rebuild_transforms
 from .validate import check_record, check_tensors, is_state_dict
 
@@ -59,7 +59,7 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
             os.unlink(tmp)
         if not isinstance(e, OSError) and "writ" not in str(e).lower():
             raise  # not a failed write (an object that cannot be saved): the error as it is
-        reason = getattr(e, "strerror", None) or (str(e).strip().splitlines() or [type(e).__name__])[0]
+        reason = getattr(e, "strerror", None) or first_line(e)
         raise OutputError(f"cannot write {path} ({reason[:200]}; is the disk full?); {kept}") from None
     except BaseException:
         if os.path.exists(tmp):
@@ -85,8 +85,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle errors, zip errors, refused globals ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} is not a kdkit checkpoint (cannot be read safely: {first})") from None
+        raise CheckpointError(f"{path} is not a kdkit checkpoint (cannot be read safely: {first_line(e)})") from None
     return _checked(obj, path)
 
 
@@ -158,8 +157,7 @@ def load_model_weights(model: nn.Module, ckpt: dict[str, Any], name: str, num_cl
     try:
         model.load_state_dict(weights)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"{source} does not fit model '{name}': {first}") from None
+        raise CheckpointError(f"{source} does not fit model '{name}': {first_line(e)}") from None
     return model
 
 
@@ -198,9 +196,8 @@ def read_weights(path: str | Path) -> tuple[dict[str, Any] | None, dict[str, tor
     except CheckpointError:
         raise
     except Exception as e:  # pickle errors, zip errors, refused globals, a malformed safetensors header ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path} is neither a kdkit checkpoint nor a weights file that can be read safely "
-                              f"({first[:200]})") from None
+                              f"({first_line(e)[:200]})") from None
     if not weights:
         raise CheckpointError(f"{path}: neither a kdkit checkpoint nor a state dict (a mapping of names to tensors, "
                               f"possibly under one of {', '.join(WRAPPER_KEYS)})")

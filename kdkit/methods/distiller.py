@@ -82,9 +82,10 @@ class Distiller(nn.Module):
         taps: dict[str, list[str]] = {}
         if input_shape is not None:
             example = self.task.example_input(tuple(input_shape), _device(student))
-            infos = {name: probe(net, example) for name, net in self.networks().items()}
+            nets = self.networks()
+            infos = {name: probe(net, example) for name, net in nets.items()}
             for name, info in infos.items():
-                model = type(unwrap(self.networks()[name])).__name__
+                model = type(unwrap(nets[name])).__name__
                 info.network = f"the {name} ({model})" if name in ("student", "teacher") else f"'{name}' ({model})"
             object.__setattr__(self, "infos", infos)  # what the probing pass found, by network
             for m in methods:
