@@ -4,25 +4,20 @@ the engine, which takes built parts and never builds."""
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
-from . import lowrank, prune, qat  # noqa: F401  (register the lowrank, prune, sparsify and qat transforms)
-from .config import ModelSpec, RunConfig, network_names, parse_config, trainable_specs
+from . import distributed, lowrank, prune, qat  # noqa: F401  (register the lowrank, prune, sparsify and qat transforms)
+from .config import RunConfig, network_names, trainable_specs
 from .data import Dataset, build_loaders
-from .engine import distributed
-from .engine.checkpoint import inference_record, load_checkpoint, load_model_weights, load_plain_weights, read_weights
+from .engine.checkpoint import inference_record, load_checkpoint
+from .engine.rebuild import build_model, load_network, stored_config
 from .engine.trainer import Built, Callback, Trainer
 from .errors import CheckpointError, ConfigError, KdkitError
-from .features import logits_output
 from .methods import Distiller, create_method
-from .models import create_model
-from .models.external import check_from_checkpoint
 from .tasks import create_task
 from .transforms import GhostBatchNorm, apply_transforms
 
@@ -41,59 +36,6 @@ def pick_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
     return device
-
-
-def check_same_data(ckpt: dict[str, Any], spec: ModelSpec, data: dict[str, Any]) -> None:
-    """Refuse a teacher checkpoint trained on other data than this run's (another dataset, input shape or
-    normalisation, as its ``inference`` record says), unless the spec sets ``other_data``. Checkpoints
-    written before the record existed are taken as they are."""
-    rec = ckpt.get("inference")
-    if spec.other_data or not isinstance(rec, dict):
-        return
-    src = spec.checkpoint
-    if rec.get("dataset") != data["dataset"] or list(rec.get("input_shape") or []) != data["input_shape"]:
-        raise CheckpointError(
-            f"{src} was trained on {rec.get('dataset')} {rec.get('input_shape')}, this run's data is "
-            f"{data['dataset']} {data['input_shape']}: a teacher must see the data it learned from (set "
-            "other_data: true on it to use it anyway)")
-    for key in ("mean", "std"):
-        theirs, ours = rec.get(key), data[key]
-        if not isinstance(theirs, list) or len(theirs) != len(ours) or any(
-                not isinstance(a, (int, float)) or abs(a - b) > 1e-5 for a, b in zip(theirs, ours)):
-            raise CheckpointError(
-                f"{src} was trained on inputs normalised with mean {rec.get('mean')}, std {rec.get('std')}; this "
-                f"run normalises with mean {[round(v, 6) for v in data['mean']]}, std "
-                f"{[round(v, 6) for v in data['std']]}: set data.mean and data.std to the teacher's (or "
-                "other_data: true)")
-
-
-def build_model(spec: ModelSpec, num_classes: int, in_channels: int, load: bool = True,
-                data: dict[str, Any] | None = None) -> nn.Module:
-    """Create ``spec``'s network and load its checkpoint if it names one. ``data``: the run's
-    :func:`~kdkit.engine.checkpoint.inference_record`, checked against a teacher's (:func:`check_same_data`)."""
-    try:
-        model = create_model(spec.name, num_classes=num_classes, in_channels=in_channels, **spec.kwargs)
-    except TypeError as e:
-        raise ConfigError(f"model '{spec.name}': {e}") from None
-    model = logits_output(model, spec.output)
-    if load and spec.checkpoint:
-        ckpt, weights = read_weights(spec.checkpoint)
-        if ckpt is None:  # a plain state dict or safetensors file: pretrained weights from anywhere
-            if spec.net:
-                raise ConfigError(f"net: '{spec.net}' picks a network of a kdkit checkpoint; {spec.checkpoint} "
-                                  "holds plain weights")
-            skipped = load_plain_weights(model, weights, spec.checkpoint, spec.strict)
-            if skipped:
-                warnings.warn(f"{spec.checkpoint} loaded into '{spec.name}' with strict: false; not loaded: "
-                              + "; ".join(skipped), stacklevel=2)
-            return model
-        if "config" in ckpt:
-            stored_config(ckpt, spec.checkpoint, rebuild=False)  # a stored config that does not validate: refused
-        model = load_model_weights(model, ckpt, spec.name, num_classes, in_channels, source=spec.checkpoint,
-                                   net=spec.net)
-        if data is not None:
-            check_same_data(ckpt, spec, data)
-    return model
 
 
 def use_channels_last(cfg: RunConfig, device: torch.device) -> bool:
@@ -172,22 +114,6 @@ def from_config(cfg: RunConfig, built: Built | None = None, run_dir: str | Path 
                    dist_info=dist)
 
 
-def stored_config(ckpt: dict[str, Any], source: str | Path, rebuild: bool = True) -> RunConfig:
-    """The run config a checkpoint holds, validated; a CheckpointError (exit 4) naming the file if it has
-    none or if it does not validate. ``rebuild``: the caller builds the networks it names, so a name that
-    would make kdkit call an untrusted function is refused (:func:`kdkit.models.external.check_from_checkpoint`)."""
-    if "config" not in ckpt:
-        raise CheckpointError(f"{source}: holds no run config (a model-only checkpoint)")
-    try:
-        cfg = parse_config(ckpt["config"])
-    except ConfigError as e:
-        raise CheckpointError(f"{source}: its stored config does not validate ({e})") from None
-    if rebuild:
-        for spec in (cfg.model, *cfg.peers, *cfg.teacher):
-            check_from_checkpoint(spec.name, str(source))
-    return cfg
-
-
 def resume(run_dir: str | Path, epochs: int | None = None, **kwargs: Any) -> Trainer:
     """Continue the run in ``run_dir`` (or from a checkpoint file) from its last checkpoint, with the
     config it was started with; ``kwargs`` as for :func:`from_config`. The checkpoint is checked whole
@@ -217,15 +143,11 @@ def export_branch(checkpoint: str | Path, branch: int, out: str | Path, net: str
     """Write trunk + branch ``branch`` of a branched network (model transform ``branch``) of a run's
     checkpoint as a plain network's kdkit checkpoint: the zoo model without the branch transform, its
     weights, and the run's config with that transform removed (so ``kdkit eval`` and teachers take it)."""
-    from .engine.checkpoint import FORMAT, VERSION, network_entry, save_atomic
+    from .engine.checkpoint import FORMAT, VERSION, save_atomic
     from .models.branch import Branched, branch_state_dict
 
-    ckpt = load_checkpoint(checkpoint)
-    stored_config(ckpt, checkpoint)  # refuses a file whose stored config does not validate
-    record, _ = network_entry(ckpt, net, str(checkpoint))
-    ds_fields = {k: record[k] for k in ("num_classes", "in_channels") if k in record}
-    spec = ModelSpec(record["name"], str(checkpoint), dict(record.get("kwargs", {})), net=net)
-    model = build_model(spec, ds_fields.get("num_classes", 10), ds_fields.get("in_channels", 3))
+    loaded = load_network(checkpoint, net)
+    model, record, ckpt = loaded.model, loaded.record, loaded.ckpt
     if not isinstance(model, Branched):
         raise ConfigError(f"{checkpoint}: network '{net or 'student'}' is not branched (no 'branch' transform)")
     leaves = model.leaves()

@@ -31,8 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kdkit", description="Knowledge distillation for PyTorch.")
     parser.add_argument("--version", action="version", version=f"kdkit {__version__}")
     parser.add_argument("--plugin", action="append", default=[], metavar="FILE_OR_MODULE",
-                        help="import a Python file or module first, so the methods, models, transforms or "
-                        "tasks it registers can be named in configs (repeatable)")
+                        help="import a Python file (as the module named by its stem) or a module first: the "
+                        "methods, models, transforms or tasks it registers, and its nn.Module classes, can then be "
+                        "named in configs and rebuilt from checkpoints (repeatable)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("train", help="train a model with labels only (a teacher or a baseline)")
@@ -139,9 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_run(args: argparse.Namespace, distill: bool) -> int:
+    from . import distributed
     from .build import from_config, resume
     from .config import load_config
-    from .engine import distributed
 
     if args.epochs is not None and args.epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")
@@ -223,32 +224,21 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .build import build_model, pick_device, stored_config
-    from .config import trainable_spec
-    from .data import build_loaders
-    from .engine.checkpoint import load_checkpoint
+    from .build import pick_device
     from .engine.evaluate import evaluate
+    from .engine.rebuild import network_and_data
     from .tasks import create_task
 
-    ckpt = load_checkpoint(args.checkpoint)
-    cfg = stored_config(ckpt, args.checkpoint)
-    net = args.net or "student"
-    spec = trainable_spec(cfg, net, "--net")
-    if args.data_root:
-        cfg.data.root = args.data_root
-    device = pick_device(args.device)
-    loaders = build_loaders(cfg.data, cfg.train.seed, device)
-    ds = loaders.dataset
-    spec.checkpoint, spec.net = args.checkpoint, net
-    model = build_model(spec, ds.num_classes, ds.in_channels).to(device)
+    loaded, loaders = network_and_data(args.checkpoint, args.net, pick_device(args.device), args.data_root)
+    net, ds = args.net or "student", loaders.dataset
     loader = loaders.test if args.split == "test" else loaders.val
     if loader is None:
         raise ConfigError("this run has no validation split (data.val_fraction was 0)")
-    metrics = evaluate(model, loader, task=create_task(cfg.task))
+    metrics = evaluate(loaded.model, loader, task=create_task(loaded.cfg.task))
     if args.json:
         print(json.dumps(metrics))
     else:
-        print(f"{spec.name}{'' if net == 'student' else f' ({net})'} on {ds.name} {args.split} "
+        print(f"{loaded.spec.name}{'' if net == 'student' else f' ({net})'} on {ds.name} {args.split} "
               f"({len(loader.data)} images): " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     return 0
 
@@ -305,33 +295,13 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def load_plugin(name: str) -> None:
-    """Import a Python file (``path/to/file.py``) or an importable module by name; its top-level code
-    registers what it adds (``@register_method`` and the like)."""
-    import importlib
-    import importlib.util
+    """``--plugin``: import a Python file (``path/to/file.py``) or a module by name; its top-level code
+    registers what it adds (``@register_method`` and the like) and its classes may be named by
+    checkpoints (:func:`kdkit.models.external.load_plugin`)."""
+    from .models.external import load_plugin as load
 
-    from .models.external import trust_module
-
-    path = Path(name)
     try:
-        if path.suffix == ".py":
-            if not path.is_file():
-                raise ConfigError(f"--plugin {name}: no such file")
-            key = f"kdkit_plugin_{path.stem}"
-            loaded = sys.modules.get(key)
-            if loaded is not None and Path(loaded.__file__).resolve() == path.resolve():
-                return  # already imported (its registrations are in place)
-            spec = importlib.util.spec_from_file_location(key, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[key] = module  # dataclasses look their module up while the file runs
-            try:
-                spec.loader.exec_module(module)
-            except BaseException:
-                del sys.modules[key]
-                raise
-        else:
-            importlib.import_module(name)
-            trust_module(name)  # its factories may be named by checkpoints (kdkit.models.external)
+        load(name)
     except KdkitError:
         raise
     except Exception as e:  # the plugin's own error: say which plugin, keep the message

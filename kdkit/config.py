@@ -17,6 +17,7 @@ import yaml
 from .errors import ConfigError
 from .methods import Stage, method_config, method_name
 from .methods.distiller import teacher_names
+from .models.external import use_names
 from .schema import from_dict, to_dict
 from .tasks import TASKS
 from .transforms import Transform, transform_config
@@ -399,15 +400,29 @@ def _list_index(node: list, part: str, path: list[str]) -> int:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                base: dict[str, Any] | None = None) -> RunConfig:
-    """Load a YAML recipe (or a mapping), apply ``--set`` overrides and validate."""
+                base: dict[str, Any] | None = None, import_names: bool = True) -> RunConfig:
+    """Load the user's YAML recipe (or a mapping), apply ``--set`` overrides and validate. A recipe is the
+    user's word: the modules of its ``module:Class`` model names are imported (not from the working
+    folder; :func:`kdkit.models.external.use_names`) unless ``import_names`` is false."""
     data = load_yaml(path) if path is not None else dict(base or {})
     try:
-        return parse_config(apply_overrides(data, list(overrides or [])))
+        cfg = parse_config(apply_overrides(data, list(overrides or [])))
+        if import_names:
+            use_names([s.name for s in (cfg.model, *cfg.peers, *cfg.teacher)], "config")
+        return cfg
     except ConfigError as e:
         if path is None or str(e).startswith(str(path)):
             raise
         raise ConfigError(f"{path}: {e}") from None
+
+
+def recipe_names(data: dict[str, Any]) -> list[str]:
+    """The model names a raw recipe mapping gives (model, peers, teachers), before validation."""
+    specs = [data.get("model"), *(data.get("peers") or [])]
+    teacher = data.get("teacher")
+    specs += teacher if isinstance(teacher, list) else [teacher]
+    names = [s.get("name") if isinstance(s, dict) else s for s in specs]
+    return [n for n in names if isinstance(n, str)]
 
 
 def config_dict(cfg: RunConfig) -> dict[str, Any]:

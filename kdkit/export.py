@@ -38,22 +38,11 @@ def checkpoint_network(checkpoint: str | Path, net: str | None = None, device: s
     """One trainable network of a kdkit checkpoint, rebuilt and loaded, in eval mode, with the run's config
     and its data loaders: ``(model, cfg, loaders)``. Pruning masks (``sparsify``) are made permanent and
     fake-quantization wrappers (``qat``) removed."""
-    from .build import build_model, pick_device, stored_config
-    from .config import trainable_spec
-    from .data import build_loaders
-    from .engine.checkpoint import load_checkpoint
+    from .build import pick_device
+    from .engine.rebuild import network_and_data
 
-    ckpt = load_checkpoint(checkpoint)
-    cfg = stored_config(ckpt, checkpoint)
-    net = net or "student"
-    spec = trainable_spec(cfg, net, "--net")
-    if data_root:
-        cfg.data.root = data_root
-    dev = pick_device(device)
-    loaders = build_loaders(cfg.data, cfg.train.seed, dev)
-    ds = loaders.dataset
-    spec.checkpoint, spec.net = str(checkpoint), net
-    model = build_model(spec, ds.num_classes, ds.in_channels).to(dev).eval()
+    loaded, loaders = network_and_data(checkpoint, net, pick_device(device), data_root)
+    model, cfg = loaded.model.eval(), loaded.cfg
     from torch.nn.utils import prune as tprune
 
     for m in model.modules():  # a sparsified network's masks made permanent: plain weights, zeros included

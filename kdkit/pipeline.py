@@ -56,10 +56,11 @@ from pathlib import Path
 from typing import Any
 
 from .build import from_config, resume
-from .config import load_config, load_yaml, parse_config, trainable_spec
+from .config import apply_overrides, load_config, load_yaml, parse_config, recipe_names, trainable_spec
 from .engine.run_files import read_rows
 from .engine.trainer import Callback
 from .errors import ConfigError
+from .models.external import use_names
 from .registry import suggest
 from .schema import from_dict
 
@@ -175,6 +176,7 @@ def run_pipeline(path: str | Path, out_dir: str | Path | None = None, callbacks:
     """Run (or continue) the pipeline in ``path``; returns one summary per run (name, run directory,
     what happened, final test metrics)."""
     cfg = load_pipeline(path)
+    use_recipe_names(cfg)
     root = Path(out_dir or cfg.out_dir)
     done: dict[str, Path] = {}  # entry name -> run directory of its (last) network
     summary = []
@@ -261,20 +263,19 @@ def _export(source: Path, net: str | None, fmt: str, run_dir: Path) -> dict[str,
 
 def ensemble_top1(run_dirs: list[Path]) -> float:
     """Test top-1 of the mean logits of the students of finished runs on one dataset (their first run's)."""
-    from .build import build_model, pick_device, stored_config
+    from .build import pick_device
     from .data import build_loaders
-    from .engine.checkpoint import load_checkpoint
     from .engine.evaluate import MeanLogits, evaluate
+    from .engine.rebuild import load_network
+    from .tasks import create_task
 
-    cfgs = [stored_config(load_checkpoint(d / "checkpoint.pt"), d / "checkpoint.pt") for d in run_dirs]
-    device = pick_device(cfgs[0].train.device)
-    loaders = build_loaders(cfgs[0].data, cfgs[0].train.seed, device)
-    ds = loaders.dataset
-    nets = []
-    for d, c in zip(run_dirs, cfgs):
-        spec = c.model
-        spec.checkpoint = str(d / "checkpoint.pt")
-        nets.append(build_model(spec, ds.num_classes, ds.in_channels).to(device))
+    loaded = [load_network(d / "checkpoint.pt") for d in run_dirs]
+    cfg = loaded[0].cfg
+    device = pick_device(cfg.train.device)
+    loaders = build_loaders(cfg.data, cfg.train.seed, device)
+    for net in loaded:
+        net.check_data(create_task(cfg.task).record(loaders.dataset), loaders.dataset.name)
+    nets = [net.model.to(device) for net in loaded]
     return evaluate(MeanLogits(nets), loaders.test)["top1"]
 
 
@@ -286,6 +287,22 @@ def _resolve_teachers(entry: RunEntry, done: dict[str, Path], previous: Path | N
         return None
     teachers = entry.teacher if isinstance(entry.teacher, list) else [entry.teacher]
     return [_network(done[t["from"]], t.get("net")) if isinstance(t, dict) and "from" in t else t for t in teachers]
+
+
+def use_recipe_names(cfg: PipelineConfig) -> None:
+    """Import the modules that the pipeline's own recipes name (``module:Class``): the user's word. A
+    network taken ``from:`` an earlier run is named by that run's files, which are data: its name must
+    resolve among these (or ``--plugin`` modules) without an import."""
+    import copy
+
+    for entry in cfg.runs:
+        if entry.config is not None:
+            data = load_yaml(entry.config) if isinstance(entry.config, str) else copy.deepcopy(dict(entry.config))
+            data = apply_overrides(data, list(entry.set))
+            if not isinstance(data.get("teacher"), list):
+                data["teacher"] = [data["teacher"]] if data.get("teacher") else []
+            data["teacher"] = [t for t in data["teacher"] if not (isinstance(t, dict) and "from" in t)]
+            use_names(recipe_names(data), f"pipeline: run '{entry.name}'")
 
 
 def _run_config(entry: RunEntry, teacher: list[dict] | None, done: dict[str, Path]):
@@ -300,4 +317,4 @@ def _run_config(entry: RunEntry, teacher: list[dict] | None, done: dict[str, Pat
             raise ConfigError(f"pipeline: run '{entry.name}' initialises a '{model.get('name')}' from run "
                               f"'{entry.init['from']}', whose network is a '{source['name']}'")
         data["model"] = {**model, **{k: v for k, v in source.items() if k in ("checkpoint", "net")}}
-    return load_config(base=data, overrides=list(entry.set))
+    return load_config(base=data, overrides=list(entry.set), import_names=False)  # see use_recipe_names

@@ -52,6 +52,10 @@ class Registry(Generic[T]):
     def names(self, pattern: str = "*") -> list[str]:
         return sorted(n for n in self._items if fnmatch.fnmatch(n, pattern))
 
+    def holds(self, obj: object) -> bool:
+        """Whether ``obj`` itself is registered (under any name)."""
+        return any(obj is v for v in self._items.values())
+
     def __contains__(self, name: object) -> bool:
         return name in self._items
 

@@ -50,15 +50,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .build import build, build_model, from_config, pick_device, resume, stored_config
-from .config import apply_overrides, config_dict, load_yaml, parse_config, trainable_spec
+from .build import build, build_model, from_config, pick_device, resume
+from .config import apply_overrides, config_dict, load_yaml, parse_config
 from .data import BatchLoader, Dataset, ImageSet, load_dataset
-from .engine.checkpoint import load_checkpoint, write_atomic
+from .engine.checkpoint import write_atomic
+from .engine.rebuild import load_network
 from .engine.trainer import Callback
 from .errors import ConfigError
 from .features import probe
 from .pipeline import final_metrics
 from .schema import from_dict
+from .tasks import create_task
 
 
 @dataclass
@@ -241,16 +243,18 @@ def run_specialists(cfg: SpecialistsConfig, out_dir: str | Path | None = None,
     """Cluster the classes, train (or continue) one specialist per cluster, and evaluate the generalist
     alone and with its specialists; writes and returns the summary."""
     root = Path(out_dir or cfg.out_dir)
-    ckpt = load_checkpoint(cfg.generalist)
-    g_cfg = stored_config(ckpt, cfg.generalist)
-    spec = copy.deepcopy(trainable_spec(g_cfg, cfg.net, "specialists"))
-    spec.checkpoint, spec.net = cfg.generalist, cfg.net
+    loaded = load_network(cfg.generalist, cfg.net)
+    g_cfg, spec = loaded.cfg, loaded.spec
     device = pick_device(g_cfg.train.device)
     ds = load_dataset(g_cfg.data)
     k = ds.num_classes
+    loaded.check_data(create_task(g_cfg.task).record(ds), ds.name)
     if cfg.clusters > k:
         raise ConfigError(f"specialists: {cfg.clusters} clusters asked for, but {ds.name} has only {k} classes")
-    generalist = build_model(spec, k, ds.in_channels).to(device)
+    if cfg.top_k > k:
+        raise ConfigError(f"specialists: top_k is {cfg.top_k}, but {ds.name} has only {k} classes (top_k picks the "
+                          "generalist's most probable classes)")
+    generalist = loaded.model.to(device)
     loader = {split: BatchLoader(getattr(ds, split), g_cfg.data.eval_batch_size, mean=ds.mean, std=ds.std,
                                  device=device) for split in ("train", "test")}
     log(f"specialists: generalist {spec.name} from {cfg.generalist}; its predictions on {len(ds.train)} "

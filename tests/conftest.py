@@ -3,6 +3,10 @@ import torch
 
 from kdkit.config import load_config
 
+# A guard against a hung subprocess, never a speed limit: the slowest command a test runs takes a few
+# minutes on a 2-core machine loaded by a second test suite; a hang is caught after half an hour.
+HANG_S = 1800
+
 
 @pytest.fixture(autouse=True)
 def _isolate(tmp_path_factory, monkeypatch):

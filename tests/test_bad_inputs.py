@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import HANG_S
 
 from kdkit import from_config
 from kdkit.cli import main as cli
@@ -317,7 +318,7 @@ def test_billion_laughs_is_refused_quickly_in_a_fresh_process(tmp_path):
     path = tmp_path / "laughs.yaml"
     path.write_text(_laughs(10))
     p = subprocess.run([sys.executable, "-m", "kdkit", "train", str(path)], capture_output=True, text=True,
-                       timeout=60)
+                       timeout=HANG_S)
     assert p.returncode == 2 and "Traceback" not in p.stderr and "aliases expand" in p.stderr
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import yaml
+from conftest import HANG_S
 
 from kdkit.config import load_config
 
@@ -31,8 +32,7 @@ def _worker(rank: int, world: int, port: int, cfg_dict: dict, run_dir: str, out:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    from kdkit import from_config, resume
-    from kdkit.engine import distributed
+    from kdkit import distributed, from_config, resume
 
     def crash(trainer, epoch, metrics):
         if mode == "crash" and epoch == 1:
@@ -100,7 +100,7 @@ def test_torchrun_cli(tmp_path, teacher_ckpt):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                            f"--master_port={_free_port()}", "-m", "kdkit", "distill", str(path),
-                           "--out", str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=300)
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=HANG_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     assert len(results) == 1  # only rank 0 reports
@@ -212,7 +212,7 @@ def test_torchrun_peers_and_a_frozen_stage(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                            f"--master_port={_free_port()}", "-m", "kdkit", "--plugin", str(examples / "toy_mutual.py"),
                            "train", str(path), "--out", str(tmp_path / "run")],
-                          capture_output=True, text=True, env=env, timeout=300)
+                          capture_output=True, text=True, env=env, timeout=HANG_S)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["stage"] for m in metrics if "stage" in m] == ["warm", "main"]

@@ -8,7 +8,9 @@ import torch
 from torch import nn
 
 from kdkit import from_config
-from kdkit.engine.checkpoint import load_checkpoint, load_model_weights
+from kdkit.config import ModelSpec
+from kdkit.engine.checkpoint import load_checkpoint
+from kdkit.engine.rebuild import build_model
 from kdkit.errors import ConfigError
 from kdkit.models import create_model
 from kdkit.models.ghost_bn import GhostBatchNorm1d, GhostBatchNorm2d, convert_ghost_batch_norm
@@ -138,8 +140,8 @@ def test_ghost_batch_size_in_a_run(tmp_path, digits_cfg, teacher_ckpt):
     assert calls and result["test/top1"] > 10
     ckpt = load_checkpoint(tmp_path / "ghost" / "checkpoint.pt")
     assert ckpt["model"]["transforms"] == [{"name": "ghost_bn", "group_size": 16, "structure": {}}]  # recorded
-    plain = create_model("cnn_tiny", num_classes=10, in_channels=1)  # not structural: loads into the plain model
-    load_model_weights(plain, ckpt, "cnn_tiny", 10, 1)
+    # not structural: loads into the plain model
+    plain = build_model(ModelSpec("cnn_tiny", checkpoint=str(tmp_path / "ghost" / "checkpoint.pt")), 10, 1)
     assert all(type(m) is not GhostBatchNorm2d for m in plain.modules())
 
 

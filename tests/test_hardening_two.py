@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import HANG_S
 from test_bad_inputs import _idx_dir, check_refused, snapshot
 
 import kdkit
@@ -66,13 +67,13 @@ def test_two_processes_on_one_run_directory(tmp_path):
     run = tmp_path / "runs" / "r"
     a = subprocess.Popen([sys.executable, "-m", "kdkit", "train", str(cfg)], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
+    deadline = time.time() + HANG_S
     while not ((run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text().strip()):
         assert time.time() < deadline and a.poll() is None, "the first run did not start"
         time.sleep(0.05)
     b = subprocess.run([sys.executable, "-m", "kdkit", "train", "--resume", str(run)], capture_output=True,
-                       text=True, timeout=120)
-    assert a.wait(timeout=300) == 0
+                       text=True, timeout=HANG_S)
+    assert a.wait(timeout=HANG_S) == 0
     if "is finished" not in b.stderr:  # the usual case: the first run still held the directory
         assert b.returncode == 2 and "in use by another kdkit run" in b.stderr and "Traceback" not in b.stderr
     assert [r.get("epoch") for r in _lines(run)] == list(range(1, 31)) + [30]  # every epoch once
@@ -359,7 +360,7 @@ def test_ctrl_c_in_the_first_instant(tmp_path, delay):
                          stderr=subprocess.PIPE, text=True)
     time.sleep(delay)
     p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=60)
+    _, err = p.communicate(timeout=HANG_S)
     if p.returncode == -signal.SIGINT:  # the signal came before Python itself had started: no output at all
         assert err == ""
     else:

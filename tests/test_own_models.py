@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import HANG_S
 from torch import nn
 
 import kdkit
@@ -28,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+import kdkit
 
 
 class Net(nn.Module):
@@ -59,6 +62,11 @@ class Thousand(Net):
 
 
 def make(num_classes=10, width=8):
+    return Net(num_classes, width)
+
+
+@kdkit.register_model(__name__ + "_made")
+def registered(num_classes=10, in_channels=1, width=8):
     return Net(num_classes, width)
 
 
@@ -184,7 +192,11 @@ def test_timm_names_go_through_timm_create_model(tmp_path, monkeypatch):
 
     monkeypatch.setitem(sys.modules, "timm", types.SimpleNamespace(create_model=create_model))
     net = kdkit.create_model("timm:tiny", num_classes=7, in_channels=1, drop_rate=0.1)
-    assert isinstance(net, nn.Module) and calls == [("tiny", 7, 1, {"drop_rate": 0.1})]
+    assert isinstance(net, nn.Module) and calls == [("tiny", 7, 1, {"pretrained": False, "drop_rate": 0.1})]
+    for bad in ("pretrained", "checkpoint_path", "pretrained_cfg_overlay", "cache_dir"):  # weights, files, hubs
+        with pytest.raises(ConfigError, match=f"argument\\(s\\) {bad} refused: a library model gets architecture"):
+            kdkit.create_model("timm:tiny", **{bad: "x"})
+    assert len(calls) == 1
     with pytest.raises(ConfigError, match=r"model 'timm:nope': Unknown model \(nope\)"):
         kdkit.create_model("timm:nope")
     monkeypatch.setitem(sys.modules, "timm", None)  # not installed
@@ -209,43 +221,51 @@ def test_module_class_models_through_the_cli_and_eval(tmp_path, nets, capsys, mo
     assert "body.3" in capsys.readouterr().out
 
 
-def test_factories_run_from_configs_but_from_checkpoints_only_when_trusted(tmp_path, nets, capsys, monkeypatch):
-    cfg = _write(tmp_path / "c.yaml", _cfg(tmp_path, model=f"{nets}:make", train={
+def test_registered_factories_run_plain_functions_never(tmp_path, nets, capsys, monkeypatch):
+    """A factory runs when the user registered it (by its registered name, or as module:function);
+    a plain function of the user's module is refused like os:system, before it is called."""
+    cfg = _write(tmp_path / "c.yaml", _cfg(tmp_path, model=f"{nets}:registered", train={
         "epochs": 1, "progress": False, "run_name": "f", "out_dir": str(tmp_path / "runs")}))
     assert cli(["train", cfg]) == 0
     ckpt = str(tmp_path / "runs" / "f" / "checkpoint.pt")
     capsys.readouterr()
     monkeypatch.setattr("kdkit.models.external._TRUSTED", set())
     assert cli(["eval", ckpt]) == 4
-    assert f"add --plugin {nets}" in _one_line(capsys.readouterr().err)
+    assert f"pass --plugin {nets}" in _one_line(capsys.readouterr().err)
     assert cli(["--plugin", nets, "eval", ckpt]) == 0
+    cfg = _write(tmp_path / "c.yaml", _cfg(tmp_path, model=f"{nets}:make"))
+    assert cli(["train", cfg]) == 2
+    assert f"'{nets}.make' is a function, not an nn.Module subclass" in _one_line(capsys.readouterr().err)
 
 
 def test_a_checkpoint_cannot_make_kdkit_call_a_function(tmp_path, teacher_ckpt, capsys, monkeypatch):
     """A tampered checkpoint naming subprocess:run (with arguments in its kwargs) is refused before
-    anything is called."""
-    monkeypatch.setattr("kdkit.models.external._TRUSTED", set())
+    anything is called, even when the user trusts subprocess."""
     ckpt = load_checkpoint(teacher_ckpt)
     marker = tmp_path / "ran"
     ckpt["config"]["model"] = {"name": "subprocess:run", "kwargs": {"args": ["touch", str(marker)]}}
     ckpt["model"]["name"] = "subprocess:run"
     torch.save(ckpt, tmp_path / "evil.pt")
+    monkeypatch.setattr("kdkit.models.external._TRUSTED", set())
     assert cli(["eval", str(tmp_path / "evil.pt")]) == 4
-    assert "names the factory function 'subprocess:run'" in _one_line(capsys.readouterr().err)
+    assert "module 'subprocess' was not imported on your word" in _one_line(capsys.readouterr().err)
+    assert cli(["--plugin", "subprocess", "eval", str(tmp_path / "evil.pt")]) == 4
+    assert "'subprocess.run' is a function, not an nn.Module subclass" in _one_line(capsys.readouterr().err)
     assert not marker.exists()
 
 
 @pytest.mark.parametrize("name,message", [
     ("no_such_module_xyz:Net", "cannot import 'no_such_module_xyz'"),
+    ("os:system", "'os.system' is a function, not an nn.Module subclass"),
     ("{nets}:Nte", "has no 'Nte'; did you mean 'Net'"),
-    ("{nets}:not_a_model", "gave a int, not a torch.nn.Module"),
-    ("{nets}:Net:x", "expected 'package.module:ClassOrFactory'"),
+    ("{nets}:not_a_model", "'{nets}.not_a_model' is a function, not an nn.Module subclass"),
+    ("{nets}:Net:x", "expected 'package.module:Class'"),
     ("{nets}:Thousand", "gives outputs of shape [1000] per image, but digits has 10 classes"),
 ])
 def test_bad_module_models_are_refused_before_the_run_starts(tmp_path, nets, capsys, name, message):
     cfg = _write(tmp_path / "c.yaml", _cfg(tmp_path, model=name.format(nets=nets)))
     assert cli(["train", cfg]) == 2
-    assert message in _one_line(capsys.readouterr().err)
+    assert message.format(nets=nets) in _one_line(capsys.readouterr().err)
     assert not (tmp_path / "runs").exists()
 
 
@@ -321,7 +341,7 @@ def test_the_progress_bar_shows_loss_and_lr_on_a_terminal(tmp_path):
         if not data:
             break
         chunks.append(data)
-    assert p.wait(timeout=120) == 0
+    assert p.wait(timeout=HANG_S) == 0
     text = b"".join(chunks).decode(errors="replace")
     assert re.search(r"loss=\d+\.\d{4}, lr=\d", text), text[-2000:]
 
@@ -429,10 +449,11 @@ def test_the_readme_distil_your_own_model_section_runs_as_written(tmp_path):
     outputs = []
     for line in re.findall(r"```bash own-model\n(.*?)```", section, re.S)[0].splitlines():
         command = line.split("#")[0].strip()
-        p = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        p = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=HANG_S)
         assert p.returncode == 0, f"{command}: {p.stderr[-2000:]}"
         outputs.append(p.stdout + p.stderr)
-        if command.startswith("kdkit distill"):
+        if " distill " in command:
             student = json.loads(p.stdout.strip().splitlines()[-1])
     teacher = float(re.search(r"teacher test top-1: ([\d.]+)%", outputs[0]).group(1))
     assert teacher > 95 and student["test/top1"] > 90 and student["test/agreement"] > 90

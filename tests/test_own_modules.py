@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import HANG_S
 from torch import nn
 
 from kdkit.errors import ConfigError
@@ -49,7 +50,7 @@ def test_a_wrong_output_choice_is_a_clear_error(kind, output, message):
 
 
 def test_the_worked_example_runs_as_written(tmp_path):
-    p = subprocess.run([sys.executable, str(EXAMPLE)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    p = subprocess.run([sys.executable, str(EXAMPLE)], cwd=tmp_path, capture_output=True, text=True, timeout=HANG_S)
     assert p.returncode == 0, p.stderr[-2000:]
     student = float(p.stdout.split("student test top-1: ")[1].split()[0])
     assert student > 70, p.stdout

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from conftest import HANG_S
+
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 
@@ -12,7 +14,7 @@ README = ROOT / "README.md"
 def test_readme_python_example(tmp_path):
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
     assert blocks, "the README has a Python example"
-    p = subprocess.run([sys.executable, "-c", blocks[0]], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    p = subprocess.run([sys.executable, "-c", blocks[0]], cwd=tmp_path, capture_output=True, text=True, timeout=HANG_S)
     assert p.returncode == 0, p.stderr[-2000:]
     top1 = float(re.search(r"student test top-1: ([\d.]+)%", p.stdout).group(1))
     assert top1 > 90, p.stdout  # the README says "about 96%"
@@ -85,5 +87,5 @@ def test_the_quick_readme_commands_run_as_written(tmp_path):
     for line in _readme_commands():
         if line.startswith(("kdkit list", "kdkit inspect", "kdkit pipeline configs/pipelines/digits.yaml")):
             p = subprocess.run([sys.executable, "-m", "kdkit", *__import__("shlex").split(line)[1:]], cwd=tmp_path,
-                               capture_output=True, text=True, timeout=300)
+                               capture_output=True, text=True, timeout=HANG_S)
             assert p.returncode == 0, f"{line}: {p.stderr[-1500:]}"

@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 import yaml
+from conftest import HANG_S
 
 from kdkit import from_config, load_config
 from kdkit.cli import main as cli
@@ -98,11 +99,12 @@ def test_the_page_loads_in_a_headless_browser_with_every_image(runs, tmp_path):
     assert cli(["report", str(runs), "--out", str(tmp_path / "rep")]) == 0
     url = (tmp_path / "rep" / "report.html").resolve().as_uri()
     flags = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000"]
-    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=HANG_S)
     assert dom.returncode == 0, dom.stderr[-2000:]
     assert 'data-images-loaded="2/2"' in dom.stdout  # the page's own check: every image decoded
     shot = tmp_path / "shot.png"
-    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1400,2000", url], capture_output=True, timeout=120)
+    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1400,2000", url], capture_output=True,
+                   timeout=HANG_S)
     assert shot.read_bytes()[:8] == PNG
 
 

@@ -107,10 +107,10 @@ def test_a_checkpoint_recording_an_unknown_transform_is_refused(tmp_path, digits
 
 
 def _load(path):
-    from kdkit import create_model
-    from kdkit.engine.checkpoint import load_model_weights
+    from kdkit.config import ModelSpec
+    from kdkit.engine.rebuild import build_model
 
-    return load_model_weights(create_model("cnn_tiny", 10, 1), load_checkpoint(path), "cnn_tiny", 10, 1, str(path))
+    return build_model(ModelSpec("cnn_tiny", checkpoint=str(path)), 10, 1)
 
 
 def test_cli_lists_transforms(capsys):

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..engine.validate import check_rng
 from ..errors import CheckpointError, ConfigError
+from ..validate import check_rng
 from .base import ImageSet
 
 

@@ -18,8 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, OutputError, first_line
-from ..transforms import rebuild_transforms
-from .validate import check_record, check_tensors, is_state_dict
+from ..validate import check_record, is_state_dict
 
 FORMAT = "kdkit-checkpoint"
 VERSION = 1
@@ -136,29 +135,6 @@ def network_entry(ckpt: dict[str, Any], net: str | None, source: str) -> tuple[d
     if not isinstance(entry, dict) or "model" not in entry or "weights" not in entry:
         raise CheckpointError(f"{source}: network '{net}' has no model record and weights")
     return check_record(entry["model"], source, f"model record of '{net}'"), entry["weights"]
-
-
-def load_model_weights(model: nn.Module, ckpt: dict[str, Any], name: str, num_classes: int,
-                       in_channels: int, source: str = "checkpoint", net: str | None = None) -> nn.Module:
-    """Load the weights of one of a checkpoint's networks (``net``, default the student) into ``model``
-    after checking that it is the same network and giving it the structure the checkpoint recorded (its
-    transforms); returns the model to use."""
-    rec, weights = network_entry(ckpt, net, source)
-    if rec.get("name") != name:
-        raise CheckpointError(f"{source} holds a '{rec.get('name')}' model, but the config asks for '{name}'")
-    if rec.get("num_classes") != num_classes:
-        raise CheckpointError(
-            f"{source} was trained for {rec.get('num_classes')} classes, the dataset has {num_classes}")
-    if rec.get("in_channels") != in_channels:
-        raise CheckpointError(
-            f"{source} expects {rec.get('in_channels')} input channels, the dataset has {in_channels}")
-    model = rebuild_transforms(model, rec.get("transforms") or [], source)
-    check_tensors(model.state_dict(), weights, source, "weights" if net in (None, "student") else f"weights of '{net}'")
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as e:
-        raise CheckpointError(f"{source} does not fit model '{name}': {first_line(e)}") from None
-    return model
 
 
 # ----------------------------------------------------------------------------- weights from elsewhere

@@ -7,9 +7,9 @@ from contextlib import nullcontext
 
 import torch
 
+from .. import distributed
 from ..features import pick_logits
 from ..tasks import Task, create_task
-from . import distributed
 
 
 @torch.no_grad()

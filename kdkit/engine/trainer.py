@@ -22,17 +22,18 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from .. import distributed
 from ..config import RunConfig, config_dict, dump_yaml, trainable_specs
 from ..data import Loaders
 from ..errors import CheckpointError, ConfigError, DivergedError, KdkitError, NonFiniteLossError, OutputError
 from ..methods import Distiller, method_name
 from ..methods.distiller import STUDENT
 from ..transforms import Transform, records
-from . import distributed, run_files
+from ..validate import check_tensors, check_training_state
+from . import run_files
 from .checkpoint import FORMAT, VERSION, inference_record, model_record, network_entry, save_atomic
 from .evaluate import evaluate, evaluate_networks
 from .optim import group_lrs, lr_at, make_optimizer  # noqa: F401  (lr_at: part of this module's API)
-from .validate import check_tensors, check_training_state
 
 Callback = Callable[["Trainer", int, dict[str, Any]], None]
 NEVER = 2**62  # "no non-finite value yet", as a step number

@@ -147,7 +147,7 @@ class Method(nn.Module):
         """Called once after each optimiser step, on every rank, outside autocast, DDP and
         ``torch.compile``: where state that is not trained by gradients is updated (memory banks, EMA
         teachers). What it needs it keeps from ``losses`` (detached); across ranks it can gather rows
-        with :func:`kdkit.engine.distributed.gather_batches`."""
+        with :func:`kdkit.distributed.gather_batches`."""
 
     def pretrain_losses(self, out: Outputs) -> dict[str, Tensor]:
         raise NotImplementedError(f"{self.name} has no preliminary stage")

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..engine.distributed import gather_batches
+from ..distributed import gather_batches
 from ..errors import ConfigError
 from ..features import ModelInfo
 from ..losses.contrastive import info_nce

@@ -7,6 +7,6 @@
 from __future__ import annotations
 
 from . import cifar_resnet, mobilenetv2, shufflenet, small, vgg, wrn  # noqa: F401  (importing registers the models)
-from .zoo import MODELS, count_params, create_model, list_models, register_model
+from .zoo import MODELS, build_network, count_params, create_model, list_models, register_model
 
-__all__ = ["MODELS", "count_params", "create_model", "list_models", "register_model"]
+__all__ = ["MODELS", "build_network", "count_params", "create_model", "list_models", "register_model"]

@@ -1,29 +1,38 @@
 """Models that are not in kdkit's zoo, named in configs and on the command line like zoo models:
 
-- ``package.module:Name`` — a class (an ``nn.Module`` subclass) or a factory function in any importable
-  module, e.g. your own ``mynets.models:SmallNet`` (the module must be importable: installed, on
-  ``PYTHONPATH``, or in the current folder);
+- ``package.module:Class`` — an ``nn.Module`` subclass of a module you opted in to (your recipe names it,
+  or ``--plugin``), e.g. your own ``mynets.models:SmallNet``; a factory function is named by the name
+  you registered it under (:func:`kdkit.register_model`), or as ``module:function`` once registered;
 - ``timm:<name>`` — a model of the timm library (when installed), built with
-  ``timm.create_model(<name>, num_classes=..., in_chans=...)``; its weights come from ``checkpoint:``
-  (a timm or plain ``state_dict`` file), never downloaded by kdkit.
+  ``timm.create_model(<name>, num_classes=..., in_chans=...)`` and architecture arguments only; its
+  weights come from ``checkpoint:`` (a timm or plain ``state_dict`` file), never downloaded by kdkit.
 
-``num_classes`` and ``in_channels`` are passed when the class or factory takes them (by those names, or
-through ``**kwargs``); the config's ``kwargs`` are passed as they are. The name and kwargs are recorded
-in checkpoints, so ``kdkit eval``/``export``/``profile`` rebuild the model.
+The trust model (docs/robustness.md): a recipe and ``--plugin`` are code the user chose to run; a
+checkpoint, a stored config and every file kdkit reads are data. So
 
-A checkpoint is data and must not make kdkit call arbitrary functions: a name read from a checkpoint is
-rebuilt when it is an ``nn.Module`` subclass (checked before anything is called) or a timm model; a
-factory function named by a checkpoint is called only when its module is trusted, that is imported
-with ``--plugin MODULE`` (Python: :func:`trust_module`), or when the user's own config names it too.
+- :func:`resolve` never imports anything. It finds a name only in a known library (``timm:``) or in a
+  module that was imported on the user's word in this process: ``--plugin MODULE`` / ``--plugin
+  FILE.py`` (:func:`load_plugin`), a ``module:Class`` the user's own recipe names (:func:`use_names`,
+  called by :func:`kdkit.load_config`), or :func:`trust_module` in Python;
+- :func:`use_names` imports the module a recipe names, from installed packages and ``PYTHONPATH``, never
+  from the working folder (a file there is code you did not name: pass it with ``--plugin``);
+- the object found must be an ``nn.Module`` subclass, or a factory registered with ``register_model``,
+  before anything is called (``os:system``, ``subprocess:run``, ``builtins:eval`` are refused);
+- a known library's factory gets only arguments that shape an architecture: nothing that loads
+  weights or files or reaches a hub (:data:`REFUSED_LIBRARY_ARGS`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.util
 import inspect
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from torch import nn
@@ -31,106 +40,180 @@ from torch import nn
 from ..errors import ConfigError
 from ..registry import suggest
 
-_TRUSTED: set[str] = set()
+_TRUSTED: set[str] = set()  # modules imported on the user's word in this process
+LIBRARIES = ("timm",)  # known model libraries: name prefix -> built by _create_library
+# keyword arguments that load weights or files or reach a hub: a library factory never gets them
+REFUSED_LIBRARY_ARGS = ("pretrained", "checkpoint", "path", "file", "url", "hub", "cache", "dir", "download",
+                        "token", "revision", "remote")
 
 
 def is_external(name: str) -> bool:
     return ":" in name
 
 
-def trust_module(module: str) -> None:
-    """Allow factory functions of ``module`` (and its submodules) to be called when a checkpoint names
-    them (``kdkit --plugin MODULE`` does this)."""
-    _TRUSTED.add(module)
+def _split(name: str) -> tuple[str, str]:
+    module, _, attr = name.partition(":")
+    if not module or not attr or ":" in attr:
+        raise ConfigError(f"model '{name}': expected 'package.module:Class' (or 'timm:<model name>')")
+    return module, attr
 
 
 def _trusted(module: str) -> bool:
     return any(module == t or module.startswith(t + ".") for t in _TRUSTED)
 
 
-def _split(name: str) -> tuple[str, str]:
-    module, _, attr = name.partition(":")
-    if not module or not attr or ":" in attr:
-        raise ConfigError(f"model '{name}': expected 'package.module:ClassOrFactory' (or 'timm:<model name>')")
-    return module, attr
+def trust_module(module: str) -> ModuleType:
+    """Import ``module`` (as Python's ``import`` would) and let names of it be rebuilt from checkpoints:
+    ``--plugin MODULE`` does this, and so may a Python user who wrote or checked the module."""
+    mod = importlib.import_module(module)
+    _TRUSTED.add(module)
+    return mod
 
 
-def _import(module_name: str) -> Any:
-    """``import module_name``; a module of the current folder is found too (as ``python -m`` would), the
-    folder being searched last so that it never shadows an installed module."""
+@contextlib.contextmanager
+def _without_working_folder() -> Iterator[None]:
+    """``sys.path`` without the working folder (``python -m`` puts it first) while a recipe's module is
+    imported, unless ``PYTHONPATH`` names that folder on purpose."""
+    cwd = os.path.realpath(os.getcwd())
+    chosen = {os.path.realpath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
+    saved = list(sys.path)
+    sys.path[:] = [p for p in saved if os.path.realpath(p or ".") != cwd or os.path.realpath(p or ".") in chosen]
     try:
-        return importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
+        yield
+    finally:
+        sys.path[:] = saved
+
+
+def use_names(names: Iterable[str], where: str = "config") -> None:
+    """The user's recipe names these models: import the module of each ``module:Class`` name (installed
+    or on ``PYTHONPATH``, not from the working folder) and trust it for this process."""
+    for name in names:
+        if not is_external(name) or name.partition(":")[0] in LIBRARIES:
+            continue
+        module, _ = _split(name)
+        if module in sys.modules:
+            _TRUSTED.add(module)
+            continue
+        try:
+            with _without_working_folder():
+                importlib.import_module(module)
+        except ImportError as e:
+            here = Path(os.getcwd(), *module.split(".")[:1])
+            local = here.with_suffix(".py").is_file() or here.is_dir()
+            hint = (f"; '{module}' is in the working folder, which kdkit does not import from unasked: pass "
+                    f"--plugin {here.name}{'.py' if here.with_suffix('.py').is_file() else ''}" if local else
+                    "; the module must be installed or on PYTHONPATH (or passed with --plugin FILE.py)")
+            raise ConfigError(f"{where}: model '{name}': cannot import '{module}' ({type(e).__name__}: {e}){hint}"
+                              ) from None
+        except Exception as e:  # the module's own error while it is imported
+            raise ConfigError(f"{where}: model '{name}': importing '{module}' failed ({type(e).__name__}: "
+                              f"{e})") from None
+        _TRUSTED.add(module)
+
+
+def load_plugin(name: str) -> ModuleType:
+    """``--plugin``: a Python file (``path/to/mynets.py``, importable afterwards as ``mynets``) or a module
+    by name (installed, on ``PYTHONPATH``, or in the working folder: the user named it). Its top-level
+    code registers what it adds (``@register_method`` and the like), and its ``module:Class`` names may
+    be rebuilt from checkpoints."""
+    path = Path(name)
+    if path.suffix != ".py":
         cwd = os.getcwd()
-        if e.name != module_name.split(".")[0] or cwd in sys.path or "" in sys.path:
-            raise
-        sys.path.append(cwd)
-        return importlib.import_module(module_name)
-
-
-def resolve(name: str) -> Callable[..., Any]:
-    """The class or factory that ``module:attr`` names (``attr`` may be dotted); a ConfigError that says
-    what failed (the import, with its own message; a missing attribute, with the closest names)."""
-    module_name, attr = _split(name)
+        added = cwd not in sys.path
+        if added:
+            sys.path.append(cwd)  # searched last: never shadows an installed module
+        try:
+            return trust_module(name)
+        finally:
+            if added:
+                sys.path.remove(cwd)
+    if not path.is_file():
+        raise ConfigError(f"--plugin {name}: no such file")
+    key = path.stem
+    loaded = sys.modules.get(key)
+    if loaded is not None:
+        if Path(getattr(loaded, "__file__", "") or "").resolve() == path.resolve():
+            _TRUSTED.add(key)
+            return loaded  # already imported (its registrations are in place)
+        raise ConfigError(f"--plugin {name}: a module named '{key}' is imported already (from "
+                          f"{getattr(loaded, '__file__', None) or 'built-in'}); rename the file")
+    spec = importlib.util.spec_from_file_location(key, path)
+    if spec is None or spec.loader is None:
+        raise ConfigError(f"--plugin {name}: cannot be loaded as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[key] = module  # dataclasses look their module up while the file runs
     try:
-        obj: Any = _import(module_name)
-    except ImportError as e:
-        raise ConfigError(f"model '{name}': cannot import '{module_name}' ({type(e).__name__}: {e}); the module "
-                          "must be installed, on PYTHONPATH or in the current folder") from None
-    except Exception as e:  # the module's own error while it is imported
-        raise ConfigError(f"model '{name}': importing '{module_name}' failed ({type(e).__name__}: {e})") from None
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[key]
+        raise
+    _TRUSTED.add(key)
+    return module
+
+
+def resolve(name: str, registered: Callable[[Any], bool] = lambda obj: False) -> Callable[..., Any]:
+    """The ``nn.Module`` class (or registered factory) that ``module:attr`` names, found without importing
+    anything; a ConfigError that says what is refused and how to opt in."""
+    module_name, attr = _split(name)
+    if not _trusted(module_name) or module_name not in sys.modules:
+        raise ConfigError(
+            f"model '{name}': module '{module_name}' was not imported on your word in this command, and kdkit "
+            f"imports no module a file names: name it in your recipe, or pass --plugin {module_name} (a file: "
+            f"--plugin {module_name.replace('.', '/')}.py; Python: kdkit.trust_module('{module_name}'))")
+    obj: Any = sys.modules[module_name]
     where = module_name
     for part in attr.split("."):
-        if not hasattr(obj, part):
+        if part.startswith("_") or not hasattr(obj, part):
             names = [n for n in dir(obj) if not n.startswith("_")]
             raise ConfigError(f"model '{name}': '{where}' has no '{part}'{suggest(part, names)}")
         obj, where = getattr(obj, part), f"{where}.{part}"
-    if not callable(obj):
-        raise ConfigError(f"model '{name}': '{where}' is a {type(obj).__name__}, not a class or function")
-    return obj
-
-
-def check_from_checkpoint(name: str, source: str, user_names: tuple[str, ...] = ()) -> None:
-    """Refuse a model name read from a checkpoint that would make kdkit call an untrusted function (see
-    the module docstring); zoo names, timm models and ``nn.Module`` classes pass."""
-    from ..errors import CheckpointError
-
-    if not is_external(name) or name.startswith("timm:") or name in user_names:
-        return
-    try:
-        obj = resolve(name)
-    except ConfigError as e:
-        raise CheckpointError(f"{source}: {e}") from None
-    if isinstance(obj, type) and issubclass(obj, nn.Module):
-        return
-    module = name.partition(":")[0]
-    if not _trusted(module):
-        raise CheckpointError(
-            f"{source} names the factory function '{name}': kdkit calls a function named by a checkpoint only "
-            f"from a module you trust: add --plugin {module} (Python: kdkit.trust_module('{module}'))")
+    if isinstance(obj, type) and issubclass(obj, nn.Module) or registered(obj):
+        return obj
+    kind = "class" if isinstance(obj, type) else "function" if callable(obj) else type(obj).__name__
+    raise ConfigError(f"model '{name}': '{where}' is a {kind}, not an nn.Module subclass: kdkit creates "
+                      "models only from nn.Module classes and from factories registered with "
+                      "kdkit.register_model (name those by their registered name)")
 
 
 def _accepts(fn: Callable[..., Any], arg: str) -> bool:
     try:
         params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):  # builtins without a signature: pass only what the user gave
+    except (TypeError, ValueError):
         return False
     return arg in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-def create_external(name: str, num_classes: int, in_channels: int, **kwargs: Any) -> nn.Module:
-    if name.startswith("timm:"):
-        try:
-            timm = importlib.import_module("timm")
-        except ImportError:
-            raise ConfigError(f"model '{name}': timm is not installed (pip install timm)") from None
-        model_name = name.partition(":")[2]
-        try:
-            model = timm.create_model(model_name, num_classes=num_classes, in_chans=in_channels, **kwargs)
-        except RuntimeError as e:  # timm: "Unknown model (...)"
-            raise ConfigError(f"model '{name}': {e}") from None
+def library_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A known library's keyword arguments, refused when one would load weights or files or reach a hub."""
+    bad = [k for k in kwargs if any(word in k.lower() for word in REFUSED_LIBRARY_ARGS)]
+    if bad:
+        raise ConfigError(f"model '{name}': argument(s) {', '.join(sorted(bad))} refused: a library model gets "
+                          "architecture arguments only; its weights come from the spec's checkpoint (a state dict "
+                          "or safetensors file), never from a hub or a path kdkit is handed")
+    return kwargs
+
+
+def _create_library(name: str, num_classes: int, in_channels: int, kwargs: dict[str, Any]) -> Any:
+    library, _, model_name = name.partition(":")
+    kwargs = library_kwargs(name, kwargs)
+    try:
+        timm = importlib.import_module(library)
+    except ImportError:
+        raise ConfigError(f"model '{name}': {library} is not installed (pip install {library})") from None
+    try:
+        return timm.create_model(model_name, pretrained=False, num_classes=num_classes, in_chans=in_channels,
+                                 **kwargs)
+    except RuntimeError as e:  # timm: "Unknown model (...)"
+        raise ConfigError(f"model '{name}': {e}") from None
+
+
+def create_external(name: str, num_classes: int, in_channels: int, registered: Callable[[Any], bool],
+                    **kwargs: Any) -> nn.Module:
+    """Create the model ``name`` names (resolved by :func:`resolve`: no import, checked before the call)."""
+    if name.partition(":")[0] in LIBRARIES:
+        model = _create_library(name, num_classes, in_channels, kwargs)
     else:
-        factory = resolve(name)
+        factory = resolve(name, registered)
         extra = {k: v for k, v in (("num_classes", num_classes), ("in_channels", in_channels))
                  if k not in kwargs and _accepts(factory, k)}
         try:
@@ -142,4 +225,5 @@ def create_external(name: str, num_classes: int, in_channels: int, **kwargs: Any
     return model
 
 
-__all__ = ["create_external", "check_from_checkpoint", "is_external", "resolve", "trust_module"]
+__all__ = ["LIBRARIES", "create_external", "is_external", "library_kwargs", "load_plugin", "resolve",
+           "trust_module", "use_names"]

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import CheckpointError
+from .errors import CheckpointError
 
 
 def _fail(source: str, what: str) -> CheckpointError:
