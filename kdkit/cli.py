@@ -417,6 +417,8 @@ def _main(argv: Sequence[str] | None) -> int:
             from .report import collect, terminal, write_report
 
             report = collect(args.paths)
+            for path, why in report.skipped:  # one line each; the rest is reported
+                print(f"kdkit: skipped {path}: {why}", file=sys.stderr)
             if args.command == "compare":
                 print(terminal(report))
                 return 0

@@ -165,8 +165,11 @@ def final_metrics(run_dir: Path) -> dict[str, Any] | None:
 def _network(run_dir: Path, net: str | None = None) -> dict[str, Any]:
     """A model spec for the final weights of one trainable network (default: the student) of the
     finished run in ``run_dir``."""
+    from .engine.rebuild import check_name
+
     net = net or "student"
     spec = trainable_spec(parse_config(load_yaml(run_dir / "config.yaml")), net, f"pipeline: run {run_dir.name}")
+    check_name(spec.name, str(run_dir / "config.yaml"))  # a file's name: it must resolve without an import
     return {"name": spec.name, "kwargs": dict(spec.kwargs), "checkpoint": str(run_dir / "checkpoint.pt"),
             **({"net": net} if net != "student" else {})}
 

@@ -56,6 +56,56 @@ def parse_rows(text: str) -> list[dict[str, Any]]:
     return rows
 
 
+MAX_ROWS = 200_000  # metrics lines a reader takes from one run (an epoch a line: far more than any run has)
+MAX_METRICS_BYTES = 256 << 20
+TEXT_FIELDS = ("stage", "deployed")  # the only fields of a metrics line that are not numbers (and "final")
+
+
+def check_row(row: dict[str, Any]) -> None:
+    """A metrics line's fields: ``final`` a boolean, ``stage``/``deployed`` short strings, every other value
+    a number (an ``epoch`` an integer); a ValueError naming the first field that is not."""
+    for key, value in row.items():
+        if key == "final":
+            ok = isinstance(value, bool)
+        elif key in TEXT_FIELDS:
+            ok = isinstance(value, str) and len(value) <= 200
+        elif key == "epoch":
+            ok = type(value) is int
+        else:
+            ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok or len(key) > 200:
+            raise ValueError(f"'{key[:60]}' is {type(value).__name__} {str(value)[:40]!r}, not "
+                             + ("a boolean" if key == "final" else "a short string" if key in TEXT_FIELDS
+                                else "an integer" if key == "epoch" else "a number"))
+
+
+def stream_rows(path: Path, max_rows: int = MAX_ROWS, max_bytes: int = MAX_METRICS_BYTES) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl`` that kdkit did not necessarily write (a report's input), read line by
+    line within ``max_rows`` lines and ``max_bytes`` bytes, every row checked (:func:`check_row`); a line cut
+    by a kill is skipped. A ValueError says what is wrong and where."""
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ValueError(f"{path.name} is {size:,} bytes, more than the {max_bytes:,} a run's metrics can be")
+    rows = []
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            if number > max_rows:
+                raise ValueError(f"{path.name} has more than {max_rows:,} lines (one per epoch)")
+            try:
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path.name} line {number} is not UTF-8 ({e.reason} at byte {e.start})") from None
+            except (ValueError, RecursionError):
+                continue  # a line cut by a kill, or a blank one
+            if isinstance(row, dict):
+                try:
+                    check_row(row)
+                except ValueError as e:
+                    raise ValueError(f"{path.name} line {number}: {e}") from None
+                rows.append(row)
+    return rows
+
+
 def read_rows(run_dir: Path) -> list[dict[str, Any]]:
     """:func:`parse_rows` of ``run_dir/metrics.jsonl`` (none when there is no such file)."""
     path = run_dir / "metrics.jsonl"
