@@ -33,6 +33,8 @@ def pick_device(name: str = "auto") -> torch.device:
         device = torch.device(name)
     except RuntimeError as e:
         raise ConfigError(f"train.device: {e}") from None
+    if device.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise ConfigError(f"train.device '{name[:40]}': kdkit trains on cpu, cuda[:N], mps or xpu (or 'auto')")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
     return device

@@ -443,6 +443,15 @@ def _main(argv: Sequence[str] | None) -> int:
         message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
         print(f"kdkit: error: {message}", file=sys.stderr)  # one line, whatever the error
         return e.exit_code
+    except OSError as e:
+        import errno
+
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG):
+            raise
+        # a write outside kdkit's atomic writers (TensorBoard, a library's file): files already written are kept
+        print(f"kdkit: error: cannot write {e.filename or 'a file'} ({e.strerror}; is the disk full?); files "
+              "already written are kept (a stopped run continues with --resume RUN_DIR)", file=sys.stderr)
+        return 6
 
 
 if __name__ == "__main__":

@@ -368,6 +368,9 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         for i, part in enumerate(parts[:-1]):
             node = _descend(node, part, parts[: i + 1])
         last = parts[-1]
+        if not isinstance(node, dict | list):
+            raise ConfigError(f"--set {key.strip()[:80]}: '{parts[-2]}' is a value ({str(node)[:40]}), not a "
+                              "section with keys")
         if isinstance(node, list):
             node[_list_index(node, last, parts)] = value
         else:
@@ -379,7 +382,8 @@ def _descend(node: Any, part: str, path: list[str]) -> Any:
     if isinstance(node, list):
         return node[_list_index(node, part, path)]
     if not isinstance(node, dict):
-        raise ConfigError(f"--set {'.'.join(path)}: '{path[-2]}' is not a section")
+        raise ConfigError(f"--set {'.'.join(path)}: '{path[-2]}' is a value ({str(node)[:40]}), not a section "
+                          "with keys")
     child = node.get(part)
     if child is None:
         child = node[part] = {}

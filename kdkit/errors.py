@@ -13,10 +13,24 @@ def _kept(checkpoint: bool) -> str:
     return "the last good checkpoint is kept" if checkpoint else "no checkpoint had been written yet"
 
 
+WORKER_TRACEBACK = "\nOriginal Traceback (most recent call last):"
+
+
 class KdkitError(Exception):
-    """Base class of every error kdkit reports to a user. ``exit_code`` is the CLI's exit status."""
+    """Base class of every error kdkit reports to a user. ``exit_code`` is the CLI's exit status.
+
+    An error raised in a ``DataLoader`` worker (an image that cannot be decoded) reaches the main process
+    as ``type(message)`` with the worker's whole traceback in the message; such a message is cut back to
+    the error's own line, so that the user sees that line and nothing of the worker."""
 
     exit_code = 2
+
+    def __init__(self, *args: object) -> None:
+        if args and isinstance(args[0], str) and WORKER_TRACEBACK in args[0]:
+            last = args[0].rstrip().splitlines()[-1]
+            head = f"{type(self).__module__}.{type(self).__qualname__}: "
+            args = (last[len(head):] if last.startswith(head) else last.partition(": ")[2] or last, *args[1:])
+        super().__init__(*args)
 
 
 class ConfigError(KdkitError, ValueError):

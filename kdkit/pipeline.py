@@ -59,7 +59,7 @@ from .build import from_config, resume
 from .config import apply_overrides, load_config, load_yaml, parse_config, recipe_names, trainable_spec
 from .engine.run_files import read_rows
 from .engine.trainer import Callback
-from .errors import ConfigError
+from .errors import ConfigError, OutputError
 from .models.external import use_names
 from .registry import suggest
 from .schema import from_dict
@@ -201,7 +201,10 @@ def run_pipeline(path: str | Path, out_dir: str | Path | None = None, callbacks:
             else:
                 log(f"pipeline: starting {name} in {run_dir}")
                 teacher = _resolve_teachers(entry, done, previous)
-                from_config(_run_config(entry, teacher, done), run_dir=run_dir, callbacks=callbacks, log=log).fit()
+                run_cfg = _run_config(entry, teacher, done)
+                if run_dir.is_dir():  # stopped before its first checkpoint (a full disk, Ctrl-C): start it again
+                    run_cfg.train.existing = "overwrite"  # (kdkit's own files only; a foreign config.yaml is refused)
+                from_config(run_cfg, run_dir=run_dir, callbacks=callbacks, log=log).fit()
                 status = "trained"
             final = final_metrics(run_dir) or {}
             summary.append({"run": name, "dir": str(run_dir), "status": status,
@@ -236,7 +239,10 @@ def _run_step(entry: RunEntry, root: Path, done: dict[str, Path], log: Callable[
         result, status = json.loads(result_file.read_text()), "skipped (finished)"
     else:
         log(f"pipeline: {kind} {step['from']} into {run_dir}")
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"cannot create {run_dir} ({e.strerror or e})") from None
         if kind == "quantize":
             from .quantize import quantize_checkpoint
 

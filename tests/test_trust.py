@@ -144,3 +144,41 @@ def test_the_users_own_module_works_through_train_eval_and_pipelines(tmp_path):
     p = kdkit(tmp_path, "--plugin", "mynets.py", "pipeline", "pipe.yaml")
     assert p.returncode == 0, p.stderr
     assert [json.loads(line)["status"] for line in p.stdout.splitlines()] == ["trained", "trained"]
+
+
+# ----------------------------------------------------------------------------- a pipeline on a full disk
+def _mount(folder, size):
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="tmpfs")
+def test_a_pipeline_on_a_full_disk_stops_with_exit_6_and_continues_once_there_is_room(tmp_path):
+    """A real full disk (a small tmpfs; skipped where mounting is not allowed): wherever the pipeline runs out
+    of room (a checkpoint, best.pt, the ONNX file), one line and exit 6; once there is room, rerunning it
+    finishes with the runs already done kept."""
+    pipe = tmp_path / "pipe.yaml"
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    pipe.write_text(yaml.safe_dump({"out_dir": str(disk / "p"), "runs": [
+        {"name": "teacher", "config": {**BASE, "model": "cnn_small"}},
+        {"name": "student", "config": {**BASE, "model": "cnn_tiny", "method": "kd"}, "teacher": {"from": "teacher"}},
+        {"name": "onnx", "export": {"from": "student", "format": "onnx"}}]}))
+    if not _mount(disk, "64m"):
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        assert kdkit(tmp_path, "pipeline", pipe).returncode == 0
+        need = sum(f.stat().st_size for f in (disk / "p").rglob("*") if f.is_file())
+        subprocess.run(["umount", str(disk)], check=True)
+        for fraction in (0.3, 0.6, 0.9):
+            assert _mount(disk, f"{int(need * fraction) // 4096 * 4}k")
+            p = kdkit(tmp_path, "pipeline", pipe)
+            err = [line for line in p.stderr.splitlines() if line.startswith("kdkit: error:")]
+            assert p.returncode == 6 and len(err) == 1 and "is the disk full?" in err[0], (fraction, p.stderr[-3000:])
+            subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
+            p = kdkit(tmp_path, "pipeline", pipe)
+            assert p.returncode == 0, p.stderr[-3000:]
+            assert (disk / "p" / "onnx" / "model.onnx").is_file()
+            subprocess.run(["umount", str(disk)], check=True)
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)

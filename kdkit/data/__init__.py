@@ -137,6 +137,9 @@ def build_loaders(cfg: DataConfig, seed: int, device: torch.device | str = "cpu"
     train, val = split_train_val(ds.train, cfg.val_fraction, seed)
     if cfg.limit_train is not None:
         train = train.subset(torch.arange(min(cfg.limit_train, len(train))))
+    if len(train) == 0:
+        raise ConfigError(f"data.val_fraction {cfg.val_fraction} leaves no training images ({ds.name} has "
+                          f"{len(ds.train)} before the split): lower it")
     common = {"mean": ds.mean, "std": ds.std, "device": device, "num_workers": cfg.num_workers,
               "channels_last": channels_last}
     shard = {"rank": rank, "world_size": world_size}  # the in-memory loader only (the other is refused above)

@@ -96,7 +96,7 @@ def load_folder_dataset(cfg: DataConfig) -> Dataset:
     test = ImageSet(as_labels(tlabels), reader=_reader(tpaths, size, mode))
     # the normalisation statistics from up to 256 images, and at most 64 Mi values (huge image sizes)
     n = max(1, min(256, len(train), (1 << 26) // (size * size * (1 if mode == "L" else 3))))
-    sample = torch.stack([train.reader(i) for i in range(0, len(train), max(1, len(train) // n))][:n])
+    sample = torch.stack([train.reader(i) for i in range(0, len(train), max(1, len(train) // n))[:n]])
     mean, std = channel_stats(sample)
     return Dataset("folder", train, test, len(classes), 1 if mode == "L" else 3, (size, size), mean, std,
                    crop_padding=max(1, size // 8), flip=True, classes=classes)

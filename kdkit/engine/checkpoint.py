@@ -56,9 +56,10 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
     except (OSError, RuntimeError) as e:  # a full disk: OSError from Python, RuntimeError from torch.save
         if os.path.exists(tmp):
             os.unlink(tmp)
-        if not isinstance(e, OSError) and "writ" not in str(e).lower():
+        cause = _os_error(e)  # torch.save raises "unexpected pos ..." while handling the OSError
+        if cause is None and "writ" not in str(e).lower():
             raise  # not a failed write (an object that cannot be saved): the error as it is
-        reason = getattr(e, "strerror", None) or first_line(e)
+        reason = getattr(cause, "strerror", None) or first_line(e)
         raise OutputError(f"cannot write {path} ({reason[:200]}; is the disk full?); {kept}") from None
     except BaseException:
         if os.path.exists(tmp):
@@ -73,6 +74,17 @@ def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
     except OSError:
         pass
     return path
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """``e`` or the first OSError in the chain of errors it was raised from or while handling."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -191,6 +203,12 @@ def load_plain_weights(model: nn.Module, weights: dict[str, torch.Tensor], sourc
     missing = sorted(set(own) - set(weights))
     unexpected = sorted(set(weights) - set(own))
     shapes = sorted(k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)
+    kinds = sorted(k for k in set(own) & set(weights) if own[k].is_floating_point() != weights[k].is_floating_point()
+                   or own[k].is_complex() != weights[k].is_complex())
+    if kinds:  # int64 weights for float parameters: casting them gives a network that computes nonsense
+        k = kinds[0]
+        raise CheckpointError(f"{source}: {len(kinds)} weight(s) of another kind than the model's ('{k}' is "
+                              f"{weights[k].dtype}, the model's is {own[k].dtype}): not a weights file of this model")
 
     def some(keys: list[str], shape: bool = False) -> str:
         items = [f"{k} {list(weights[k].shape)} vs {list(own[k].shape)}" if shape else k for k in keys[:4]]

@@ -98,10 +98,11 @@ def _create(spec: ModelSpec, num_classes: int, in_channels: int, source: str | N
     file's: exit 4)."""
     try:
         model = build_network(spec.name, num_classes=num_classes, in_channels=in_channels, **spec.kwargs)
-    except TypeError as e:
-        error: Exception = ConfigError(f"model '{spec.name}': {e}")
     except ConfigError as e:
-        error = e
+        error: Exception = e
+    except (TypeError, ValueError, RuntimeError) as e:  # arguments the model refuses (a size of -1, ...)
+        error = ConfigError(f"model '{spec.name}' cannot be built with kwargs {str(spec.kwargs)[:120]}: "
+                            f"{first_line(e)[:200]}")
     else:
         return logits_output(model, spec.output)
     if source is not None:

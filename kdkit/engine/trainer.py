@@ -31,7 +31,7 @@ from ..methods.distiller import STUDENT
 from ..transforms import Transform, records
 from ..validate import check_tensors, check_training_state
 from . import run_files
-from .checkpoint import FORMAT, VERSION, inference_record, model_record, network_entry, save_atomic
+from .checkpoint import FORMAT, VERSION, inference_record, model_record, network_entry, save_atomic, write_atomic
 from .evaluate import evaluate, evaluate_networks
 from .optim import group_lrs, lr_at, make_optimizer  # noqa: F401  (lr_at: part of this module's API)
 
@@ -273,7 +273,8 @@ class Trainer:
             was_best = self.best_epoch == self.epoch or no_val and self.epoch == self.total_epochs
             if run_files.repair_best(self.run_dir, self.epoch, was_best):
                 self.log("best.pt restored from checkpoint.pt (the run was stopped between the two writes)")
-        (self.run_dir / "config.yaml").write_text(dump_yaml(self.cfg))
+        text = dump_yaml(self.cfg).encode()
+        write_atomic(self.run_dir / "config.yaml", lambda f: f.write(text))
         self.log(f"run directory: {self.run_dir}")
 
     def _claim_run_dir(self) -> None:

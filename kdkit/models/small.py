@@ -18,6 +18,9 @@ class MLP(nn.Module):
     def __init__(self, num_classes: int = 10, in_channels: int = 1, input_size: int = 8,
                  hidden: int = 128):
         super().__init__()
+        for name, value in (("hidden", hidden), ("input_size", input_size), ("in_channels", in_channels)):
+            if type(value) is not int or not 1 <= value <= 1 << 20:
+                raise ValueError(f"mlp: {name} must be an integer in [1, {1 << 20}], got {value!r}")
         self.flatten = nn.Flatten()
         self.fc1 = nn.Linear(in_channels * input_size * input_size, hidden)
         self.fc2 = nn.Linear(hidden, hidden)
