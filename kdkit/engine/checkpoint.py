@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, OutputError, first_line
-from ..validate import check_record, is_state_dict
+from ..validate import check_record, check_tensors, check_training_state, is_state_dict
 
 FORMAT = "kdkit-checkpoint"
 VERSION = 1
@@ -147,6 +147,21 @@ def network_entry(ckpt: dict[str, Any], net: str | None, source: str) -> tuple[d
     if not isinstance(entry, dict) or "model" not in entry or "weights" not in entry:
         raise CheckpointError(f"{source}: network '{net}' has no model record and weights")
     return check_record(entry["model"], source, f"model record of '{net}'"), entry["weights"]
+
+
+def check_resume(ckpt: dict[str, Any], source: str, networks: dict[str, nn.Module], records: dict[str, dict[str, Any]],
+                 distiller_state: dict[str, torch.Tensor], optimizer: torch.optim.Optimizer, total_epochs: int) -> None:
+    """Everything resuming reads, against the rebuilt run: each trainable network's model record (``records``:
+    what the run's config says of it) and weights, then the training state (:func:`check_training_state`)."""
+    for net, model in networks.items():
+        rec, weights = network_entry(ckpt, net, source)
+        wrong = [k for k, v in records[net].items() if rec.get(k) != v]
+        if wrong:
+            k = wrong[0]
+            raise CheckpointError(f"{source}: the model record of '{net}' says {k}={str(rec.get(k))[:60]!r}, "
+                                  f"the run's config says {str(records[net][k])[:60]!r}")
+        check_tensors(model.state_dict(), weights, source, f"weights of '{net}'")
+    check_training_state(ckpt, source, distiller_state, optimizer, total_epochs)
 
 
 # ----------------------------------------------------------------------------- weights from elsewhere

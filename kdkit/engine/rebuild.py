@@ -25,7 +25,6 @@ from typing import Any
 
 from torch import nn
 
-from .. import lowrank, prune, qat  # noqa: F401  (register the transforms a checkpoint may record)
 from ..config import ModelSpec, RunConfig, parse_config, trainable_spec
 from ..errors import CheckpointError, ConfigError, first_line
 from ..features import logits_output

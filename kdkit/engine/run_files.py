@@ -24,11 +24,20 @@ from typing import Any
 
 import torch
 
-from ..config import load_config
+from ..config import RunConfig, load_config
 from ..errors import CheckpointError, ConfigError
 from .checkpoint import write_atomic
 
 CHECKPOINTS = ("checkpoint.pt", "best.pt")
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    """``train.out_dir/train.run_name``, by default ``<data>-<model>-<methods>-<time>``."""
+    from ..methods import method_name
+
+    name = cfg.train.run_name or "-".join(
+        [cfg.data.name, cfg.model.name, "+".join(method_name(m) for m in cfg.method), time.strftime("%Y%m%d-%H%M%S")])
+    return Path(cfg.train.out_dir) / name
 
 
 def remove_stale_temps(run_dir: Path) -> list[Path]:
@@ -259,3 +268,66 @@ def lock_run(run_dir: Path) -> FileLock:
                           "another --out / train.run_name")
     lock.note(f"pid {os.getpid()} on {socket.gethostname()}")
     return lock
+
+
+def _make_locked(run_dir: Path) -> FileLock:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} exists and is not a directory; choose another --out / train.run_name")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create the run directory {run_dir}: {e.strerror or e}") from None
+    return lock_run(run_dir)  # one writer per run directory
+
+
+def claim_run_dir(run_dir: Path, existing: str, log: Callable[[str], None]) -> Path:
+    """A new run's directory: refused when it holds another run (or a ``config.yaml`` that is not a run's),
+    unless ``existing`` (``train.existing``) says to overwrite that run or to take the next free name,
+    which is returned."""
+    held = holds_run(run_dir)
+    if held is None and existing != "new":
+        raise ConfigError(f"{run_dir} holds a config.yaml that is not a kdkit run's; kdkit does not replace it: "
+                          "choose another --out / train.run_name")
+    if not held:
+        return run_dir
+    if existing == "new":
+        free = next_free(run_dir)
+        log(f"{run_dir} holds a run: this one goes to {free}")
+        return free
+    if existing == "overwrite":
+        log(f"overwriting the run in {run_dir} (removed {', '.join(remove_run(run_dir))})")
+        return run_dir
+    raise ConfigError(f"{run_dir} already holds a run: continue it with --resume {run_dir}, replace it with "
+                      "--overwrite, keep it and start another with --new-dir (train.existing: overwrite / new), or "
+                      "choose another --out / train.run_name")
+
+
+def open_run_dir(run_dir: Path, new_run: bool, existing: str, resumed_from: tuple[Path, int, int] | None,
+                 log: Callable[[str], None]) -> tuple[Path, FileLock]:
+    """Create and lock the run directory before anything is written into it: a new run claims it
+    (:func:`claim_run_dir`; refused: the folder is left as it was), a resume checks that its checkpoint
+    (``(path, inode, mtime_ns)`` when it was read) was not replaced meanwhile; interrupted checkpoint
+    writes are removed. Returns the directory (another one with ``existing: new``) and its held lock."""
+    lock = _make_locked(run_dir)
+    try:
+        if resumed_from is not None:
+            path, ino, mtime = resumed_from
+            st = path.stat() if path.is_file() else None
+            if st is None or (st.st_ino, st.st_mtime_ns) != (ino, mtime):
+                raise ConfigError(f"{path} was replaced by another run while this one was starting from it; "
+                                  "resume again")
+        if new_run:
+            try:
+                claimed = claim_run_dir(run_dir, existing, log)
+            except ConfigError:
+                lock.release(remove=True)  # refused: the folder is left as it was
+                raise
+            if claimed != run_dir:  # existing: new
+                lock.release(remove=True)
+                run_dir, lock = claimed, _make_locked(claimed)
+    except BaseException:
+        lock.release()
+        raise
+    for path in remove_stale_temps(run_dir):
+        log(f"removed {path.name}, left by an interrupted checkpoint write")
+    return run_dir, lock

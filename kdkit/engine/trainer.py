@@ -25,24 +25,18 @@ from tqdm import tqdm
 from .. import distributed
 from ..config import RunConfig, config_dict, dump_yaml, trainable_specs
 from ..data import Loaders
-from ..errors import CheckpointError, ConfigError, DivergedError, KdkitError, NonFiniteLossError, OutputError
-from ..methods import Distiller, method_name
+from ..errors import DivergedError, KdkitError, NonFiniteLossError, OutputError
+from ..methods import Distiller
 from ..methods.distiller import STUDENT
 from ..transforms import Transform, records
-from ..validate import check_tensors, check_training_state
 from . import run_files
-from .checkpoint import FORMAT, VERSION, inference_record, model_record, network_entry, save_atomic, write_atomic
+from .checkpoint import FORMAT, VERSION, check_resume, inference_record, model_record, save_atomic, write_atomic
 from .evaluate import evaluate, evaluate_networks
 from .optim import group_lrs, lr_at, make_optimizer  # noqa: F401  (lr_at: part of this module's API)
+from .wrap import wrap
 
 Callback = Callable[["Trainer", int, dict[str, Any]], None]
 NEVER = 2**62  # "no non-finite value yet", as a step number
-
-
-def default_run_dir(cfg: RunConfig) -> Path:
-    name = cfg.train.run_name or "-".join(
-        [cfg.data.name, cfg.model.name, "+".join(method_name(m) for m in cfg.method), time.strftime("%Y%m%d-%H%M%S")])
-    return Path(cfg.train.out_dir) / name
 
 
 @dataclass
@@ -88,11 +82,11 @@ class Trainer:
             net: {"lr": spec.lr, "weight_decay": spec.weight_decay} for net, spec in self.specs.items()
             if net != STUDENT})
         self.callbacks = list(callbacks)
-        self.run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+        self.run_dir = Path(run_dir) if run_dir is not None else run_files.default_run_dir(cfg)
         if self.dist.enabled:  # the default name holds the time: take rank 0's
             self.run_dir = Path(distributed.broadcast_object(str(self.run_dir), self.dist))
         self.write_files = write_files and main
-        self.model = self._wrap(self.distiller)
+        self.model = wrap(self.distiller, cfg.train, self.plan, self.dist, self.device)
         self.cache = None
         self.epoch = 0  # epochs completed
         self.step = 0
@@ -107,32 +101,6 @@ class Trainer:
         use_amp = cfg.train.amp and self.device.type == "cuda"
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
 
-    def _wrap(self, distiller: torch.nn.Module) -> torch.nn.Module:
-        """What a training step calls: the distiller, in DDP when distributed, compiled when asked."""
-        t = self.cfg.train
-        model: torch.nn.Module = distiller
-        if t.compile != "none" or t.compile_teacher:
-            distiller.pin_taps()
-        if t.compile_teacher:
-            distiller.teachers[:] = [self._compile(m) for m in distiller.teachers]
-        if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            # a stage that leaves some objectives off or freezes parameters trains only some of them
-            staged = len(self.plan) > 1 or any(s.frozen for s in self.plan)
-            model = DDP(distiller, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                        find_unused_parameters=staged)
-        if t.compile != "none":
-            model = self._compile(model)
-        return model
-
-    def _compile(self, module: torch.nn.Module) -> torch.nn.Module:
-        t = self.cfg.train
-        kwargs: dict[str, Any] = {"backend": t.compile_backend}
-        if t.compile not in ("none", "default") and t.compile_backend == "inductor":
-            kwargs["mode"] = t.compile
-        return torch.compile(module, **kwargs)
-
     @property
     def total_epochs(self) -> int:
         return sum(s.epochs for s in self.plan)
@@ -140,20 +108,11 @@ class Trainer:
     # ------------------------------------------------------------------------------------ resume
     def check_state(self, ckpt: dict[str, Any], source: str = "checkpoint") -> None:
         """Refuse (CheckpointError, one line) a checkpoint this run cannot resume from, before using any
-        of it: its model records against the run's networks, every tensor's shape and dtype, the
-        optimizer, counters, loader and RNG states."""
-        ds, d = self.loaders.dataset, self.distiller
-        for net, model in d.networks(trainable_only=True).items():
-            rec, weights = network_entry(ckpt, net, source)
-            spec = self.specs[net]
-            expected = {"name": spec.name, "kwargs": dict(spec.kwargs), **self.task.record(ds)}
-            wrong = [k for k, v in expected.items() if rec.get(k) != v]
-            if wrong:
-                k = wrong[0]
-                raise CheckpointError(f"{source}: the model record of '{net}' says {k}={str(rec.get(k))[:60]!r}, "
-                                      f"the run's config says {str(expected[k])[:60]!r}")
-            check_tensors(model.state_dict(), weights, source, f"weights of '{net}'")
-        check_training_state(ckpt, source, d.state_dict(), self.optimizer, self.total_epochs)
+        of it (:func:`~kdkit.engine.checkpoint.check_resume`; the loader checks its own state)."""
+        records = {net: {"name": spec.name, "kwargs": dict(spec.kwargs), **self.task.record(self.loaders.dataset)}
+                   for net, spec in self.specs.items()}
+        check_resume(ckpt, source, self.distiller.networks(trainable_only=True), records, self.distiller.state_dict(),
+                     self.optimizer, self.total_epochs)
         self.loaders.train.check_state(ckpt["loader"], source)
 
     def load_state(self, ckpt: dict[str, Any], source: str = "checkpoint") -> None:
@@ -234,36 +193,9 @@ class Trainer:
             if self.cache is not None:
                 self.cache.release()  # other runs may rebuild a shared disk cache once no run reads it
 
-    def _make_dir(self) -> None:
-        if self.run_dir.exists() and not self.run_dir.is_dir():
-            raise ConfigError(f"{self.run_dir} exists and is not a directory; choose another --out / train.run_name")
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ConfigError(f"cannot create the run directory {self.run_dir}: {e.strerror or e}") from None
-        self._lock = run_files.lock_run(self.run_dir)  # one writer per run directory
-
     def _prepare_run_dir(self) -> None:
-        self._make_dir()
-        if self._resumed_from is not None:
-            path, ino, mtime = self._resumed_from
-            st = path.stat() if path.is_file() else None
-            if st is None or (st.st_ino, st.st_mtime_ns) != (ino, mtime):
-                raise ConfigError(f"{path} was replaced by another run while this one was starting from it; "
-                                  "resume again")
-        if self.epoch == 0:
-            taken = self.run_dir
-            try:
-                self._claim_run_dir()
-            except ConfigError:
-                self._lock.release(remove=True)  # refused: the folder is left as it was
-                self._lock = None
-                raise
-            if self.run_dir != taken:  # train.existing: new
-                self._lock.release(remove=True)
-                self._make_dir()
-        for path in run_files.remove_stale_temps(self.run_dir):
-            self.log(f"removed {path.name}, left by an interrupted checkpoint write")
+        self.run_dir, self._lock = run_files.open_run_dir(self.run_dir, self.epoch == 0, self.cfg.train.existing,
+                                                          self._resumed_from, self.log)
         if self.epoch > 0 and self.epoch == self.total_epochs:  # a finished run: its final line, if it has one
             self._final = run_files.final_line(self.run_dir, self.epoch)
         if self.epoch > 0 and self._final is None:  # resuming: the files as they were after this epoch
@@ -276,27 +208,6 @@ class Trainer:
         text = dump_yaml(self.cfg).encode()
         write_atomic(self.run_dir / "config.yaml", lambda f: f.write(text))
         self.log(f"run directory: {self.run_dir}")
-
-    def _claim_run_dir(self) -> None:
-        """A new run's directory: refused when it holds another run (or a ``config.yaml`` that is not a
-        run's), unless ``train.existing`` says to overwrite that run or to take the next free name."""
-        held = run_files.holds_run(self.run_dir)
-        mode = self.cfg.train.existing
-        if held is None and mode != "new":
-            raise ConfigError(f"{self.run_dir} holds a config.yaml that is not a kdkit run's; kdkit does not replace "
-                              "it: choose another --out / train.run_name")
-        if not held:
-            return
-        if mode == "new":
-            taken, self.run_dir = self.run_dir, run_files.next_free(self.run_dir)
-            self.log(f"{taken} holds a run: this one goes to {self.run_dir}")
-        elif mode == "overwrite":
-            removed = run_files.remove_run(self.run_dir)
-            self.log(f"overwriting the run in {self.run_dir} (removed {', '.join(removed)})")
-        else:
-            raise ConfigError(f"{self.run_dir} already holds a run: continue it with --resume {self.run_dir}, "
-                              "replace it with --overwrite, keep it and start another with --new-dir "
-                              "(train.existing: overwrite / new), or choose another --out / train.run_name")
 
     def _build_cache(self) -> None:
         from .cache import build_cache
