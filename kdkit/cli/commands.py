@@ -13,9 +13,9 @@ from .interrupt import interruptible, start_work
 
 
 def cmd_run(args: argparse.Namespace, distill: bool) -> int:
+    from .. import distributed
     from ..build import from_config, resume
     from ..config import load_config
-    from .. import distributed
 
     if args.epochs is not None and args.epochs < 1:
         raise ConfigError(f"--epochs must be >= 1, got {args.epochs}")

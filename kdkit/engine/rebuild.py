@@ -188,7 +188,7 @@ def load_network(checkpoint: str | Path, net: str | None = None) -> Network:
     records it, every check before the step that needs it (see the module docstring)."""
     source = str(checkpoint)
     ckpt = load_checkpoint(checkpoint)  # step 1
-    cfg = stored_config(ckpt, source)  # step 2
+    cfg = stored_config(ckpt, source, rebuild=False)  # step 2 (the one name rebuilt is checked in step 4)
     spec = trainable_spec(cfg, net, "--net")
     rec, weights = network_entry(ckpt, net, source)  # step 3
     num_classes, in_channels = rec.get("num_classes"), rec.get("in_channels")
