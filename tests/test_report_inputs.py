@@ -114,12 +114,11 @@ def test_out_errors_are_one_line(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     assert cli(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "file")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"kdkit: error: --out {tmp_path / 'file'}: is a file, not a folder for the report"
-    assert cli(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "file" / "sub")]) == 6
+    assert err == f"kdkit: error: the report folder (--out) {tmp_path / 'file'} exists and is not a folder"
+    assert cli(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "file" / "sub")]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"kdkit: error: --out {tmp_path / 'file' / 'sub'}: cannot create the folder")
-    assert "\n" not in err
-    assert (tmp_path / "file").read_text() == "x"
+    assert err.startswith(f"kdkit: error: cannot create the report folder (--out) {tmp_path / 'file' / 'sub'}: ")
+    assert "\n" not in err and (tmp_path / "file").read_text() == "x"
 
 
 def test_an_alias_bomb_does_not_hang_a_fresh_process(tmp_path):

@@ -17,11 +17,23 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, OutputError, first_line
+from ..errors import CheckpointError, ConfigError, OutputError, first_line
 from ..validate import check_record, check_tensors, check_training_state, is_state_dict
 
 FORMAT = "kdkit-checkpoint"
 VERSION = 1
+
+
+def make_folder(path: Path, what: str, hint: str = "") -> Path:
+    """Create the folder ``path`` (``what`` names it in errors, ``hint`` says what to do): a ConfigError in one
+    line when a file is in the way or it cannot be created."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{what} {path} exists and is not a folder{hint}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create {what} {path}: {e.strerror or e}{hint}") from None
+    return path
 
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:

@@ -26,7 +26,7 @@ import torch
 
 from ..config import RunConfig, load_config
 from ..errors import CheckpointError, ConfigError
-from .checkpoint import write_atomic
+from .checkpoint import make_folder, write_atomic
 
 CHECKPOINTS = ("checkpoint.pt", "best.pt")
 
@@ -271,12 +271,7 @@ def lock_run(run_dir: Path) -> FileLock:
 
 
 def _make_locked(run_dir: Path) -> FileLock:
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"{run_dir} exists and is not a directory; choose another --out / train.run_name")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot create the run directory {run_dir}: {e.strerror or e}") from None
+    make_folder(run_dir, "the run directory", "; choose another --out / train.run_name")
     return lock_run(run_dir)  # one writer per run directory
 
 

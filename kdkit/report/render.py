@@ -11,8 +11,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ..engine.checkpoint import write_atomic
-from ..errors import ConfigError, OutputError
+from ..engine.checkpoint import make_folder, write_atomic
 from .numbers import config_differences, fmt, group_rows, groups
 from .read import Report, printable
 
@@ -155,22 +154,9 @@ def _md(text: str) -> str:
     return s
 
 
-def output_folder(out: str | Path) -> Path:
-    """``--out``: a folder, created if need be; a ConfigError (an existing file) or an OutputError (cannot
-    be created) in one line."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {printable(out)}: is a file, not a folder for the report")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"--out {printable(out)}: cannot create the folder ({e.strerror or e})") from None
-    return out
-
-
 def write_report(report: Report, out: str | Path) -> dict[str, Path]:
     """``report.html`` (self-contained), ``report.md`` and the PNG plots in ``out``; returns their paths."""
-    out = output_folder(out)
+    out = make_folder(Path(out), "the report folder (--out)")
     figures = plots(report)
     written = {name: write_atomic(out / name, lambda f, b=data: f.write(b)) for name, data in figures.items()}
     ts = tables(report)
