@@ -28,7 +28,7 @@ from .yamlio import MAX_YAML_BYTES, MAX_YAML_NODES, apply_overrides, load_yaml, 
 
 @dataclass
 class ModelSpec:
-    """A network: a zoo name, ``package.module:ClassOrFactory`` or ``timm:<name>``; optionally initialised
+    """A network: a zoo name, ``package.module:Class`` or ``timm:<name>``; optionally initialised
     from a checkpoint: a kdkit checkpoint, a plain PyTorch ``state_dict`` file or a ``.safetensors`` file."""
 
     name: str
