@@ -9,6 +9,7 @@ import errno
 import pytest
 import torch
 import yaml
+from conftest import HANG_S
 from PIL import Image
 from test_bad_inputs import check_refused
 
@@ -85,3 +86,28 @@ def test_torch_save_on_a_full_disk_is_exit_6(tmp_path, capsys, monkeypatch):
     check_refused(capsys, ["train", _recipe(tmp_path)], 6, ["cannot write", "No space left on device",
                                                             "is the disk full?"])
     assert not (tmp_path / "runs" / "r" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("name,temperature,warns", [("kd", 0.05, True), ("kd", 25.0, True), ("kd", 4.0, False),
+                                                     ("dkd", 0.1, True), ("crd", 0.07, False)])
+def test_a_temperature_outside_the_useful_range_warns(name, temperature, warns):
+    """(issue 25) temperature 0.05 was accepted silently; CRD's InfoNCE temperature is another kind."""
+    import warnings
+
+    from kdkit.methods import method_config
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        method_config({"name": name, "temperature": temperature})
+    assert any("outside [0.5, 20.0]" in str(w.message) for w in caught) == warns
+
+
+def test_warnings_are_one_line_on_the_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "kdkit", "train", str(_recipe(tmp_path)), "--set", "method=kd", "--set",
+                        "method.temperature=0.05"], capture_output=True, text=True, timeout=HANG_S)
+    assert p.returncode == 2  # kd needs a teacher: refused, after the warning
+    assert "kdkit: warning: method: temperature 0.05 is outside [0.5, 20.0]" in p.stderr, p.stderr
+    assert "UserWarning" not in p.stderr

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import HANG_S
 from torch import nn
 
 from kdkit import from_config
@@ -117,3 +118,16 @@ def test_cli_lists_transforms(capsys):
     assert cli(["list", "transforms"]) == 0
     out = capsys.readouterr().out
     assert "ghost_bn" in out and "test_split_fc" in out
+
+
+def test_a_fresh_process_lists_every_transform():
+    """Not only those some earlier import happened to register (issue 25: prune, sparsify, lowrank and qat
+    were missing), each with its first sentence on one line."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "kdkit", "list", "transforms"], capture_output=True, text=True,
+                       timeout=HANG_S)
+    names = [line.split()[0] for line in p.stdout.splitlines()]
+    assert p.returncode == 0 and names == ["branch", "ghost_bn", "lowrank", "prune", "qat", "sparsify"], p.stdout
+    assert "(ONE, Lan et al. 2018)" in p.stdout

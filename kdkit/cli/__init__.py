@@ -57,7 +57,14 @@ def entry() -> None:
     sys.exit(code)
 
 
+def _warning_line(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> str:
+    return f"kdkit: warning: {message}\n"
+
+
 def _main(argv: Sequence[str] | None) -> int:
+    import warnings
+
+    warnings.formatwarning = _warning_line  # one line each, as errors are (not the file and line that warned)
     args = build_parser().parse_args(argv)
     try:
         for plugin in args.plugin:

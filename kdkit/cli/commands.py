@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -151,13 +152,13 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name in DATASETS.names(args.pattern):
             print(f"{name:14s} {(DATASETS.get(name).__doc__ or '').strip()}")
     elif args.what in ("transforms", "tasks"):
+        from .. import config  # noqa: F401  (registers the transforms of prune, lowrank and qat)
         from ..tasks import TASKS
         from ..transforms import TRANSFORMS
 
         registry = TRANSFORMS if args.what == "transforms" else TASKS
         for name in registry.names(args.pattern):
-            doc = (registry.get(name).__doc__ or "").strip().splitlines()[0]
-            print(f"{name:14s} {doc}")
+            print(f"{name:14s} {first_sentence(registry.get(name).__doc__)}")
     else:
         from ..methods import METHODS
 
@@ -231,6 +232,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     start_work()
     run_demo(seeds=args.seeds, epochs=args.epochs, out=Path(args.out) if args.out else None)
     return 0
+
+
+def first_sentence(doc: str | None, limit: int = 100) -> str:
+    """The docstring's first sentence on one line (shortened to ``limit``)."""
+    text = " ".join((doc or "").split()).replace("``", "")
+    end = re.search(r"(?<!\bal)(?<!e\.g)(?<!i\.e)\.(\s|$)", text)  # not "et al." nor "e.g."
+    text = text if end is None else text[: end.start() + 1]
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
 COMMANDS = {"train": lambda a: cmd_run(a, distill=False), "distill": lambda a: cmd_run(a, distill=True),

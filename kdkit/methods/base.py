@@ -8,6 +8,7 @@ The :class:`~kdkit.methods.distiller.Distiller` runs methods.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -90,6 +91,9 @@ class Method(nn.Module):
     needs_peers: ClassVar[int] = 0  # trainable networks it needs besides the student (online methods)
     student_transform: ClassVar[dict | None] = None  # the model transform its student needs (a branched one)
     needs_views: ClassVar[bool] = False  # each network of its cohort sees its own augmented view (data.views)
+    # a softening temperature outside this range is accepted with a warning (None: its temperature is another
+    # kind, e.g. CRD's contrastive one)
+    temperature_range: ClassVar[tuple[float, float] | None] = (0.5, 20.0)
 
     def __init__(self, cfg: MethodConfig | None = None):
         super().__init__()
@@ -187,7 +191,13 @@ def method_config(entry: Any, where: str = "method") -> MethodConfig:
         raise ConfigError(f"{where}: expected a method name or a mapping with 'name', got {entry!r}")
     entry = dict(entry)
     cls = METHODS.get(str(entry.pop("name")))
-    return from_dict(cls.Config, entry, where)
+    cfg = from_dict(cls.Config, entry, where)
+    t, bounds = getattr(cfg, "temperature", None), cls.temperature_range
+    if isinstance(t, int | float) and bounds is not None and not bounds[0] <= t <= bounds[1]:
+        warnings.warn(f"{where}: temperature {t} is outside [{bounds[0]}, {bounds[1]}], where softened targets are "
+                      "useful (near 0 they are one-hot, far above they are uniform); the papers use 1 to 8",
+                      stacklevel=2)
+    return cfg
 
 
 def create_method(name_or_cfg: str | MethodConfig, **kwargs: Any) -> Method:

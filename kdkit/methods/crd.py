@@ -60,6 +60,7 @@ class CRD(EmbeddingMethod):
 
     name = "crd"
     family = "contrastive"
+    temperature_range = None  # InfoNCE's temperature (0.07 in the paper), not a softening one
     paper = "Tian et al. 2020, Contrastive Representation Distillation"
     Config = CRDConfig
 

@@ -35,9 +35,12 @@ class DCM(Method):
     map links each classifier of one network to all classifiers of the other, none within a network).
     The authors' auxiliary classifiers are hand-made for WRN (copies of the later groups, some halved or
     widened); here the auxiliary classifier after stage ``i`` is a fresh copy of everything after that
-    stage (split by ``torch.fx``, re-initialised), which fits any architecture. The released repository
-    lacks its ``KL_divergence`` module, so the temperature (default 1) is not checked against it. The
-    auxiliary classifiers are discarded after training: the deployed networks are unchanged."""
+    stage (split by ``torch.fx``, re-initialised), which fits any architecture. The authors'
+    ``KL_divergence.py`` (in ``wrn/`` and ``wrn_mobi/``) takes plain softmaxes, i.e. temperature 1 (our
+    default), of the detached target and the learning classifier, ``mean_b sum_k p log(p / q)``, with both
+    distributions smoothed by 1e-8 (``(p + eps) / (1 + K eps)``), which changes nothing measurable; we
+    compute the same KL without that smoothing. The auxiliary classifiers are discarded after training:
+    the deployed networks are unchanged."""
 
     name = "dcm"
     family = "online"
