@@ -15,7 +15,8 @@ runs:
   - name: born_again
     config: configs/digits/kd.yaml
     teacher: {from: student}
-    repeat: 2                          # born_again.1, born_again.2: each later one taught by the one before
+    repeat: 2                          # born_again.1, born_again.2: each later one taught by the one before,
+                                       # generation k with seed + k - 1
   - name: finetune
     config: configs/digits/scratch.yaml
     init: {from: student}              # start from that run's weights (same model)
@@ -202,6 +203,7 @@ def run_pipeline(path: str | Path, out_dir: str | Path | None = None, callbacks:
                 log(f"pipeline: starting {name} in {run_dir}")
                 teacher = _resolve_teachers(entry, done, previous)
                 run_cfg = _run_config(entry, teacher, done)
+                run_cfg.train.seed += k - 1  # each generation its own initialisation and data order
                 if run_dir.is_dir():  # stopped before its first checkpoint (a full disk, Ctrl-C): start it again
                     run_cfg.train.existing = "overwrite"  # (kdkit's own files only; a foreign config.yaml is refused)
                 from_config(run_cfg, run_dir=run_dir, callbacks=callbacks, log=log).fit()

@@ -90,6 +90,7 @@ def test_repeat_chains_generations_and_init_takes_weights(tmp_path):
     assert cfg2["teacher"][0]["checkpoint"] == str(root / "ban.1" / "checkpoint.pt")  # born-again chain
     assert cfg1["model"]["checkpoint"] == str(root / "student" / "checkpoint.pt")
     assert cfg1["train"]["epochs"] == 1
+    assert (cfg1["train"]["seed"], cfg2["train"]["seed"]) == (0, 1)  # (issue 25) a seed per generation
 
 
 @pytest.mark.parametrize("runs, message", [
