@@ -99,6 +99,13 @@ def test_profile_through_the_cli(tmp_path, capsys, teacher_ckpt):
     assert set(p["latency"]) == {"1", "8"} and set(p["latency"]["1"]) == {"eager", "onnxruntime"}
     assert p["onnx"]["top1_agreement"] == 100.0 and p["onnx"]["onnx_top1"] == pytest.approx(p["test_top1"])
     assert p["threads"] == 1 and "CPU latency, 1 thread(s)" in err
+    # (issue 25) the output, saved to a file, goes into a report's cost table
+    (tmp_path / "profile.json").write_text(out.splitlines()[-1])
+    code, out, err = _run(tmp_path, capsys, "compare", str(tmp_path / "profile.json"))
+    assert code == 0 and "skipped" not in err, err
+    row = next(line for line in out.splitlines() if line.startswith("cnn_small (student,"))
+    assert f"{p['params']:,}" in row and f"{p['test_top1']:.2f}" in row
+    assert f"{p['latency']['8']['onnxruntime']['median_ms']:.3f}" in row
 
 
 @pytest.mark.parametrize("args,code,message", [

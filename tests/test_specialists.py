@@ -194,7 +194,7 @@ def _reference_combination(p_g, specialists, active):
         terms = [(np.array(c), p[b].double().numpy()) for (c, p), on in zip(specialists, active[b]) if on]
         k = len(pg)
 
-        def f(z):
+        def f(z, pg=pg, terms=terms, k=k):
             z = z - z.max()
             log_q = z - np.log(np.exp(z).sum())
             q = np.exp(log_q)

@@ -158,6 +158,8 @@ def _number(value: Any, nullable: bool = True) -> bool:
 def _cost_rows(data: Any, source: str) -> list[dict[str, Any]]:
     """Size/latency rows of a pipeline summary (a list) or of a benchmark's result JSON (``rows``), each
     field of the type it must have (:class:`Skipped` names the row and field that is not)."""
+    if isinstance(data, dict) and isinstance(data.get("latency"), dict) and "params" in data:
+        data = [_profile_row(data)]  # `kdkit profile CHECKPOINT > file.json`
     rows = data.get("rows") if isinstance(data, dict) else data
     if isinstance(rows, dict):
         rows = [{"run": k, **v} for k, v in rows.items() if isinstance(v, dict)]
@@ -181,6 +183,19 @@ def _cost_rows(data: Any, source: str) -> list[dict[str, Any]]:
     return out
 
 
+def _profile_row(data: dict[str, Any]) -> dict[str, Any]:
+    """The cost row of one ``kdkit profile`` result: its medians as ``eager_b<B>_ms`` / ``ort_b<B>_ms``."""
+    row = {"run": f"{data.get('model', '?')} ({data.get('net', 'student')}, {data.get('checkpoint', '?')})",
+           **{k: data.get(k) for k in ("params", "macs", "test_top1")}}
+    for batch, timings in data["latency"].items():
+        if not isinstance(timings, dict) or not all(isinstance(t, dict) for t in timings.values()):
+            raise Skipped(f"latency of batch {printable(batch, 20)} is not a mapping of timings")
+        for engine, key in (("eager", "eager"), ("onnxruntime", "ort")):
+            if engine in timings:
+                row[f"{key}_b{printable(batch, 20)}_ms"] = timings[engine].get("median_ms")
+    return row
+
+
 def _json_costs(path: Path) -> list[dict[str, Any]]:
     try:
         data = json.loads(_text(path, MAX_JSON_BYTES))
@@ -190,7 +205,8 @@ def _json_costs(path: Path) -> list[dict[str, Any]]:
         raise Skipped("nested too deeply to be a result JSON") from None
     rows = _cost_rows(data, str(path))
     if not rows:
-        raise Skipped("no rows with params and macs (a pipeline summary.json or a benchmark's result JSON)")
+        raise Skipped("no rows with params and macs (a pipeline summary.json, a benchmark's result JSON or the "
+                      "output of kdkit profile)")
     return rows
 
 
