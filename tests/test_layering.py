@@ -77,7 +77,8 @@ def test_find_cycle_finds_one():
 LAYERS = [
     ("foundations", ["kdkit.errors", "kdkit.registry", "kdkit.schema", "kdkit.validate", "kdkit.yamlio"]),
     ("tensors and models", ["kdkit.tasks", "kdkit.features", "kdkit.adapters", "kdkit.losses", "kdkit.models",
-                            "kdkit.transforms", "kdkit.prune", "kdkit.lowrank", "kdkit.qat", "kdkit.distributed"]),
+                            "kdkit.transforms", "kdkit.prune", "kdkit.lowrank", "kdkit.qat", "kdkit.distributed",
+                            "kdkit.specialist_combination"]),
     ("methods", ["kdkit.methods"]),
     ("run schema", ["kdkit.config"]),
     ("data", ["kdkit.data"]),
