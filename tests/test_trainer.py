@@ -163,3 +163,17 @@ def test_save_atomic_keeps_old_file_on_failure(tmp_path):
         save_atomic({"a": Unsaveable()}, path)
     assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(1))
     assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_a_scaled_label_loss_is_logged_unscaled_too(digits_cfg, tmp_path, teacher_ckpt):
+    """(issue 25) kd's logged ce is (1 - alpha) CE, which looks like a good fit; the plain CE is logged beside
+    it as ce_unscaled. A run whose label loss is not scaled logs no such key."""
+    kd = from_config(digits_cfg(tmp_path / "kd", teacher={"name": "cnn_small", "checkpoint": teacher_ckpt},
+                                method={"name": "kd", "alpha": 0.9}), log=quiet)
+    kd.fit()
+    row = kd.history[0]
+    assert row["train/ce_unscaled"] == pytest.approx(row["train/ce"] / 0.1)
+    assert row["train/loss"] == pytest.approx(row["train/ce"] + row["train/kd"])  # not summed into the loss
+    plain = from_config(digits_cfg(tmp_path / "plain"), log=quiet)
+    plain.fit()
+    assert "train/ce_unscaled" not in plain.history[0] and "train/ce" in plain.history[0]

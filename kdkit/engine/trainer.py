@@ -270,6 +270,10 @@ class Trainer:
         vals = means if sums is not None else {}
         metrics["train/loss"] = sum(vals.values())
         metrics.update({f"train/{k}": v for k, v in vals.items()})
+        ce_w = d.ce_weight(stage)  # the label loss as a plain cross-entropy too, when a method scaled it
+        if ce_w not in (0.0, 1.0):
+            metrics.update({f"train/{k}_unscaled": v / ce_w for k, v in vals.items()
+                            if k == "ce" or k.startswith("ce/")})
         return metrics
 
     def train_step(self, x: Tensor, y: Tensor, idx: Tensor, epoch: int,

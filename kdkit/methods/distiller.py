@@ -149,6 +149,17 @@ class Distiller(nn.Module):
                 return s
         return self.plan[-1]
 
+    def ce_weight(self, stage: PlannedStage) -> float:
+        """The weight of the label loss in ``stage``: the product of its main methods' ``ce_weight()``
+        (``1 - alpha`` for kd), 0 where the stage has no label loss."""
+        if not stage.ce:
+            return 0.0
+        w = 1.0
+        for i, objective in stage.objectives:
+            if objective == MAIN:
+                w *= self.methods[i].ce_weight()
+        return w
+
     def enter_stage(self, epoch: int) -> PlannedStage:
         """Make the stage of ``epoch`` current: its frozen parameters stop requiring grad (and their
         modules stay in eval mode), the others are restored. The trainer calls it at each epoch's start,
@@ -248,10 +259,7 @@ class Distiller(nn.Module):
             raise ConfigError("a method needs sample indices: pass index= to the distiller")
         terms: dict[str, Tensor] = {}
         if stage.ce:
-            ce_w = 1.0
-            for i, objective in stage.objectives:
-                if objective == MAIN:
-                    ce_w *= self.methods[i].ce_weight()
+            ce_w = self.ce_weight(stage)
             if ce_w != 0.0:
                 for name in self.networks(trainable_only=True):
                     terms["ce" if name == STUDENT else f"ce/{name}"] = ce_w * self.task.loss(logits[name], y)
