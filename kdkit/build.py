@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from . import distributed, lowrank, prune, qat  # noqa: F401  (register the lowrank, prune, sparsify and qat transforms)
+from . import distributed
 from .config import RunConfig, network_names, trainable_specs
 from .data import Dataset, build_loaders
 from .engine.checkpoint import inference_record, load_checkpoint

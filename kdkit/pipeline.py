@@ -284,8 +284,9 @@ def ensemble_top1(run_dirs: list[Path]) -> float:
     cfg = loaded[0].cfg
     device = pick_device(cfg.train.device)
     loaders = build_loaders(cfg.data, cfg.train.seed, device)
+    expected = create_task(cfg.task).record(loaders.dataset)
     for net in loaded:
-        net.check_data(create_task(cfg.task).record(loaders.dataset), loaders.dataset.name)
+        net.check_data(expected, loaders.dataset.name)
     nets = [net.model.to(device) for net in loaded]
     return evaluate(MeanLogits(nets), loaders.test)["top1"]
 

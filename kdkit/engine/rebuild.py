@@ -28,7 +28,8 @@ from torch import nn
 from ..config import ModelSpec, RunConfig, parse_config, trainable_spec
 from ..errors import CheckpointError, ConfigError, first_line
 from ..features import logits_output
-from ..models import build_network
+from ..models import MODELS, build_network
+from ..models.external import LIBRARIES, is_external, resolve
 from ..transforms import rebuild_transforms
 from ..validate import check_tensors
 from .checkpoint import load_checkpoint, load_plain_weights, network_entry, read_weights
@@ -52,9 +53,6 @@ def stored_config(ckpt: dict[str, Any], source: str | Path, rebuild: bool = True
 
 def check_name(name: str, source: str) -> None:
     """A model name read from a file: resolvable without an import (CheckpointError otherwise)."""
-    from ..models import MODELS
-    from ..models.external import LIBRARIES, is_external, resolve
-
     if not is_external(name):
         if name not in MODELS:
             raise CheckpointError(f"{source} names the model '{name[:80]}', which is not registered (a model of a "

@@ -54,15 +54,17 @@ def remove_stale_temps(run_dir: Path) -> list[Path]:
 def parse_rows(text: str) -> list[dict[str, Any]]:
     """The rows of a ``metrics.jsonl`` text: one mapping per line; a line cut by a kill (or anything that
     is not a JSON mapping) is skipped."""
-    rows = []
-    for raw in text.splitlines():
-        try:
-            row = json.loads(raw)
-        except ValueError:
-            continue  # a line cut by a kill, or a blank one
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+    return [row for row in map(_parse_line, text.splitlines()) if row is not None]
+
+
+def _parse_line(line: str) -> dict[str, Any] | None:
+    """One metrics line as a mapping, or None for a line cut by a kill, a blank one or one that is not a
+    JSON mapping."""
+    try:
+        row = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    return row if isinstance(row, dict) else None
 
 
 MAX_ROWS = 200_000  # metrics lines a reader takes from one run (an epoch a line: far more than any run has)
@@ -101,12 +103,10 @@ def stream_rows(path: Path, max_rows: int = MAX_ROWS, max_bytes: int = MAX_METRI
             if number > max_rows:
                 raise ValueError(f"{path.name} has more than {max_rows:,} lines (one per epoch)")
             try:
-                row = json.loads(raw.decode("utf-8"))
+                row = _parse_line(raw.decode("utf-8"))
             except UnicodeDecodeError as e:
                 raise ValueError(f"{path.name} line {number} is not UTF-8 ({e.reason} at byte {e.start})") from None
-            except (ValueError, RecursionError):
-                continue  # a line cut by a kill, or a blank one
-            if isinstance(row, dict):
+            if row is not None:
                 try:
                     check_row(row)
                 except ValueError as e:
