@@ -3,7 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-TORCH  := torch==2.13.0
+# torch 2.14.1 with torchvision 0.29.1: the pair whose torchvision imports on a CPU machine (a CUDA build of
+# torch that runs on the CPU; PyPI's torchvision beside the CPU build of torch 2.13.0 fails with "operator
+# torchvision::nms does not exist"). docs/models.md has the measurements.
+TORCH  := torch==2.14.1 torchvision==0.29.1
 
 .PHONY: setup demo test test-slow kill-test lint clean
 
@@ -11,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# Pinned first, so that no dependency pulls an unpinned CUDA build of torch.
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,vision]'
 	touch $(STAMP)
 
 setup: $(STAMP)

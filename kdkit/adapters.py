@@ -41,6 +41,18 @@ class LinearRegressor(nn.Module):
         return self.fc(x.flatten(1))
 
 
+class TokenRegressor(nn.Module):
+    """Maps a student sequence ``[B, N, Ds]`` to the teacher's ``[B, N, Dt]``: one linear map applied to
+    every position (hidden-state hints between transformers of different widths)."""
+
+    def __init__(self, s_dim: int, t_dim: int):
+        super().__init__()
+        self.fc = nn.Linear(s_dim, t_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(x)
+
+
 def build_regressor(s_shape: tuple[int, ...], t_shape: tuple[int, ...]) -> nn.Module:
     """A regressor from student to teacher feature shape (shapes exclude the batch dimension);
     ``nn.Identity`` when they already match."""
@@ -48,6 +60,8 @@ def build_regressor(s_shape: tuple[int, ...], t_shape: tuple[int, ...]) -> nn.Mo
         return nn.Identity()
     if len(s_shape) == 3 and len(t_shape) == 3:
         return ConvRegressor(s_shape, t_shape)
+    if len(s_shape) == 2 and len(t_shape) == 2 and s_shape[0] == t_shape[0]:
+        return TokenRegressor(s_shape[1], t_shape[1])
     s_dim, t_dim = _numel(s_shape), _numel(t_shape)
     return LinearRegressor(s_dim, t_dim)
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import batch
 from .errors import ConfigError, LayerPathError
 
 _WRAPPER_ATTRS = ("_orig_mod", "module")  # torch.compile, DDP / DataParallel
@@ -265,14 +266,16 @@ def probe(model: nn.Module, input_shape: Sequence[int] | Tensor,
     was_training = base.training
     base.eval()
     try:
-        example = input_shape if isinstance(input_shape, Tensor) else torch.zeros(2, *input_shape, device=device)
-        out = base(example.to(device))
+        structured = bool(batch.tensors(input_shape))  # an example batch (a tensor, tuple or dict of tensors)
+        example = input_shape if structured else torch.zeros(2, *input_shape, device=device)
+        out = batch.call(base, batch.to_device(example, device))
     finally:
         base.train(was_training)
         for h in handles:
             h.remove()
     out_shape = tuple(out.shape[1:]) if isinstance(out, Tensor) else None
-    shape = tuple(input_shape.shape[1:]) if isinstance(input_shape, Tensor) else tuple(input_shape)
+    shape = (tuple(input_shape.shape[1:]) if isinstance(input_shape, Tensor) else batch.shapes(input_shape)
+             if structured else tuple(input_shape))
     return ModelInfo(layers, shape, out_shape)
 
 

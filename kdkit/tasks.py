@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import batch as batch_protocol
 from .errors import ConfigError
 from .registry import Registry
 
@@ -29,13 +30,10 @@ class Task:
     higher_is_better: ClassVar[bool] = True
     counts: ClassVar[tuple[str, ...]] = ()  # names of the summed evaluation counts
 
-    def split_batch(self, batch: Any) -> tuple[Tensor, Any, Tensor | None]:
-        """``(inputs, targets, sample indices)`` of a loader's batch; an ordinary ``(inputs, targets)``
-        batch (a torch DataLoader's) has no indices (``None``)."""
-        if isinstance(batch, (tuple, list)) and len(batch) == 2:
-            return batch[0], batch[1], None
-        x, y, index = batch
-        return x, y, index
+    def split_batch(self, batch: Any) -> tuple[Any, Any, Tensor | None]:
+        """``(inputs, targets, sample indices)`` of a loader's batch (:mod:`kdkit.batch`: kdkit's
+        :class:`~kdkit.batch.Batch`, or a user's ``(inputs, targets)`` pair, which has no indices)."""
+        return batch_protocol.split(batch)
 
     def loss(self, output: Tensor, target: Any) -> Tensor:
         raise NotImplementedError

@@ -149,9 +149,10 @@ def test_int8_quantization_keeps_accuracy_on_real_digits(tmp_path, capsys, teach
     import onnx
 
     code, out, err = _run(tmp_path, capsys, "quantize", teacher_ckpt, "--out", str(tmp_path / "q.onnx"),
-                          "--calibration", "256", "--fp32-out", str(tmp_path / "f.onnx"))
+                          "--calibration", "256", "--fp32-out", str(tmp_path / "f.onnx"), "--scheme", "s8s8")
     assert code == 0, err
     r = json.loads(out.splitlines()[-1])
+    assert r["scheme"] == "s8s8" and r["scheme_reason"] == "asked for"
     graph = onnx.load(str(tmp_path / "q.onnx")).graph
     ops = {n.op_type for n in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # int8 QDQ
@@ -166,6 +167,29 @@ def test_int8_quantization_keeps_accuracy_on_real_digits(tmp_path, capsys, teach
         z = model(x)
     assert (q.argmax(1) == z.argmax(1)).float().mean() >= 0.95
     assert (q - z).abs().max() < 0.5 * z.abs().max()  # close, not equal: int8 rounds
+
+
+def test_the_int8_scheme_follows_the_cpu_and_is_recorded_with_its_error(tmp_path, capsys, teacher_ckpt):
+    from kdkit.quantize import pick_scheme
+
+    assert pick_scheme({"avx2", "fma"}, "x86_64")[0] == "u8u8"  # VPMADDUBSW saturates without VNNI
+    assert pick_scheme({"avx2", "avx512f", "avx512_vnni"}, "x86_64")[0] == "s8s8"
+    assert pick_scheme({"avx2", "avx_vnni"}, "x86_64")[0] == "s8s8"
+    assert pick_scheme(set(), "aarch64")[0] == "s8s8"
+    import onnx
+
+    code, out, err = _run(tmp_path, capsys, "quantize", teacher_ckpt, "--out", str(tmp_path / "q.onnx"),
+                          "--calibration", "256", "--scheme", "u8u8")
+    assert code == 0, err
+    r = json.loads(out.splitlines()[-1])
+    kinds = {t.data_type for t in onnx.load(str(tmp_path / "q.onnx")).graph.initializer}
+    assert onnx.TensorProto.UINT8 in kinds and onnx.TensorProto.INT8 not in kinds
+    assert r["scheme"] == "u8u8" and r["agreement"] >= 97.0
+    assert 0 < r["logit_error_mean"] <= r["logit_error_max"] < r["logit_range"]
+    assert "u8u8 (asked for)" in err and "logits off by" in err
+    code, out, _ = _run(tmp_path, capsys, "quantize", teacher_ckpt, "--out", str(tmp_path / "a.onnx"),
+                        "--calibration", "64")
+    assert code == 0 and json.loads(out.splitlines()[-1])["scheme"] in ("s8s8", "u8u8")  # auto: this CPU's
 
 
 def test_quantize_errors(tmp_path, capsys, teacher_ckpt):

@@ -198,7 +198,7 @@ def test_at_checks_each_model_shapes_with_shared_layer_names():
             return self.fc(self.layer3(x.flatten(1)))
 
     m = create_method("at", student_layers=["layer3"], teacher_layers=["layer3"])
-    with pytest.raises(ConfigError, match="the teacher's 'layer3' has shape"):
+    with pytest.raises(ConfigError, match="the teacher's 'layer3' gives \\[8\\] per sample"):
         Distiller(s, [m], [VectorTeacher()], SHAPE)
     with pytest.raises(ConfigError, match="the student's 'fc'"):
         Distiller(s, [create_method("at", student_layers=["fc"], teacher_layers=["layer3"])],

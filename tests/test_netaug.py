@@ -37,6 +37,19 @@ def test_the_student_is_the_augmented_network_with_zero_extra_weights(name, shap
             assert (method.augmented(student, x, k) - want).abs().max() > 1e-3
 
 
+def test_widths_are_rounded_as_make_divisible_rounds():
+    from kdkit.methods.netaug import make_divisible
+
+    # MobileNet's / the NetAug authors' rounding: nearest multiple of 8, at least 8, never 10% below
+    assert [make_divisible(v) for v in (4, 12, 20, 24, 36, 3.9, 100)] == [8, 16, 24, 24, 40, 8, 104]
+    assert make_divisible(27, 8) == 32 and make_divisible(26.9, 8) == 24 + 8  # 24 < 0.9 * 26.9 -> up
+    student, method, _ = _distiller(width_mults=[1.5, 2.5])
+    got = [dict(w.named_modules())["stage1.0"].out_channels for w in method._wides]
+    assert got == [16, 24]  # 8 channels x1.5 = 12 -> 16, x2.5 = 20 -> 24 (plain rounding: 12 and 20)
+    _, plain, _ = _distiller(width_mults=[1.5, 2.5], divisor=1)
+    assert [dict(w.named_modules())["stage1.0"].out_channels for w in plain._wides] == [12, 20]
+
+
 def test_augmented_widths_follow_the_multipliers():
     student, method, _ = _distiller(width_mults=[2.0, 3.0])
     convs = [(n, m) for n, m in student.named_modules() if isinstance(m, torch.nn.Conv2d)]

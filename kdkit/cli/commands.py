@@ -172,10 +172,11 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from ..quantize import quantize_checkpoint
 
     r = quantize_checkpoint(args.checkpoint, args.out, args.net, args.calibration, not args.per_tensor,
-                            args.fp32_out)
-    print(f"written: {r['out']} ({r['int8_bytes'] / 1024:.0f} KiB, fp32 {r['fp32_bytes'] / 1024:.0f} KiB): "
-          f"test top1 {r['int8_top1']:.2f} (fp32 {r['fp32_top1']:.2f}), top-1 agreement {r['agreement']:.2f}%",
-          file=sys.stderr)
+                            args.fp32_out, args.scheme)
+    print(f"written: {r['out']} ({r['int8_bytes'] / 1024:.0f} KiB, fp32 {r['fp32_bytes'] / 1024:.0f} KiB), "
+          f"{r['scheme']} ({r['scheme_reason']}): test top1 {r['int8_top1']:.2f} (fp32 {r['fp32_top1']:.2f}), top-1 "
+          f"agreement {r['agreement']:.2f}%, logits off by {r['logit_error_mean']:.3g} on average "
+          f"(max {r['logit_error_max']:.3g} of a range of {r['logit_range']:.3g})", file=sys.stderr)
     print(json.dumps(r))
     return 0
 

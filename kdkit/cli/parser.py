@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibration", type=int, default=512, help="training images that calibrate the ranges")
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor (default: per channel)")
     p.add_argument("--fp32-out", default=None, help="also keep the fp32 ONNX file here")
+    p.add_argument("--scheme", default="auto", choices=["auto", "s8s8", "u8u8", "reduce_range"],
+                   help="int8 types; auto: the one this CPU's ONNX Runtime kernels compute without saturation "
+                   "(u8u8 on x86 without VNNI, else s8s8)")
 
     p = sub.add_parser("profile", help="parameters, MACs, file sizes, CPU latency (PyTorch eager and ONNX Runtime) "
                        "and test accuracy of a checkpoint's network")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -85,8 +86,8 @@ class Loaders:
     test: BatchLoader
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
-        return (self.dataset.in_channels, *self.dataset.image_size)
+    def input_shape(self) -> tuple[int, ...]:
+        return self.dataset.input_shape
 
 
 def split_train_val(data: ImageSet, val_fraction: float, seed: int) -> tuple[ImageSet, ImageSet | None]:
@@ -114,9 +115,9 @@ def check_batch_memory(batch_size: int, ds: Dataset, device: torch.device | str)
     device's memory (the activations of a network are many times its input): a huge ``image_size`` or
     batch would otherwise end in an out-of-memory kill, with no message."""
     total = memory_bytes(device)
-    need = batch_size * ds.in_channels * ds.image_size[0] * ds.image_size[1] * 4
+    need = batch_size * math.prod(ds.input_shape) * 4
     if total is not None and need > total // 8:
-        raise ConfigError(f"a batch of {batch_size} images of {ds.in_channels}x{ds.image_size[0]}x{ds.image_size[1]} "
+        raise ConfigError(f"a batch of {batch_size} inputs of {'x'.join(map(str, ds.input_shape))} "
                           f"is {need / 2**30:.1f} GiB as floats, more than an eighth of the "
                           f"{total / 2**30:.0f} GiB of {torch.device(device).type} memory: lower data.batch_size or "
                           "data.image_size")
@@ -128,6 +129,13 @@ def build_loaders(cfg: DataConfig, seed: int, device: torch.device | str = "cpu"
     """Train / validation / test loaders. ``data.batch_size`` is the global batch: with ``world_size``
     processes each trains on its share; validation and test sets are sharded across them."""
     ds = dataset or load_dataset(cfg)
+    if ds.kind != "image":
+        image_only = (("mean", cfg.mean, None), ("cutout", cfg.cutout, 0), ("pipeline", cfg.pipeline, "memory"))
+        for key, value, off in image_only:
+            if value != off:
+                raise ConfigError(f"data.{key}: {ds.name} holds {ds.kind} inputs {list(ds.input_shape)}, not images; "
+                                  "normalisation, augmentation and the reference image pipeline apply to images (give "
+                                  "your features already standardised)")
     if cfg.mean is not None:
         if len(cfg.mean) != ds.in_channels:
             raise ConfigError(f"data.mean and data.std have {len(cfg.mean)} values; {ds.name} has {ds.in_channels} "

@@ -12,7 +12,9 @@ from torch import Tensor
 
 @dataclass
 class ImageSet:
-    """Images as uint8 ``[N, C, H, W]`` in memory, or read lazily one by one through ``reader``."""
+    """The inputs of a split, in memory or read lazily one by one through ``reader``: images as uint8
+    ``[N, C, H, W]`` (or floats in [0, 1]); other inputs (vectors ``[N, D]``, sequences ``[N, T, D]``, token
+    ids) in their own dtype, never quantised."""
 
     labels: Tensor  # int64 [N]
     images: Tensor | None = None
@@ -50,11 +52,19 @@ class Dataset:
     crop_padding: int = 0  # random-crop padding for augmentation (0: no crop)
     flip: bool = False  # random horizontal flip for augmentation
     classes: list[str] = field(default_factory=list)
+    # "image": [C, H, W] per sample, normalised with mean/std, augmentable; "tensor": any other shape
+    # (in_channels the first dimension, image_size the rest: () for vectors), passed on as stored
+    kind: str = "image"
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One sample's shape, without the batch dimension."""
+        return (self.in_channels, *self.image_size)
 
 
 def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 images, on the [0, 1] scale."""
-    x = images.transpose(0, 1).reshape(images.shape[1], -1).double() / 255.0
+    """Per-channel mean and std of images (uint8, or floats in [0, 1]), on the [0, 1] scale."""
+    x = images.transpose(0, 1).reshape(images.shape[1], -1).double() / (255.0 if images.dtype == torch.uint8 else 1.0)
     return tuple(x.mean(1).tolist()), tuple(x.std(1).clamp_min(1e-6).tolist())
 
 

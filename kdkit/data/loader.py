@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..batch import Batch
 from ..errors import CheckpointError, ConfigError
 from ..validate import check_rng
 from .base import ImageSet
@@ -65,6 +66,14 @@ def cutout(x: Tensor, size: int, centers: Tensor) -> Tensor:
     return x.masked_fill(hole[:, None], 0.0)
 
 
+def model_input(x: Tensor, images: bool = True) -> Tensor:
+    """A stored batch as a network takes it: uint8 images scaled to [0, 1] (``images``), other floats as
+    float32 (vectors and float images keep their precision until here), integers (token ids) as they are."""
+    if x.dtype == torch.uint8 and images:
+        return x.float().div_(255.0)
+    return x.float() if x.is_floating_point() else x
+
+
 class _Lazy(torch.utils.data.Dataset):
     def __init__(self, data: ImageSet):
         self.data = data
@@ -105,8 +114,10 @@ class BatchLoader:
         self.drop_last = drop_last and len(data) > batch_size
         gen_device = self.device if self.device.type == "cuda" else "cpu"
         self.generator = torch.Generator(device=gen_device).manual_seed(seed)
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        # images: uint8 (or floats in [0, 1]) normalised per channel; other inputs (vectors, sequences, token
+        # ids: no mean and std) are passed on as they are stored, floats as float32
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) if len(mean) else None
+        self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) if len(std) else None
         if data.images is not None:
             self._images = data.images.to(self.device)
             self._labels = data.labels.to(self.device)
@@ -217,9 +228,11 @@ class BatchLoader:
         """What determines the training inputs, for checking a stored teacher cache against."""
         h = hashlib.sha256()
         for t in [self.data.labels, self.mean, self.std, *self._replay.values()]:
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+            if t is not None:
+                h.update(t.detach().cpu().contiguous().numpy().tobytes())
         if self.data.images is not None:
-            h.update(self.data.images.contiguous().numpy().tobytes())
+            h.update(str(self.data.images.dtype).encode())
+            h.update(self.data.images.contiguous().view(torch.uint8).numpy().tobytes())
         return {"inputs": h.hexdigest(), "augment": f"{self.crop_padding},{self.flip},{self.cutout}",
                 "views": str(self.num_views)}
 
@@ -241,17 +254,20 @@ class BatchLoader:
                 p = None
             if self.views > 1:  # each view its own augmentation of the same images: [views, B, ...]
                 extra = [self._augment_params(len(idx) * self.world_size) for _ in range(self.views - 1)]
-                yield torch.stack([self._transform(x, q) for q in [p, *extra]]), y, idx.to(self.device)
+                yield Batch(torch.stack([self._transform(x, q) for q in [p, *extra]]), y, idx.to(self.device))
                 continue
-            yield self._transform(x, p), y, idx.to(self.device)
+            yield Batch(self._transform(x, p), y, idx.to(self.device))
 
     def _view_params(self, view: int, idx: Tensor) -> dict[str, Tensor]:
         dev_idx = idx.to(self.generator.device)
         return {k: v[view][..., dev_idx] for k, v in self._replay.items()}
 
     def _transform(self, x: Tensor, p: dict[str, Tensor] | None) -> Tensor:
-        """uint8 batch -> augmented (with parameters ``p``), normalised float batch."""
-        x = x.float().div_(255.0)
+        """Stored batch -> the model's input: images (uint8, or floats in [0, 1]) augmented (with parameters
+        ``p``) and normalised as float32; other inputs as stored, floats as float32 (see :func:`model_input`)."""
+        x = model_input(x, images=self.mean is not None)
+        if self.mean is None:
+            return x
         if p is not None:
             x = random_crop(x, self.crop_padding, self.generator, p.get("offsets"))
             if self.flip:

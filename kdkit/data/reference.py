@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..batch import Batch
 from ..errors import CheckpointError, ConfigError
 from .base import ImageSet
 
@@ -87,7 +88,8 @@ class DataLoaderPipeline:
         if self.shuffle:
             self.epoch += 1
         for x, y, idx in loader:
-            yield self._to_device(x), y.to(self.device, non_blocking=True), idx.to(self.device, non_blocking=True)
+            yield Batch(self._to_device(x), y.to(self.device, non_blocking=True),
+                        idx.to(self.device, non_blocking=True))
 
     def _to_device(self, x: Tensor) -> Tensor:
         x = x.to(self.device, non_blocking=True)

@@ -3,10 +3,11 @@ user's own PyTorch code and kdkit's in-memory pipeline.
 
 - :func:`load_tensors`: a dataset's train and test splits as float images in ``[0, 1]`` (``[N, C, H, W]``)
   and int64 labels, the same splits kdkit trains and tests on (to train or check a model of your own);
-- :func:`dataset_from_loaders`: any two iterables of ``(images, labels)`` batches (torch DataLoaders) read
+- :func:`dataset_from_loaders`: any two iterables of ``(inputs, labels)`` batches (torch DataLoaders) read
   once into memory as a :class:`~kdkit.data.base.Dataset` that ``kdkit.from_config(cfg, dataset=...)``
   trains on. Images must be uint8 or floats in ``[0, 1]`` (before normalisation: kdkit normalises with
-  ``data.mean``/``data.std``, by default the training images' own statistics).
+  ``data.mean``/``data.std``, by default the training images' own statistics); any other input (vectors
+  ``[B, D]``, sequences ``[B, T, D]``) is kept in its own dtype and given to the model as it is.
 """
 
 from __future__ import annotations
@@ -39,10 +40,21 @@ def load_tensors(name: str = "digits", **data: Any) -> tuple[tuple[Tensor, Tenso
     return out[0], out[1]
 
 
-def _as_uint8(x: Any, where: str) -> Tensor:
-    if not isinstance(x, Tensor) or x.dim() not in (3, 4):
-        raise ConfigError(f"{where}: expected image batches [B, C, H, W] (or [B, H, W]), got "
-                          f"{type(x).__name__}{list(x.shape) if isinstance(x, Tensor) else ''}")
+def _as_inputs(x: Any, where: str, kind: str) -> Tensor:
+    """One batch's inputs as stored: images ``[B, C, H, W]`` (``[B, H, W]`` gets a channel) as uint8, or
+    floats in [0, 1] in their own dtype; other inputs (``kind="tensor"``) as they are."""
+    if not isinstance(x, Tensor):
+        raise ConfigError(f"{where}: the inputs are a {type(x).__name__}, not a tensor (a batch is (inputs, "
+                          "targets); docs/models.md has the batch protocol)")
+    if kind == "tensor":
+        if x.dim() < 2 or x.dtype == torch.bool or x.is_complex():
+            raise ConfigError(f"{where}: expected a batch of [B, ...] numbers, got {x.dtype}{list(x.shape)}")
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise ConfigError(f"{where}: the inputs hold non-finite values")
+        return x
+    if x.dim() not in (3, 4):
+        raise ConfigError(f"{where}: expected image batches [B, C, H, W] (or [B, H, W]), got {x.dtype}{list(x.shape)} "
+                          "(vectors and other inputs: kind='tensor')")
     if x.dim() == 3:
         x = x.unsqueeze(1)
     if x.dtype == torch.uint8:
@@ -50,45 +62,73 @@ def _as_uint8(x: Any, where: str) -> Tensor:
     if not x.is_floating_point():
         raise ConfigError(f"{where}: images must be uint8 or floats in [0, 1], got {x.dtype}")
     lo, hi = float(x.min()), float(x.max())
-    if lo < -1e-6 or hi > 1 + 1e-6:
+    if not (lo >= -1e-6 and hi <= 1 + 1e-6):
         raise ConfigError(f"{where}: float images must be in [0, 1] (before normalisation; kdkit normalises with "
-                          f"data.mean/data.std), got values in [{lo:.3g}, {hi:.3g}]")
-    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+                          f"data.mean/data.std), got values in [{lo:.3g}, {hi:.3g}]; inputs that are not images "
+                          "(standardised features): kind='tensor'")
+    return x.clamp(0, 1)
 
 
-def _read(loader: Iterable, where: str) -> ImageSet:
+def _read(loader: Iterable, where: str, kind: str) -> ImageSet:
     xs, ys = [], []
     for i, batch in enumerate(loader):
-        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-            raise ConfigError(f"{where}: batch {i} is not an (images, labels) pair")
-        xs.append(_as_uint8(batch[0], f"{where} batch {i}"))
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2:
+            raise ConfigError(f"{where}: batch {i} is not an (inputs, labels) pair")
+        xs.append(_as_inputs(batch[0], f"{where} batch {i}", kind))
         ys.append(torch.as_tensor(batch[1]).long().reshape(-1))
+        if len(ys[-1]) != len(xs[-1]):
+            raise ConfigError(f"{where} batch {i}: {len(xs[-1])} inputs but {len(ys[-1])} labels")
     if not xs:
         raise ConfigError(f"{where}: the loader gave no batches")
     shapes = {tuple(x.shape[1:]) for x in xs}
     if len(shapes) > 1:
-        raise ConfigError(f"{where}: images of several shapes {sorted(shapes)[:3]}; resize them to one")
+        raise ConfigError(f"{where}: inputs of several shapes {sorted(shapes)[:3]}; make them one shape")
+    dtypes = {x.dtype for x in xs}
+    if len(dtypes) > 1:
+        raise ConfigError(f"{where}: inputs of several dtypes {sorted(map(str, dtypes))}")
     return ImageSet(torch.cat(ys), images=torch.cat(xs))
+
+
+def _kind(loader: Iterable, kind: str) -> str:
+    if kind not in ("auto", "image", "tensor"):
+        raise ConfigError(f"kind must be 'auto', 'image' or 'tensor', got {kind!r}")
+    if kind != "auto":
+        return kind
+    for batch in loader:  # auto: images are 3-D or 4-D, everything else is a tensor input
+        x = batch[0] if isinstance(batch, (tuple, list)) and batch else None
+        return "image" if isinstance(x, Tensor) and x.dim() in (3, 4) else "tensor"
+    return "image"
 
 
 def dataset_from_loaders(train: Iterable, test: Iterable, name: str = "custom",
                          classes: Sequence[str] | None = None, crop_padding: int = 0,
-                         flip: bool = False) -> Dataset:
-    """A kdkit dataset from two ``(images, labels)`` loaders, read once into memory (see the module
-    docstring). ``crop_padding``/``flip``: kdkit's training augmentation (off by default)."""
-    tr, te = _read(train, "train loader"), _read(test, "test loader")
+                         flip: bool = False, kind: str = "auto") -> Dataset:
+    """A kdkit dataset from two ``(inputs, labels)`` loaders, read once into memory (see the module
+    docstring). ``kind``: ``"image"`` (``[B, C, H, W]`` or ``[B, H, W]``, uint8 or floats in [0, 1],
+    normalised by kdkit), ``"tensor"`` (any other input, e.g. standardised features ``[B, D]``, stored in
+    its own dtype and passed on as it is) or ``"auto"`` (2-D or 5-D and more: tensor; 3-D and 4-D: image).
+    ``crop_padding``/``flip``: kdkit's training augmentation of images (off by default)."""
+    kind = _kind(train, kind)
+    if kind == "tensor" and (crop_padding or flip):
+        raise ConfigError("crop_padding and flip augment images; these inputs are tensors (kind='tensor')")
+    tr, te = _read(train, "train loader", kind), _read(test, "test loader", kind)
     if tr.images.shape[1:] != te.images.shape[1:]:
-        raise ConfigError(f"train images are {list(tr.images.shape[1:])}, test images {list(te.images.shape[1:])}")
+        raise ConfigError(f"train inputs are {list(tr.images.shape[1:])}, test inputs {list(te.images.shape[1:])}")
+    if tr.images.dtype != te.images.dtype:
+        raise ConfigError(f"train inputs are {tr.images.dtype}, test inputs {te.images.dtype}")
     k = int(max(tr.labels.max(), te.labels.max())) + 1
     if min(int(tr.labels.min()), int(te.labels.min())) < 0:
         raise ConfigError("labels must be class indices >= 0")
     if classes is not None and len(classes) < k:
         raise ConfigError(f"{len(classes)} class names for labels up to {k - 1}")
     k = len(classes) if classes is not None else k
+    names = list(classes) if classes is not None else [str(i) for i in range(k)]
+    shape = tuple(tr.images.shape[1:])
+    if kind == "tensor":
+        return Dataset(name, tr, te, k, shape[0], shape[1:], (), (), classes=names, kind="tensor")
     mean, std = channel_stats(tr.images)
-    c, h, w = tr.images.shape[1:]
-    return Dataset(name, tr, te, k, c, (h, w), mean, std, crop_padding=crop_padding, flip=flip,
-                   classes=list(classes) if classes is not None else [str(i) for i in range(k)])
+    return Dataset(name, tr, te, k, shape[0], shape[1:], mean, std, crop_padding=crop_padding, flip=flip,
+                   classes=names)
 
 
 __all__ = ["load_tensors", "dataset_from_loaders"]

@@ -221,12 +221,23 @@ def read_weights(path: str | Path) -> tuple[dict[str, Any] | None, dict[str, tor
     return None, weights
 
 
+def grey_stem(weight: torch.Tensor, own: torch.Tensor | None) -> torch.Tensor:
+    """A 3-channel convolution's weight ``[O, 3, kh, kw]`` for a 1-channel one ``[O, 1, kh, kw]``: summed over
+    its input channels, which computes exactly what the 3-channel layer computes on the grey image
+    repeated on three channels (how a colour model's released weights serve a grey dataset)."""
+    if (own is not None and weight.dim() == 4 and own.dim() == 4 and weight.shape[1] == 3 and own.shape[1] == 1
+            and weight.shape[0] == own.shape[0] and weight.shape[2:] == own.shape[2:] and weight.is_floating_point()):
+        return weight.sum(1, keepdim=True)
+    return weight
+
+
 def load_plain_weights(model: nn.Module, weights: dict[str, torch.Tensor], source: str,
                        strict: bool = True) -> list[str]:
     """Load a plain state dict into ``model``. ``strict``: every key of the model, no other key, same
     shapes, or a CheckpointError that lists what differs (missing, unexpected and mismatched keys, with
     their counts). Not strict: the keys that fit are loaded and the returned lines say what was not."""
     own = model.state_dict()
+    weights = {k: grey_stem(v, own.get(k)) for k, v in weights.items()}
     missing = sorted(set(own) - set(weights))
     unexpected = sorted(set(weights) - set(own))
     shapes = sorted(k for k in set(own) & set(weights) if own[k].shape != weights[k].shape)

@@ -8,6 +8,7 @@ from contextlib import nullcontext
 import torch
 
 from .. import distributed
+from ..batch import call, to_device
 from ..features import pick_logits
 from ..tasks import Task, create_task
 
@@ -17,7 +18,8 @@ def evaluate(model: torch.nn.Module, loader, teachers: Sequence[torch.nn.Module]
              autocast: Callable = nullcontext, dist_info: distributed.DistInfo | None = None,
              task: Task | None = None) -> dict[str, float]:
     """The task's metrics of ``model`` on ``loader``: kdkit's loaders, or any iterable of ``(inputs,
-    targets)`` batches such as a torch DataLoader (moved to the model's device). Classification: top-1 /
+    targets)`` batches such as a torch DataLoader (moved to the model's device; inputs as :mod:`kdkit.batch`
+    says: a tensor, a tuple of tensors or a dict of tensors). Classification: top-1 /
     top-5 accuracy in %, mean cross-entropy, and with teachers the % agreement of the prediction with the
     teachers' mean-logit prediction. Distributed: each rank evaluates its shard and the counts are summed
     over ranks. Counts stay on the device until the end."""
@@ -28,11 +30,11 @@ def evaluate(model: torch.nn.Module, loader, teachers: Sequence[torch.nn.Module]
     device = next((p.device for p in model.parameters()), None)
     for batch in loader:
         x, y, _ = task.split_batch(batch)
-        if device is not None and isinstance(x, torch.Tensor) and x.device != device:  # a plain DataLoader's
-            x, y = x.to(device), y.to(device) if isinstance(y, torch.Tensor) else y  # batches are on the CPU
+        if device is not None:  # a plain DataLoader's batches are on the CPU
+            x, y = to_device(x, device), to_device(y, device)
         with autocast():
-            output = pick_logits(model(x)).float()  # a plain model may return a tuple or dict
-            t_output = torch.stack([t(x).float() for t in teachers]).mean(0) if teachers else None
+            output = pick_logits(call(model, x)).float()  # a plain model may return a tuple or dict
+            t_output = torch.stack([call(t, x).float() for t in teachers]).mean(0) if teachers else None
         batch_counts = task.eval_counts(output, y, t_output)
         counts = batch_counts if counts is None else counts + batch_counts
     model.train(was_training)
@@ -75,5 +77,5 @@ class MeanLogits(torch.nn.Module):
         self.nets = torch.nn.ModuleList(nets)
         self.training = all(n.training for n in nets)  # the flag only: the networks keep their modes
 
-    def forward(self, x):
-        return torch.stack([n(x) for n in self.nets]).mean(0)
+    def forward(self, *args, **kwargs):
+        return torch.stack([n(*args, **kwargs) for n in self.nets]).mean(0)

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from ..errors import ConfigError
-from ..features import ModelInfo
 from ..losses import attention_transfer
 from .base import LayerPairsConfig, LayerPairsMethod, Outputs, register_method
 
@@ -37,13 +35,7 @@ class AT(LayerPairsMethod):
     family = "feature"
     paper = "Zagoruyko & Komodakis 2017, Paying More Attention to Attention"
     Config = ATConfig
-
-    def build(self, s_info: ModelInfo, t_info: ModelInfo) -> None:
-        for who, info, specs in (("student", s_info, self.student_specs), ("teacher", t_info, self.teacher_specs)):
-            for spec in specs:
-                if len(info.shape(spec)) != 3:
-                    raise ConfigError(f"at needs [C, H, W] feature maps; the {who}'s '{spec}' has shape "
-                                      f"{info.shape(spec)}")
+    needs_maps = "attention is a spatial map: the channels' activations summed at each position"
 
     def losses(self, out: Outputs) -> dict[str, Tensor]:
         total = sum(attention_transfer(out.s_feats[s], out.t_feats[t], self.cfg.p)

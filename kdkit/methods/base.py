@@ -220,9 +220,16 @@ def list_methods(pattern: str = "*") -> list[str]:
 
 
 def default_stages(info: ModelInfo, n: int | None = None) -> list[str]:
+    """The last module of each spatial stage (:meth:`ModelInfo.stages`); a network with no spatial maps
+    (an MLP on vectors, a transformer on tokens) has one stage: its penultimate features, the input of its
+    classifier (:func:`default_embedding`)."""
     stages = info.stages()
     if not stages:
-        raise ConfigError("no spatial feature layers found by probing; give the layers explicitly")
+        try:
+            stages = [default_embedding(info)]
+        except ConfigError:
+            raise ConfigError("no spatial feature maps and no nn.Linear classifier found by probing; give the "
+                              "layers explicitly (`kdkit inspect` lists them)") from None
     return stages if n is None else stages[-n:]
 
 
@@ -238,7 +245,7 @@ def pair_layers(s_info: ModelInfo, t_info: ModelInfo, s_layers: list[str] | None
                 t_layers: list[str] | None) -> tuple[list[str], list[str]]:
     """Layer pairs: explicit lists, or the last stages of each model (as many as the shallower has)."""
     if s_layers is None or t_layers is None:
-        n = min(len(default_stages(s_info)), len(default_stages(t_info)))
+        n = len(s_layers or t_layers or []) or min(len(default_stages(s_info)), len(default_stages(t_info)))
         s_layers = s_layers or default_stages(s_info, n)
         t_layers = t_layers or default_stages(t_info, n)
     if len(s_layers) != len(t_layers):
@@ -263,12 +270,20 @@ class LayerPairsMethod(Method):
     Config: ClassVar[type[MethodConfig]] = LayerPairsConfig
     uses_teacher_features = True
     relates_consecutive_layers: ClassVar[bool] = False  # needs at least two layers per model
+    # why the method's formula needs [C, H, W] maps (None: any layer, [D] and [N, D] included)
+    needs_maps: ClassVar[str | None] = None
 
     def setup(self, s_info: ModelInfo, t_info: ModelInfo | None) -> None:
         if t_info is None:
             raise ConfigError(f"{self.name} needs a teacher")
         self.student_specs, self.teacher_specs = pair_layers(
             s_info, t_info, self.cfg.student_layers, self.cfg.teacher_layers)
+        if self.needs_maps:
+            for who, info, specs in (("student", s_info, self.student_specs), ("teacher", t_info, self.teacher_specs)):
+                for spec in specs:
+                    if len(info.shape(spec)) != 3:
+                        raise ConfigError(f"{self.name} needs [C, H, W] feature maps ({self.needs_maps}); the {who}'s "
+                                          f"'{spec}' gives {list(info.shape(spec))} per sample")
         if self.relates_consecutive_layers and len(self.student_specs) < 2:
             raise ConfigError(f"{self.name} needs at least two layers per model (it relates consecutive layers)")
         self.build(s_info, t_info)

@@ -17,6 +17,7 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor, nn
 
+from ..batch import call, tensors, to_device
 from ..errors import ConfigError, LayerPathError
 from ..features import FeatureTap, logits_output, probe, unwrap
 from ..tasks import Task, create_task
@@ -81,7 +82,8 @@ class Distiller(nn.Module):
             t.eval().requires_grad_(False)
         taps: dict[str, list[str]] = {}
         if input_shape is not None:
-            example = self.task.example_input(tuple(input_shape), _device(student))
+            example = (to_device(input_shape, _device(student)) if tensors(input_shape) else
+                       self.task.example_input(tuple(input_shape), _device(student)))
             nets = self.networks()
             infos = {name: probe(net, example) for name, net in nets.items()}
             for name, info in infos.items():
@@ -209,7 +211,7 @@ class Distiller(nn.Module):
             for name, t in zip(self.teacher_names, self.teachers):
                 tap = self.taps.get(name)
                 with tap or nullcontext():
-                    logits.append(t(x))
+                    logits.append(call(t, x))
                 if tap is not None:
                     feats[name] = dict(tap.features)
         if not inference_mode:
@@ -229,7 +231,7 @@ class Distiller(nn.Module):
         the methods' ``out.inputs`` get view 0."""
         if self.views == 1:
             return x
-        if x.dim() < 2 or x.shape[0] != self.views:
+        if not isinstance(x, Tensor) or x.dim() < 2 or x.shape[0] != self.views:
             raise ConfigError(f"this run trains on {self.views} views of each batch (data.views): expected inputs "
                               f"of shape [{self.views}, B, ...], got {tuple(x.shape)}")
         return x[k % self.views]
@@ -241,12 +243,15 @@ class Distiller(nn.Module):
         ``torch.compile`` and DDP, or from its cache)."""
         stage = self._stage if self._stage is not None and self._stage.covers(epoch) else self.enter_stage(epoch)
         if self._input_grad and self.training:
+            if not isinstance(x, Tensor):
+                raise ConfigError(f"a method needs the gradient of the loss with respect to the input tensor; these "
+                                  f"inputs are a {type(x).__name__}")
             x = x.detach().requires_grad_(True)
         logits, feats = {}, {}
         for k, (name, net) in enumerate(self.networks(trainable_only=True).items()):
             tap = self.taps.get(name)
             with tap or nullcontext():
-                logits[name] = net(self.view(x, k))
+                logits[name] = call(net, self.view(x, k))
             feats[name] = tap.features if tap is not None else {}
         out = Outputs(self.view(x, 0), y, index, epoch, logits[STUDENT], s_feats=feats[STUDENT], student=self.student,
                       teachers=self.teachers, logits=logits, feats=feats, peers=dict(self.peers.items()))

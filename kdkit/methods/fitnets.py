@@ -42,9 +42,13 @@ class FitNets(Method):
     def setup(self, s_info: ModelInfo, t_info: ModelInfo | None) -> None:
         if t_info is None:
             raise ConfigError("fitnets needs a teacher")
-        s_stages, t_stages = default_stages(s_info), default_stages(t_info)
-        s = self.cfg.student_layer or s_stages[len(s_stages) // 2]
-        t = self.cfg.teacher_layer or t_stages[len(t_stages) // 2]
+        s, t = self.cfg.student_layer, self.cfg.teacher_layer
+        if s is None:
+            stages = default_stages(s_info)
+            s = stages[len(stages) // 2]
+        if t is None:
+            stages = default_stages(t_info)
+            t = stages[len(stages) // 2]
         s_shape, t_shape = s_info.shape(s), t_info.shape(t)
         self.student_specs, self.teacher_specs = [s], [t]
         self.regressor = build_regressor(s_shape, t_shape)

@@ -9,7 +9,8 @@ extra cost at inference.
 
 How kdkit builds the augmented networks, for any student made of convolutions, linear layers and batch
 norms (the zoo's models, or your own): every convolution's and hidden linear layer's outputs are widened
-to ``round(m * c)`` (the classifier keeps its classes), and every layer's inputs follow from one traced
+to ``make_divisible(m * c, divisor)`` (the nearest multiple of 8 by default, as the authors' code rounds; the
+classifier keeps its classes), and every layer's inputs follow from one traced
 forward pass (so a ``flatten`` before a linear layer, a residual sum, a depthwise convolution work as they
 are). The widened weights are the base weights in the leading block plus extra trainable weights (this
 method's parameters, initialised like fresh layers); the base network is checked once, at set-up, to be
@@ -48,10 +49,22 @@ class NetAugConfig(MethodConfig):
     # width multipliers of the augmented network, one drawn per step (the authors' recipes augment widths up
     # to 3x: [1.0, 2.0, 3.0] per layer for MobileNetV3, [1.0, 1.8, 2.6] for their tiny MobileNetV2)
     width_mults: list[float] = field(default_factory=lambda: [1.5, 2.0, 2.5, 3.0])
+    # widened channel counts are rounded to a multiple of this, as the authors' make_divisible does (8, as in
+    # their code and MobileNet's); 1: plain rounding
+    divisor: int = 8
 
     def validate(self) -> None:
         if not self.width_mults or any(not 1.0 < m <= 8.0 for m in self.width_mults):
             raise ValueError(f"width_mults must be a non-empty list of multipliers in (1, 8], got {self.width_mults}")
+        if isinstance(self.divisor, bool) or not isinstance(self.divisor, int) or not 1 <= self.divisor <= 128:
+            raise ValueError(f"divisor must be an integer in [1, 128], got {self.divisor!r}")
+
+
+def make_divisible(v: float, divisor: int = 8) -> int:
+    """``v`` rounded to the nearest multiple of ``divisor`` (at least ``divisor``), one step up when that
+    falls more than 10% below ``v``: the rounding of MobileNet's and the NetAug authors' channel counts."""
+    new = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return new + divisor if new < 0.9 * v else new
 
 
 def _key(name: str) -> str:
@@ -84,8 +97,8 @@ def _batch_statistics_only(model: nn.Module) -> None:
             m.running_mean = m.running_var = m.num_batches_tracked = None
 
 
-def widen(model: nn.Module, mult: float, example: Tensor) -> nn.Module:
-    """A copy of ``model`` whose convolutions and hidden linear layers have ``round(mult * c)`` outputs
+def widen(model: nn.Module, mult: float, example: Tensor, divisor: int = 8) -> nn.Module:
+    """A copy of ``model`` whose convolutions and hidden linear layers have ``make_divisible(mult * c)`` outputs
     (the classifier keeps its own) and whose layers' inputs follow, found by one forward pass on
     ``example``. Its batch norms use batch statistics only; its weights are uninitialised."""
     wide = copy.deepcopy(model)
@@ -97,7 +110,7 @@ def widen(model: nn.Module, mult: float, example: Tensor) -> nn.Module:
             depthwise = isinstance(m, _CONV) and m.groups > 1 and m.groups == m.in_channels
             if not depthwise:  # a depthwise convolution's outputs follow its inputs
                 c = m.out_channels if isinstance(m, _CONV) else m.out_features
-                resize_layers(wide, {name: _channels(m, out_dim=max(c, round(mult * c)))})
+                resize_layers(wide, {name: _channels(m, out_dim=max(c, make_divisible(mult * c, divisor)))})
 
     def follow(module: nn.Module, inputs: tuple) -> None:
         x = inputs[0] if inputs and isinstance(inputs[0], Tensor) else None
@@ -151,7 +164,7 @@ class NetAug(Method):
         p = next(student.parameters())
         example = torch.zeros(2, *root.in_shape, device=p.device)
         self.mults = sorted(float(m) for m in self.cfg.width_mults)
-        wides = [widen(student, m, example) for m in self.mults]
+        wides = [widen(student, m, example, self.cfg.divisor) for m in self.mults]
         base = dict(student.named_parameters())
         self.extra = nn.ParameterDict()
         widest = wides[-1]

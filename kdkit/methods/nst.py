@@ -35,6 +35,7 @@ class NST(LayerPairsMethod):
     family = "feature"
     paper = "Huang & Wang 2017, Like What You Like: Knowledge Distill via Neuron Selectivity Transfer"
     Config = NSTConfig
+    needs_maps = "each channel's spatial pattern is one sample of the neuron selectivity distribution"
 
     def losses(self, out: Outputs) -> dict[str, Tensor]:
         total = sum(nst_mmd(out.s_feats[s], out.t_feats[t], self.cfg.kernel)

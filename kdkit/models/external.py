@@ -3,9 +3,16 @@
 - ``package.module:Class`` — an ``nn.Module`` subclass of a module you opted in to (your recipe names it,
   or ``--plugin``), e.g. your own ``mynets.models:SmallNet``; a factory function is named by the name
   you registered it under (:func:`kdkit.register_model`), or as ``module:function`` once registered;
-- ``timm:<name>`` — a model of the timm library (when installed), built with
-  ``timm.create_model(<name>, num_classes=..., in_chans=...)`` and architecture arguments only; its
-  weights come from ``checkpoint:`` (a timm or plain ``state_dict`` file), never downloaded by kdkit.
+- ``timm:<name>`` — a model of the timm library, built with ``timm.create_model(<name>,
+  pretrained=False, num_classes=..., in_chans=...)`` and architecture arguments only;
+- ``torchvision:<name>`` — a torchvision classifier, built with ``torchvision.models.get_model(<name>,
+  weights=None, num_classes=...)``; for data with other than 3 channels its stem (the first
+  convolution taking 3 channels) is rebuilt for the data's channels, as timm's ``in_chans`` does.
+
+A library model's weights come from ``checkpoint:`` (a plain ``state_dict`` or safetensors file, e.g.
+torchvision's or timm's released weights saved to disk), never downloaded by kdkit. Loaded into a
+1-channel stem, a 3-channel stem's weights are summed over their input channels: exactly the network
+fed the grey image repeated on three channels (:func:`kdkit.engine.checkpoint.load_plain_weights`).
 
 The trust model (docs/robustness.md): a recipe and ``--plugin`` are code the user chose to run; a
 checkpoint, a stored config and every file kdkit reads are data. So
@@ -37,14 +44,14 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, first_line
 from ..registry import suggest
 
 _TRUSTED: set[str] = set()  # modules imported on the user's word in this process
-LIBRARIES = ("timm",)  # known model libraries: name prefix -> built by _create_library
+LIBRARIES = ("timm", "torchvision")  # known model libraries: name prefix -> built by _create_library
 # keyword arguments that load weights or files or reach a hub: a library factory never gets them
-REFUSED_LIBRARY_ARGS = ("pretrained", "checkpoint", "path", "file", "url", "hub", "cache", "dir", "download",
-                        "token", "revision", "remote")
+REFUSED_LIBRARY_ARGS = ("pretrained", "weights", "checkpoint", "path", "file", "url", "hub", "cache", "dir",
+                        "download", "token", "revision", "remote")
 
 
 def is_external(name: str) -> bool:
@@ -54,7 +61,8 @@ def is_external(name: str) -> bool:
 def _split(name: str) -> tuple[str, str]:
     module, _, attr = name.partition(":")
     if not module or not attr or ":" in attr:
-        raise ConfigError(f"model '{name}': expected 'package.module:Class' (or 'timm:<model name>')")
+        raise ConfigError(f"model '{name}': expected 'package.module:Class' (or 'timm:<model name>', "
+                          "'torchvision:<model name>')")
     return module, attr
 
 
@@ -193,18 +201,44 @@ def library_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
+def _import_library(name: str) -> ModuleType:
+    library = name.partition(":")[0]
+    try:
+        return importlib.import_module(library)
+    except ImportError as e:
+        raise ConfigError(f"model '{name}': {library} is not installed or does not import here ({first_line(e)}); "
+                          f"`make setup` installs the pinned {library} (docs/models.md)") from None
+
+
+def adapt_stem(model: nn.Module, in_channels: int, name: str) -> nn.Module:
+    """Rebuild the first ``Conv2d`` that takes 3 channels (a torchvision model's stem) for ``in_channels``
+    (same kernel, stride, padding, groups 1, bias); the other layers are untouched."""
+    for parent in model.modules():
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d) and child.in_channels == 3 and child.groups == 1:
+                setattr(parent, child_name, nn.Conv2d(
+                    in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
+                    child.dilation, 1, child.bias is not None, child.padding_mode))
+                return model
+    raise ConfigError(f"model '{name}': no 3-channel convolution found to adapt to {in_channels} input channel(s)")
+
+
 def _create_library(name: str, num_classes: int, in_channels: int, kwargs: dict[str, Any]) -> Any:
     library, _, model_name = name.partition(":")
     kwargs = library_kwargs(name, kwargs)
+    lib = _import_library(name)
+    if library == "timm":
+        try:
+            return lib.create_model(model_name, pretrained=False, num_classes=num_classes, in_chans=in_channels,
+                                    **kwargs)
+        except RuntimeError as e:  # timm: "Unknown model (...)"
+            raise ConfigError(f"model '{name}': {e}") from None
     try:
-        timm = importlib.import_module(library)
-    except ImportError:
-        raise ConfigError(f"model '{name}': {library} is not installed (pip install {library})") from None
-    try:
-        return timm.create_model(model_name, pretrained=False, num_classes=num_classes, in_chans=in_channels,
-                                 **kwargs)
-    except RuntimeError as e:  # timm: "Unknown model (...)"
-        raise ConfigError(f"model '{name}': {e}") from None
+        model = lib.models.get_model(model_name, weights=None, num_classes=num_classes, **kwargs)
+    except ValueError as e:  # torchvision: "Unknown model ..."
+        names = lib.models.list_models()
+        raise ConfigError(f"model '{name}': {first_line(e)}{suggest(model_name, names)}") from None
+    return adapt_stem(model, in_channels, name) if in_channels != 3 else model
 
 
 def create_external(name: str, num_classes: int, in_channels: int, registered: Callable[[Any], bool],
@@ -225,5 +259,5 @@ def create_external(name: str, num_classes: int, in_channels: int, registered: C
     return model
 
 
-__all__ = ["LIBRARIES", "create_external", "is_external", "library_kwargs", "load_plugin", "resolve",
+__all__ = ["LIBRARIES", "adapt_stem", "create_external", "is_external", "library_kwargs", "load_plugin", "resolve",
            "trust_module", "use_names"]
