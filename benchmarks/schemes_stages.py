@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import yaml
+from schemes_table import add_recipe_args, base_recipe, command  # the same recipe and flags
 
 from kdkit.pipeline import run_pipeline
 
@@ -39,10 +40,7 @@ ROWS = [("born-again", "generation 0 (trained alone)", "teacher"), ("born-again"
 
 
 def pipeline(args, seed: int, out: Path) -> dict:
-    base = {"model": args.model, "data": {"name": args.dataset, "batch_size": args.batch_size,
-                                          "limit_train": args.limit_train},
-            "optim": {"name": "sgd", "lr": args.lr, "momentum": 0.9, "weight_decay": 5e-4},
-            "schedule": {"name": "cosine"}, "train": {"epochs": args.epochs, "seed": seed, "progress": False}}
+    base = base_recipe(args, seed)
     kd = {**base, "method": {"name": "kd", "temperature": 4.0, "alpha": 0.9}}
     return {"out_dir": str(out), "runs": [
         {"name": "teacher", "config": base},
@@ -56,14 +54,7 @@ def pipeline(args, seed: int, out: Path) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--name", required=True)
-    ap.add_argument("--dataset", default="fashion_mnist")
-    ap.add_argument("--model", default="cnn_tiny")
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--limit-train", type=int, default=None)
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=0.1)
-    ap.add_argument("--seeds", type=int, default=3)
+    add_recipe_args(ap)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     out = Path(args.out or f"/work/kdkit_runs/schemes/{args.name}")
@@ -86,10 +77,8 @@ def main() -> int:
 
     alone = statistics.mean(top1["teacher"])
     lines = ["## Multi-stage schemes: born-again generations and a teacher assistant", "",
-             f"Command: `python benchmarks/schemes_stages.py --name {args.name} --dataset {args.dataset} --model "
-             f"{args.model} --epochs {args.epochs}{f' --limit-train {args.limit_train}' if args.limit_train else ''} "
-             f"--seeds {args.seeds}` (kdkit pipelines; KD with T=4, alpha=0.9, on the recipe above). Test top-1 (%) "
-             "at the last epoch, mean ± std over seeds.", "",
+             f"Command: {command('schemes_stages.py', args)} (kdkit pipelines; KD with T=4, alpha=0.9, on the recipe "
+             "above). Test top-1 (%) at the last epoch, mean ± std over seeds.", "",
              f"| scheme | network | test top-1 | vs {args.model} alone |", "|---|---|---:|---:|"]
     for scheme, label, key in ROWS:
         lines.append(f"| {scheme} | {label} | {ms(top1[key])} | {statistics.mean(top1[key]) - alone:+.2f} |")

@@ -57,12 +57,34 @@ def _fill(obj, model):
     return obj
 
 
-def run(args, out: Path, name: str, seed: int, scheme: dict) -> tuple[dict, object, float]:
-    base = {"model": args.model, "method": "vanilla",
+def add_recipe_args(ap: argparse.ArgumentParser) -> None:
+    """The recipe's flags, shared with benchmarks/schemes_stages.py."""
+    ap.add_argument("--name", required=True)
+    ap.add_argument("--dataset", default="fashion_mnist")
+    ap.add_argument("--model", default="cnn_tiny")
+    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--limit-train", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=0.1)
+    ap.add_argument("--seeds", type=int, default=3)
+
+
+def base_recipe(args, seed: int) -> dict:
+    """One network trained with labels only on the table's recipe (the schemes add their parts)."""
+    return {"model": args.model,
             "data": {"name": args.dataset, "batch_size": args.batch_size, "limit_train": args.limit_train},
             "optim": {"name": "sgd", "lr": args.lr, "momentum": 0.9, "weight_decay": 5e-4},
-            "schedule": {"name": "cosine"},
-            "train": {"epochs": args.epochs, "seed": seed, "progress": False, "out_dir": str(out), "run_name": name}}
+            "schedule": {"name": "cosine"}, "train": {"epochs": args.epochs, "seed": seed, "progress": False}}
+
+
+def command(script: str, args) -> str:
+    return (f"`python benchmarks/{script} --name {args.name} --dataset {args.dataset} --model {args.model} --epochs "
+            f"{args.epochs}{f' --limit-train {args.limit_train}' if args.limit_train else ''} --seeds {args.seeds}`")
+
+
+def run(args, out: Path, name: str, seed: int, scheme: dict) -> tuple[dict, object, float]:
+    base = base_recipe(args, seed)
+    base.update({"method": "vanilla", "train": {**base["train"], "out_dir": str(out), "run_name": name}})
     scheme = _fill(scheme, args.model)
     base.update({**scheme, "data": {**base["data"], **scheme.get("data", {})}})
     t0 = time.perf_counter()
@@ -77,14 +99,7 @@ def ensemble_top1(trainers_nets: list[nn.Module], trainer) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--name", required=True)
-    ap.add_argument("--dataset", default="fashion_mnist")
-    ap.add_argument("--model", default="cnn_tiny")
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--limit-train", type=int, default=None)
-    ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--lr", type=float, default=0.1)
-    ap.add_argument("--seeds", type=int, default=3)
+    add_recipe_args(ap)
     ap.add_argument("--out", default=None, help="scratch directory of the runs (default runs/schemes/<name>; "
                     "emptied first)")
     args = ap.parse_args()
@@ -122,9 +137,8 @@ def main() -> int:
 
     base = statistics.mean(rows["independent"]["deployed"])
     lines = [f"# Training schemes on {args.dataset} ({args.model}, {args.epochs} epochs, {args.seeds} seeds)", "",
-             f"Command: `python benchmarks/schemes_table.py --name {args.name} --dataset {args.dataset} --model "
-             f"{args.model} --epochs {args.epochs}{f' --limit-train {args.limit_train}' if args.limit_train else ''} "
-             f"--seeds {args.seeds}`. Test top-1 (%) at the last epoch, mean ± std over seeds.", "",
+             f"Command: {command('schemes_table.py', args)}. Test top-1 (%) at the last epoch, mean ± std over "
+             "seeds.", "",
              "| scheme | family | per network | best network | ensemble | deployed network | deployed vs independent "
              "| s per run |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]

@@ -10,8 +10,7 @@ A batch from a user's loader is a pair ``(inputs, targets)``. ``inputs`` is
 
 kdkit's own loaders yield :class:`Batch` ``(inputs, targets, index)``, a named tuple of its own type, so
 that a user's flat 3-tuple is never mistaken for one: several inputs are nested, ``((x1, x2), y)``, never
-``(x1, x2, y)``. Moving a batch to a device moves every tensor in it; the batch size is the length of
-the first tensor.
+``(x1, x2, y)``. Moving a batch to a device moves every tensor in it.
 """
 
 from __future__ import annotations
@@ -66,8 +65,8 @@ def apply(fn: Callable[[Tensor], Tensor], inputs: Any) -> Any:
     if isinstance(inputs, Mapping):
         return {k: apply(fn, v) for k, v in inputs.items()}
     if isinstance(inputs, (tuple, list)):
-        return type(inputs)(apply(fn, v) for v in inputs) if isinstance(inputs, list) else tuple(
-            apply(fn, v) for v in inputs)
+        out = [apply(fn, v) for v in inputs]
+        return out if isinstance(inputs, list) else tuple(out)
     return inputs
 
 
@@ -83,14 +82,6 @@ def tensors(inputs: Any) -> list[Tensor]:
     return found
 
 
-def size(inputs: Any) -> int:
-    """The number of samples: the length of the first tensor."""
-    found = tensors(inputs)
-    if not found:
-        raise ConfigError(f"the inputs hold no tensor: {PROTOCOL}")
-    return len(found[0])
-
-
 def shapes(inputs: Any) -> Any:
     """Each tensor's shape without the batch dimension, in the structure of ``inputs`` (for messages and
     records)."""
@@ -103,4 +94,4 @@ def shapes(inputs: Any) -> Any:
     return None
 
 
-__all__ = ["PROTOCOL", "Batch", "apply", "call", "shapes", "size", "split", "tensors", "to_device"]
+__all__ = ["PROTOCOL", "Batch", "apply", "call", "shapes", "split", "tensors", "to_device"]

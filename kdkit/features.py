@@ -274,8 +274,12 @@ def probe(model: nn.Module, input_shape: Sequence[int] | Tensor,
         for h in handles:
             h.remove()
     out_shape = tuple(out.shape[1:]) if isinstance(out, Tensor) else None
-    shape = (tuple(input_shape.shape[1:]) if isinstance(input_shape, Tensor) else batch.shapes(input_shape)
-             if structured else tuple(input_shape))
+    if not structured:
+        shape = tuple(input_shape)
+    elif isinstance(input_shape, Tensor):
+        shape = tuple(input_shape.shape[1:])
+    else:
+        shape = batch.shapes(input_shape)
     return ModelInfo(layers, shape, out_shape)
 
 

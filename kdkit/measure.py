@@ -23,7 +23,7 @@ def measure_network(model: nn.Module, shape: tuple[int, ...], batches: Sequence[
     calls, at each batch size, with torch's current thread count). With ``int8`` (a calibration reader)
     the ONNX Runtime figures and the size are those of its static int8 file (PyTorch eager runs no int8:
     its figures are NaN); ``onnx_file`` measures an existing ONNX file instead of exporting ``model``."""
-    from .quantize import cpu_flags, pick_scheme, quantize_onnx
+    from .quantize import quantize_onnx
 
     model = model.cpu().eval()
     row: dict[str, Any] = {"params": sum(p.numel() for p in model.parameters()), "macs": count_macs(model, shape),
@@ -32,7 +32,7 @@ def measure_network(model: nn.Module, shape: tuple[int, ...], batches: Sequence[
     if onnx_file is None:
         onnx_file = export_onnx(model, shape, workdir / f"{tag}.onnx")
         if int8 is not None:
-            onnx_file = quantize_onnx(onnx_file, workdir / f"{tag}.int8.onnx", int8, scheme=pick_scheme(cpu_flags())[0])
+            onnx_file = quantize_onnx(onnx_file, workdir / f"{tag}.int8.onnx", int8)  # scheme: this CPU's
     quantized = int8 is not None or onnx_file.name.endswith(".int8.onnx")
     if quantized:
         row["weights_kib"] = onnx_file.stat().st_size / 1024

@@ -85,11 +85,19 @@ def pick_scheme(flags: set[str], machine: str | None = None) -> tuple[str, str]:
     return "s8s8", "x86 without AVX2: ONNX Runtime's plain int8 kernels, which do not saturate"
 
 
+def resolve_scheme(scheme: str) -> tuple[str, str]:
+    """``(scheme, why)``: ``auto`` becomes this machine's :func:`pick_scheme`; another is taken as asked."""
+    if scheme not in SCHEMES:
+        raise ConfigError(f"--scheme must be one of {', '.join(SCHEMES)}, got '{scheme}'")
+    return pick_scheme(cpu_flags()) if scheme == "auto" else (scheme, "asked for")
+
+
 def quantize_onnx(fp32: Path, out: Path, calibration: Calibration, per_channel: bool = True,
-                  scheme: str = "s8s8") -> Path:
+                  scheme: str = "auto") -> Path:
     """Static int8 (QDQ) quantization of the ONNX file ``fp32`` into ``out`` (written atomically).
-    ``scheme``: ``s8s8`` (signed activations and weights), ``u8u8`` (unsigned both) or ``reduce_range``
-    (S8S8 with 7-bit weights); see :func:`pick_scheme`."""
+    ``scheme``: ``s8s8`` (signed activations and weights), ``u8u8`` (unsigned both), ``reduce_range``
+    (S8S8 with 7-bit weights) or ``auto`` (:func:`resolve_scheme`)."""
+    scheme, _ = resolve_scheme(scheme)
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -147,9 +155,7 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, net: str | None
     far the int8 logits are from the fp32 ones."""
     if not 1 <= calibration <= 1 << 20:
         raise ConfigError(f"--calibration must be in [1, 1048576] images, got {calibration}")
-    if scheme not in SCHEMES:
-        raise ConfigError(f"--scheme must be one of {', '.join(SCHEMES)}, got '{scheme}'")
-    scheme, why = pick_scheme(cpu_flags()) if scheme == "auto" else (scheme, "asked for")
+    scheme, why = resolve_scheme(scheme)
     model, cfg, loaders = checkpoint_network(checkpoint, net)
     ds = loaders.dataset
     shape = tuple(loaders.input_shape)

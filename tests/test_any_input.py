@@ -96,6 +96,21 @@ def test_float_images_are_not_quantised_and_out_of_range_floats_point_to_tensor_
         dataset_from_loaders([(torch.full((2, 3), float("nan")), y[:2])], [(x, y)])
 
 
+def test_a_generator_loader_keeps_its_first_batch_and_float_images_feed_both_pipelines_alike():
+    from kdkit.data import BatchLoader
+    from kdkit.data.reference import DataLoaderPipeline
+
+    x, y = torch.rand(96, 1, 4, 4, dtype=torch.float64), torch.randint(0, 3, (96,))
+    batches = ((x[i:i + 32], y[i:i + 32]) for i in range(0, 96, 32))  # iterable once
+    ds = dataset_from_loaders(batches, [(x, y)])
+    assert ds.kind == "image" and torch.equal(ds.train.images, x)  # all three batches, the first included
+    common = {"mean": ds.mean, "std": ds.std}
+    memory = next(iter(BatchLoader(ds.train, 96, **common)))[0]
+    reference = next(iter(DataLoaderPipeline(ds.train, 96, num_workers=0, **common)))[0]
+    torch.testing.assert_close(reference, memory)  # float images are not divided by 255 in either
+    torch.testing.assert_close(memory.mean().double(), torch.tensor(0.0, dtype=torch.float64), atol=1e-5, rtol=0)
+
+
 def _distiller(student, teacher, method, shape, **cfg):
     m = create_method(method, **cfg)
     return Distiller(student, [m], [teacher], input_shape=shape, num_samples=256)

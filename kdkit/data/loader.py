@@ -231,7 +231,8 @@ class BatchLoader:
             if t is not None:
                 h.update(t.detach().cpu().contiguous().numpy().tobytes())
         if self.data.images is not None:
-            h.update(str(self.data.images.dtype).encode())
+            if self.data.images.dtype != torch.uint8:  # the bytes alone would not tell float32 from int32
+                h.update(str(self.data.images.dtype).encode())
             h.update(self.data.images.contiguous().view(torch.uint8).numpy().tobytes())
         return {"inputs": h.hexdigest(), "augment": f"{self.crop_padding},{self.flip},{self.cutout}",
                 "views": str(self.num_views)}

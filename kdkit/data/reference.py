@@ -23,6 +23,7 @@ from torch import Tensor
 from ..batch import Batch
 from ..errors import CheckpointError, ConfigError
 from .base import ImageSet
+from .loader import model_input
 
 
 class PerImageTransform(torch.utils.data.Dataset):
@@ -39,7 +40,7 @@ class PerImageTransform(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
         img = self.data.images[i] if self.data.images is not None else self.data.reader(i)
-        x = img.float().div(255.0)  # ToTensor
+        x = model_input(img)  # ToTensor
         if self.train and self.crop_padding > 0:  # RandomCrop(size, padding)
             p = self.crop_padding
             h, w = x.shape[-2:]

@@ -69,11 +69,15 @@ def _as_inputs(x: Any, where: str, kind: str) -> Tensor:
     return x.clamp(0, 1)
 
 
-def _read(loader: Iterable, where: str, kind: str) -> ImageSet:
+def _read(loader: Iterable, where: str, kind: str) -> tuple[ImageSet, str]:
+    """The loader's batches in memory, and their kind (``"auto"`` decided by the first batch: 3-D and 4-D
+    inputs are images, others tensors); the loader is iterated once."""
     xs, ys = [], []
     for i, batch in enumerate(loader):
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise ConfigError(f"{where}: batch {i} is not an (inputs, labels) pair")
+        if kind == "auto":
+            kind = "image" if isinstance(batch[0], Tensor) and batch[0].dim() in (3, 4) else "tensor"
         xs.append(_as_inputs(batch[0], f"{where} batch {i}", kind))
         ys.append(torch.as_tensor(batch[1]).long().reshape(-1))
         if len(ys[-1]) != len(xs[-1]):
@@ -86,18 +90,7 @@ def _read(loader: Iterable, where: str, kind: str) -> ImageSet:
     dtypes = {x.dtype for x in xs}
     if len(dtypes) > 1:
         raise ConfigError(f"{where}: inputs of several dtypes {sorted(map(str, dtypes))}")
-    return ImageSet(torch.cat(ys), images=torch.cat(xs))
-
-
-def _kind(loader: Iterable, kind: str) -> str:
-    if kind not in ("auto", "image", "tensor"):
-        raise ConfigError(f"kind must be 'auto', 'image' or 'tensor', got {kind!r}")
-    if kind != "auto":
-        return kind
-    for batch in loader:  # auto: images are 3-D or 4-D, everything else is a tensor input
-        x = batch[0] if isinstance(batch, (tuple, list)) and batch else None
-        return "image" if isinstance(x, Tensor) and x.dim() in (3, 4) else "tensor"
-    return "image"
+    return ImageSet(torch.cat(ys), images=torch.cat(xs)), kind
 
 
 def dataset_from_loaders(train: Iterable, test: Iterable, name: str = "custom",
@@ -108,10 +101,12 @@ def dataset_from_loaders(train: Iterable, test: Iterable, name: str = "custom",
     normalised by kdkit), ``"tensor"`` (any other input, e.g. standardised features ``[B, D]``, stored in
     its own dtype and passed on as it is) or ``"auto"`` (2-D or 5-D and more: tensor; 3-D and 4-D: image).
     ``crop_padding``/``flip``: kdkit's training augmentation of images (off by default)."""
-    kind = _kind(train, kind)
+    if kind not in ("auto", "image", "tensor"):
+        raise ConfigError(f"kind must be 'auto', 'image' or 'tensor', got {kind!r}")
+    tr, kind = _read(train, "train loader", kind)
     if kind == "tensor" and (crop_padding or flip):
         raise ConfigError("crop_padding and flip augment images; these inputs are tensors (kind='tensor')")
-    tr, te = _read(train, "train loader", kind), _read(test, "test loader", kind)
+    te, _ = _read(test, "test loader", kind)
     if tr.images.shape[1:] != te.images.shape[1:]:
         raise ConfigError(f"train inputs are {list(tr.images.shape[1:])}, test inputs {list(te.images.shape[1:])}")
     if tr.images.dtype != te.images.dtype:

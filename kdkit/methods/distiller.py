@@ -17,7 +17,7 @@ from contextlib import nullcontext
 import torch
 from torch import Tensor, nn
 
-from ..batch import call, tensors, to_device
+from ..batch import call, tensors
 from ..errors import ConfigError, LayerPathError
 from ..features import FeatureTap, logits_output, probe, unwrap
 from ..tasks import Task, create_task
@@ -82,7 +82,7 @@ class Distiller(nn.Module):
             t.eval().requires_grad_(False)
         taps: dict[str, list[str]] = {}
         if input_shape is not None:
-            example = (to_device(input_shape, _device(student)) if tensors(input_shape) else
+            example = (input_shape if tensors(input_shape) else  # an example batch: probe moves it
                        self.task.example_input(tuple(input_shape), _device(student)))
             nets = self.networks()
             infos = {name: probe(net, example) for name, net in nets.items()}

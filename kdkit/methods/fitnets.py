@@ -21,6 +21,12 @@ class FitNetsConfig(MethodConfig):
     stage1_epochs: int = 0  # the paper's hint-only pre-training of the student up to the guided layer
 
 
+def _middle_stage(info: ModelInfo) -> str:
+    """The default guided/hint layer: the middle one of the stages found by probing."""
+    stages = default_stages(info)
+    return stages[len(stages) // 2]
+
+
 @register_method
 class FitNets(Method):
     """Hint-based training: a regressor ``r`` maps the student's guided layer ``v_g`` to the teacher's
@@ -42,13 +48,8 @@ class FitNets(Method):
     def setup(self, s_info: ModelInfo, t_info: ModelInfo | None) -> None:
         if t_info is None:
             raise ConfigError("fitnets needs a teacher")
-        s, t = self.cfg.student_layer, self.cfg.teacher_layer
-        if s is None:
-            stages = default_stages(s_info)
-            s = stages[len(stages) // 2]
-        if t is None:
-            stages = default_stages(t_info)
-            t = stages[len(stages) // 2]
+        s = self.cfg.student_layer or _middle_stage(s_info)
+        t = self.cfg.teacher_layer or _middle_stage(t_info)
         s_shape, t_shape = s_info.shape(s), t_info.shape(t)
         self.student_specs, self.teacher_specs = [s], [t]
         self.regressor = build_regressor(s_shape, t_shape)

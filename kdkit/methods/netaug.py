@@ -50,7 +50,7 @@ class NetAugConfig(MethodConfig):
     # to 3x: [1.0, 2.0, 3.0] per layer for MobileNetV3, [1.0, 1.8, 2.6] for their tiny MobileNetV2)
     width_mults: list[float] = field(default_factory=lambda: [1.5, 2.0, 2.5, 3.0])
     # widened channel counts are rounded to a multiple of this, as the authors' make_divisible does (8, as in
-    # their code and MobileNet's); 1: plain rounding
+    # their code and MobileNet's); 1: rounding to the nearest integer (halves up)
     divisor: int = 8
 
     def validate(self) -> None:

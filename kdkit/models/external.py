@@ -211,15 +211,14 @@ def _import_library(name: str) -> ModuleType:
 
 
 def adapt_stem(model: nn.Module, in_channels: int, name: str) -> nn.Module:
-    """Rebuild the first ``Conv2d`` that takes 3 channels (a torchvision model's stem) for ``in_channels``
-    (same kernel, stride, padding, groups 1, bias); the other layers are untouched."""
-    for parent in model.modules():
-        for child_name, child in parent.named_children():
-            if isinstance(child, nn.Conv2d) and child.in_channels == 3 and child.groups == 1:
-                setattr(parent, child_name, nn.Conv2d(
-                    in_channels, child.out_channels, child.kernel_size, child.stride, child.padding,
-                    child.dilation, 1, child.bias is not None, child.padding_mode))
-                return model
+    """Rebuild the first ``Conv2d`` (in module order) that takes 3 channels, a torchvision model's stem, for
+    ``in_channels``: a fresh weight of the new shape, everything else of the layer as it was."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d) and m.in_channels == 3 and m.groups == 1:
+            m.in_channels = in_channels
+            m.weight = nn.Parameter(m.weight.new_empty(m.out_channels, in_channels, *m.kernel_size))
+            m.reset_parameters()
+            return model
     raise ConfigError(f"model '{name}': no 3-channel convolution found to adapt to {in_channels} input channel(s)")
 
 
