@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import statistics
 import sys
@@ -155,7 +156,9 @@ def main() -> int:
               "trained networks (seeds s and s + 1000). s per run: wall-clock seconds of one seed's run (for "
               "independent, both networks), on the machine as it was during the run; compare within a table only."]
     Path("docs/results").mkdir(parents=True, exist_ok=True)
-    Path(f"docs/results/{args.name}.md").write_text("\n".join(lines) + "\n")
+    md = Path(f"docs/results/{args.name}.md")
+    later = re.split(r"(?=\n## )", md.read_text(), maxsplit=1)[1:] if md.exists() else []  # e.g. the stages rows
+    md.write_text("\n".join(lines) + "\n" + "".join(later))
     Path(f"docs/results/{args.name}.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1) + "\n")
     print("\n".join(lines))
     return 0

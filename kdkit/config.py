@@ -166,6 +166,10 @@ class TrainConfig:
     grad_clip: float | None = None
     eval_every: int = 1
     log_every: int = 50  # steps between reading the loss on the host (finite check, progress bar)
+    # balance hints: each loss term's share of the gradient on the student over the first balance_steps
+    # steps of a run (0: off), and a warning when one term's exceeds every other's by balance_factor
+    balance_steps: int = 10
+    balance_factor: float = 10.0
     channels_last: bool | None = None  # None: on for CUDA
     compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"  # torch.compile the step
     compile_backend: str = "inductor"
@@ -190,6 +194,9 @@ class TrainConfig:
             raise ValueError(f"epochs must be in [1, 1000000], got {self.epochs}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.balance_steps < 0 or not self.balance_factor > 1:
+            raise ValueError(f"balance_steps must be >= 0 and balance_factor > 1, got {self.balance_steps}, "
+                             f"{self.balance_factor}")
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError(f"grad_clip must be > 0, got {self.grad_clip}")
         if self.ghost_batch_size is not None and self.ghost_batch_size < 2:

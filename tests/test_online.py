@@ -150,6 +150,24 @@ def test_one_loss_written_out_ramp_and_gradients():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in student.heads[1].parameters())
 
 
+def test_cl_legacy_target_and_t_squared():
+    """``target: probs, t_squared: true``: the mean of the other heads' soft predictions, times T^2 (kdkit's
+    formulation before issue 25)."""
+    torch.manual_seed(0)
+    student = branch(create_model("cnn_small"), ["stage1", "stage2"], [2, 2], rescale=True)
+    d = Distiller(student, [create_method("cl", temperature=3.0, target="probs", t_squared=True)],
+                  input_shape=(3, 16, 16))
+    x, y = torch.randn(64, 3, 16, 16), torch.randint(0, 10, (64,))
+    terms = d.train()(x, y)
+    with torch.no_grad():
+        probs = [(LeafView(student, path)(x) / 3).softmax(1) for path in student.leaves()]
+    for k in range(4):
+        q = sum(probs[j] for j in range(4) if j != k) / 3
+        torch.testing.assert_close(terms[f"cl/kd{k}"], 0.5 * 9 * _kl(q, probs[k]), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="target must be"):
+        create_method("cl", target="mean")
+
+
 def test_cl_loss_written_out():
     torch.manual_seed(0)
     student = branch(create_model("cnn_small"), ["stage1", "stage2"], [2, 2], rescale=True)
@@ -162,8 +180,8 @@ def test_cl_loss_written_out():
         zs = [LeafView(student, path)(x) for path in student.leaves()]
     probs = [(z / 2).softmax(1) for z in zs]
     for k in range(4):
-        q = sum(probs[j] for j in range(4) if j != k) / 3
-        torch.testing.assert_close(terms[f"cl/kd{k}"], 0.5 * 4 * _kl(q, probs[k]), rtol=1e-4, atol=1e-6)
+        q = (sum(zs[j] for j in range(4) if j != k) / 3 / 2).softmax(1)  # the other heads' mean logits, T=2
+        torch.testing.assert_close(terms[f"cl/kd{k}"], 0.5 * _kl(q, probs[k]), rtol=1e-4, atol=1e-6)  # no T^2
         torch.testing.assert_close(terms[f"cl/ce{k}"], 0.5 * torch.nn.functional.cross_entropy(zs[k], y),
                                    rtol=1e-4, atol=1e-6)
     d.zero_grad()

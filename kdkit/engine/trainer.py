@@ -30,6 +30,7 @@ from ..methods import Distiller
 from ..methods.distiller import STUDENT
 from ..transforms import Transform, records
 from . import run_files
+from .balance import BalanceProbe
 from .checkpoint import FORMAT, VERSION, check_resume, inference_record, model_record, save_atomic, write_atomic
 from .evaluate import evaluate, evaluate_networks
 from .optim import group_lrs, lr_at, make_optimizer  # noqa: F401  (lr_at: part of this module's API)
@@ -98,6 +99,9 @@ class Trainer:
         self._lock: run_files.FileLock | None = None  # held on the run directory while fit() writes into it
         self._resumed_from: tuple[Path, int, int] | None = None  # the checkpoint resumed from, as it was read
         self._tb = None
+        probe = cfg.train.balance_steps and not self.dist.enabled and cfg.train.compile == "none"
+        self.balance = BalanceProbe([p for p in self.distiller.student.parameters() if p.requires_grad],
+                                    cfg.train.balance_steps if probe else 0, cfg.train.balance_factor)
         use_amp = cfg.train.amp and self.device.type == "cuda"
         self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_amp else nullcontext
 
@@ -270,6 +274,8 @@ class Trainer:
         vals = means if sums is not None else {}
         metrics["train/loss"] = sum(vals.values())
         metrics.update({f"train/{k}": v for k, v in vals.items()})
+        if self.balance.seen:  # the first epoch: the shares once, logged and in its metrics
+            metrics.update(self.balance.finish(self.log))
         ce_w = d.ce_weight(stage)  # the label loss as a plain cross-entropy too, when a method scaled it
         if ce_w not in (0.0, 1.0):
             metrics.update({f"train/{k}_unscaled": v / ce_w for k, v in vals.items()
@@ -287,6 +293,8 @@ class Trainer:
             group["lr"] = group_lr
         with self.autocast():
             terms = self.model(x, y, idx, epoch=epoch, teacher=self._teacher(x, idx))
+        if self.balance.active and self.step < self.balance.steps:  # the first steps of a run only
+            self.balance.measure(terms)
         loss = sum(terms.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -13,9 +13,14 @@ from ..losses import kd_loss
 from .base import Method, MethodConfig, Outputs, register_method
 
 
-def collaborative_targets(logits: list[Tensor], temperature: float) -> list[Tensor]:
-    """For each head ``h``: the mean of the other heads' soft predictions ``softmax(z_j / T)``, detached."""
-    probs = [F.softmax(z.detach().float() / temperature, dim=1) for z in logits]
+def collaborative_targets(logits: list[Tensor], temperature: float, target: str = "logits") -> list[Tensor]:
+    """For each head ``h``, detached: ``softmax(mean_{j != h} z_j / T)`` (``target="logits"``, the paper's
+    consensus), or the mean of the other heads' ``softmax(z_j / T)`` (``target="probs"``)."""
+    zs = [z.detach().float() for z in logits]
+    if target == "logits":
+        total = torch.stack(zs).sum(0)
+        return [F.softmax((total - z) / (len(zs) - 1) / temperature, dim=1) for z in zs]
+    probs = [F.softmax(z / temperature, dim=1) for z in zs]
     total = torch.stack(probs).sum(0)
     return [(total - p) / (len(probs) - 1) for p in probs]
 
@@ -24,10 +29,14 @@ def collaborative_targets(logits: list[Tensor], temperature: float) -> list[Tens
 class CLConfig(MethodConfig):
     temperature: float = 2.0
     beta: float = 0.5  # weight of the label loss; 1 - beta on the soft targets
+    target: str = "logits"  # the other heads' mean logits, softened; "probs": their mean soft prediction
+    t_squared: bool = False  # multiply the soft term by T^2 as Hinton's KD does (the paper does not)
 
     def validate(self) -> None:
         if self.temperature <= 0 or not 0.0 <= self.beta <= 1.0:
             raise ValueError("temperature must be > 0 and beta in [0, 1]")
+        if self.target not in ("logits", "probs"):
+            raise ValueError(f"target must be 'logits' or 'probs', got {self.target!r}")
 
 
 @register_method
@@ -35,11 +44,20 @@ class CL(Method):
     """Collaborative learning: the student is a tree of classifier heads sharing intermediate layers
     (model transform ``{name: branch, at: [a, b], n: [2, 2], rescale: true}``: the gradient reaching each
     shared layer from its heads is scaled by ``1/n``, "backpropagation rescaling"). Each head ``h`` is
-    trained on ``beta * CE(z_h) + (1 - beta) * T^2 * KL(q_h || softmax(z_h / T))``, where ``q_h`` is the
-    mean of the other heads' soft predictions, detached. The network's output (the heads' mean) gets no
-    separate label loss. One head is deployed (``kdkit export --branch k``). T=2 and beta=0.5 are the
-    values we take from the paper's description; no code was released by the authors, so these and the
-    target (mean of probabilities, not of logits) follow the paper text only."""
+    trained on ``beta * CE(y, z_h) + (1 - beta) * CE(q_h, softmax(z_h / T))`` (the soft term is logged as
+    the KL divergence, which differs from that cross-entropy by a constant and has the same gradient), with
+    the consensus target ``q_h = softmax(mean_{j != h} z_j / T)`` held constant (no gradient flows through
+    it). The network's output (the heads' mean) gets no separate label loss. One head is deployed
+    (``kdkit export --branch k``). Defaults T=2, beta=0.5.
+
+    How this was settled: the authors released no code, and the paper's full text could not be read from
+    this project's machines (only its abstract). The formula above is the one in the public
+    reimplementation that uses the paper's notation (q, beta, T; github.com/qq456cvb/Collaborative-Learning):
+    the softmax of the other heads' averaged logits, the soft cross-entropy without a T^2 factor, T=2,
+    beta=0.5; its README names letting gradients pass through q as its one departure from the paper, and
+    its current code stops them. Both public reimplementations compared in issue 25 average logits and
+    leave out T^2. Until issue 25 kdkit averaged the heads' probabilities and multiplied by T^2;
+    ``target: probs, t_squared: true`` gives that back."""
 
     name = "cl"
     family = "online"
@@ -66,7 +84,8 @@ class CL(Method):
         t, beta = self.cfg.temperature, self.cfg.beta
         logits = [out.s_feats[s] for s in self.student_specs]
         terms = {}
-        for k, (z, q) in enumerate(zip(logits, collaborative_targets(logits, t))):
+        scale = 1.0 if self.cfg.t_squared else 1.0 / t**2  # kd_loss carries T^2
+        for k, (z, q) in enumerate(zip(logits, collaborative_targets(logits, t, self.cfg.target))):
             terms[f"cl/ce{k}"] = beta * F.cross_entropy(z.float(), out.targets)
-            terms[f"cl/kd{k}"] = (1 - beta) * kd_loss(z, q, t)
+            terms[f"cl/kd{k}"] = (1 - beta) * scale * kd_loss(z, q, t)
         return terms

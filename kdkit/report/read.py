@@ -53,6 +53,7 @@ class Run:
     config: dict[str, Any]  # flattened: "method.0.name" -> "kd"
     epochs: list[dict[str, Any]]
     final: dict[str, Any] | None
+    copy_of: str | None = None  # set by report.numbers.groups: another folder of the same recipe and seed
 
     @property
     def planned_epochs(self) -> int | None:
@@ -61,6 +62,8 @@ class Run:
 
     @property
     def status(self) -> str:
+        if self.copy_of is not None:
+            return f"copy of {self.copy_of} (same recipe and seed; counted once)"
         if self.final is not None:
             return "finished"
         if not self.epochs:

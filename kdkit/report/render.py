@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engine.checkpoint import make_folder, write_atomic
-from .numbers import config_differences, fmt, group_rows, groups
+from .numbers import balance_rows, config_differences, fmt, group_rows, groups
 from .read import Report, printable
 
 
@@ -96,7 +96,7 @@ def tables(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
         out.append(("Comparison by recipe (mean ± std over the runs of a recipe; (n) = runs)",
                     ["recipe", "runs", "finished", "test top1 (final)", "val top1 (last epoch)",
                      "val top1 (best epoch)", "best epochs", "test agreement"],
-                    [[r["group"], str(len(r["runs"])), str(r["finished"]), fmt(r["test_top1"]), fmt(r["val_last"]),
+                    [[r["group"], str(len(r["runs"])) + (f" (+{len(r['copies'])} copies)" if r["copies"] else ""), str(r["finished"]), fmt(r["test_top1"]), fmt(r["val_last"]),
                       fmt(r["val_best"]), ", ".join(str(e) for e in r["best_epochs"]), fmt(r["agreement"])]
                      for r in g]))
         out.append(("Runs", ["run", "status", "recipe", "seed", "test top1", "val top1 (last)", "deployed", "path"],
@@ -105,6 +105,10 @@ def tables(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
                       f"{r.epochs[-1].get(r.metric('val'), math.nan):.2f}" if r.epochs else "-",
                       (r.final or {}).get("deployed", "student"), str(r.path)]
                      for label, members in groups(report.runs) for r in members]))
+        balance = balance_rows(report.runs)
+        if balance:
+            out.append(("Balance (each loss term's share of the gradient on the student over the first steps)",
+                        ["run", "shares", "largest / second", "hint"], balance))
         diffs = config_differences(report.runs)
         if diffs and len(report.runs) > 1:
             out.append(("Config differences (keys whose values differ between runs)",
