@@ -11,6 +11,11 @@ A batch from a user's loader is a pair ``(inputs, targets)``. ``inputs`` is
 kdkit's own loaders yield :class:`Batch` ``(inputs, targets, index)``, a named tuple of its own type, so
 that a user's flat 3-tuple is never mistaken for one: several inputs are nested, ``((x1, x2), y)``, never
 ``(x1, x2, y)``. Moving a batch to a device moves every tensor in it.
+
+kdkit's in-memory datasets keep several inputs in their structure (:func:`cat`, :func:`index`); where one
+input would be described by its shape, several are described by an example batch, from which batches of
+any size are made to probe, trace, count and time a network (:func:`example`), and fed to ONNX Runtime by
+name (:func:`input_names`, :func:`onnx_feed`).
 """
 
 from __future__ import annotations
@@ -94,4 +99,73 @@ def shapes(inputs: Any) -> Any:
     return None
 
 
-__all__ = ["PROTOCOL", "Batch", "apply", "call", "shapes", "split", "tensors", "to_device"]
+def structured(inputs: Any) -> bool:
+    """Whether ``inputs`` are several tensors (a tuple, list or dict of them), not one tensor."""
+    return not isinstance(inputs, Tensor) and bool(tensors(inputs))
+
+
+def size(inputs: Any) -> int:
+    """The number of samples: the first dimension, which every tensor of ``inputs`` shares."""
+    sizes = {len(t) if t.dim() else 0 for t in tensors(inputs)}
+    if len(sizes) != 1:
+        raise ConfigError(f"the inputs' tensors hold different numbers of samples {sorted(sizes)} ({shapes(inputs)})")
+    return sizes.pop()
+
+
+def index(inputs: Any, idx: Tensor) -> Any:
+    """The samples ``idx`` of every tensor of ``inputs`` (on each tensor's own device)."""
+    return apply(lambda t: t[idx.to(t.device)], inputs)
+
+
+def signature(inputs: Any) -> str:
+    """The structure, per-sample shapes and dtypes of ``inputs``, as text: equal for batches of one form."""
+    def leaf(t: Tensor) -> str:
+        return f"{str(t.dtype).removeprefix('torch.')}{list(t.shape[1:])}"
+
+    if isinstance(inputs, Tensor):
+        return leaf(inputs)
+    if isinstance(inputs, Mapping):
+        return "{" + ", ".join(f"{k}: {signature(v)}" for k, v in inputs.items()) + "}"
+    if isinstance(inputs, (tuple, list)):
+        return "(" + ", ".join(signature(v) for v in inputs) + ")"
+    return type(inputs).__name__
+
+
+def cat(parts: list[Any]) -> Any:
+    """Batches of one form (:func:`signature`) joined along the first dimension, keeping the form."""
+    first = parts[0]
+    if isinstance(first, Tensor):
+        return torch.cat(parts)
+    if isinstance(first, Mapping):
+        return {k: cat([p[k] for p in parts]) for k in first}
+    return tuple(cat([p[i] for p in parts]) for i in range(len(first)))
+
+
+def example(spec: Any, n: int = 2, device: torch.device | str = "cpu") -> Any:
+    """A batch of ``n`` inputs for probing, tracing and timing a network: zeros of ``[n, *spec]`` for a
+    shape, or for an example batch (several inputs: their dtypes and values matter, token ids and masks)
+    its samples repeated to ``n``, on ``device``."""
+    if tensors(spec):
+        return apply(lambda t: t[torch.arange(n, device=t.device) % len(t)].to(device), spec)
+    return torch.zeros(n, *spec, device=device)
+
+
+def input_names(inputs: Any) -> list[str]:
+    """The ONNX input names of ``inputs``: ``input`` for one tensor, ``input0``, ``input1``, ... for a tuple,
+    the keys for a dict."""
+    if isinstance(inputs, Mapping):
+        return [str(k) for k in inputs]
+    if isinstance(inputs, (tuple, list)):
+        return [f"input{i}" for i in range(len(inputs))]
+    return ["input"]
+
+
+def onnx_feed(inputs: Any) -> dict[str, Any]:
+    """``inputs`` as an ONNX Runtime feed (names of :func:`input_names`, CPU numpy arrays)."""
+    leaves = list(inputs.values()) if isinstance(inputs, Mapping) else (
+        list(inputs) if isinstance(inputs, (tuple, list)) else [inputs])
+    return {name: t.detach().cpu().numpy() for name, t in zip(input_names(inputs), leaves)}
+
+
+__all__ = ["PROTOCOL", "Batch", "apply", "call", "cat", "example", "index", "input_names", "onnx_feed", "shapes",
+           "signature", "size", "split", "structured", "tensors", "to_device"]

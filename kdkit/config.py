@@ -169,7 +169,7 @@ class TrainConfig:
     # balance hints: each loss term's share of the gradient on the student over the first balance_steps
     # steps of a run (0: off), and a warning when one term's exceeds every other's by balance_factor
     balance_steps: int = 10
-    balance_factor: float = 10.0
+    balance_factor: float = 50.0
     channels_last: bool | None = None  # None: on for CUDA
     compile: Literal["none", "default", "reduce-overhead", "max-autotune"] = "none"  # torch.compile the step
     compile_backend: str = "inductor"

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from . import batch as batch_protocol
 from .engine.checkpoint import write_atomic
 from .errors import ConfigError, KdkitError
 
@@ -53,14 +54,20 @@ def checkpoint_network(checkpoint: str | Path, net: str | None = None, device: s
     return unwrap(model), cfg, loaders  # a quantization-aware network: its plain layers, for export
 
 
-def export_onnx(model: nn.Module, input_shape: tuple[int, ...], out: str | Path) -> Path:
+def export_onnx(model: nn.Module, input_shape: Any, out: str | Path) -> Path:
     """``model`` (eval mode, on the CPU) as one self-contained ONNX file with a dynamic batch dimension,
-    written atomically."""
+    written atomically. ``input_shape``: one input's shape, or an example batch of several inputs (a tuple:
+    ONNX inputs ``input0``, ``input1``, ...; a dict: named by its keys; :mod:`kdkit.batch`)."""
     import warnings
 
     model = model.cpu().eval()
-    example = torch.zeros(2, *input_shape)
+    example = batch_protocol.example(input_shape, 2)
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    if isinstance(example, dict):
+        args, kwargs, dynamic = (), example, {k: {0: batch} for k in example}
+    else:
+        args = tuple(example) if isinstance(example, (tuple, list)) else (example,)
+        kwargs, dynamic = None, tuple({0: batch} for _ in args)
     quiet = logging.getLogger("torch.onnx")  # "torchvision is not installed. Skipping torchvision::nms" ...
     level = quiet.level
     with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
@@ -68,9 +75,9 @@ def export_onnx(model: nn.Module, input_shape: tuple[int, ...], out: str | Path)
         quiet.setLevel(logging.ERROR)
         tmp = Path(folder) / "model.onnx"
         try:
-            torch.onnx.export(model, (example,), str(tmp), dynamo=True, input_names=["input"],
-                              output_names=["logits"], dynamic_shapes=({0: batch},), verbose=False,
-                              external_data=False)  # one self-contained file
+            torch.onnx.export(model, args, str(tmp), kwargs=kwargs, dynamo=True,
+                              input_names=batch_protocol.input_names(example), output_names=["logits"],
+                              dynamic_shapes=dynamic, verbose=False, external_data=False)  # one self-contained file
         except Exception as e:  # noqa: BLE001  (the exporter raises many kinds)
             raise KdkitError(f"the model cannot be exported to ONNX: {type(e).__name__}: "
                              f"{str(e).strip().splitlines()[0][:300]}") from None
@@ -99,9 +106,9 @@ def onnx_parity(model: nn.Module, path: str | Path, loader) -> dict[str, float]:
     model = model.cpu().eval()
     diff, agree, hit_t, hit_o, n = 0.0, 0, 0, 0, 0
     for x, y, _ in loader:
-        x, y = x.cpu(), y.cpu()
-        z = model(x).float()
-        o = torch.from_numpy(session.run(None, {"input": x.numpy()})[0]).float()
+        x, y = batch_protocol.to_device(x, "cpu"), y.cpu()
+        z = batch_protocol.call(model, x).float()
+        o = torch.from_numpy(session.run(None, batch_protocol.onnx_feed(x))[0]).float()
         diff = max(diff, float((z - o).abs().max()))
         agree += int((z.argmax(1) == o.argmax(1)).sum())
         hit_t += int((z.argmax(1) == y).sum())
@@ -121,16 +128,25 @@ def export_safetensors(model: nn.Module, out: str | Path, metadata: dict[str, An
     return write_atomic(out, lambda f: f.write(data))
 
 
-def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates of one forward pass on one input: FLOPs of PyTorch's counter, halved."""
+def timing_input(input_shape: Any, n: int) -> Any:
+    """A batch of ``n`` inputs to time a network on: seeded normal noise of ``[n, *shape]``, or the example
+    batch's samples repeated (several inputs: token ids and masks must stay valid)."""
+    if batch_protocol.structured(input_shape):
+        return batch_protocol.example(input_shape, n)
+    return torch.randn(n, *input_shape, generator=torch.Generator().manual_seed(0))
+
+
+def count_macs(model: nn.Module, input_shape: Any) -> int:
+    """Multiply-accumulates of one forward pass on one input (a shape, or an example batch of several
+    inputs): FLOPs of PyTorch's counter, halved."""
     from torch.utils.flop_counter import FlopCounterMode
 
     p = next(model.parameters(), None)
-    x = torch.zeros(1, *input_shape, device=p.device if p is not None else "cpu")
+    x = batch_protocol.example(input_shape, 1, p.device if p is not None else "cpu")
     was = model.training
     model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
+        batch_protocol.call(model, x)
     model.train(was)
     return counter.get_total_flops() // 2
 
@@ -161,9 +177,10 @@ def profile(checkpoint: str | Path, net: str | None = None, batches: tuple[int, 
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
     model, cfg, loaders = checkpoint_network(checkpoint, net, "cpu", data_root)
-    shape = tuple(loaders.input_shape)
+    shape = loaders.input_shape
     result: dict[str, Any] = {
-        "checkpoint": str(checkpoint), "net": net or "student", "model": cfg.model.name, "input_shape": list(shape),
+        "checkpoint": str(checkpoint), "net": net or "student", "model": cfg.model.name,
+        "input_shape": batch_protocol.shapes(batch_protocol.example(shape, 1)),
         "params": sum(p.numel() for p in model.parameters()), "macs": count_macs(model, shape),
         "checkpoint_bytes": Path(checkpoint).stat().st_size, "threads": threads,
         "test_top1": evaluate(model, loaders.test)["top1"], "latency": {}}
@@ -177,11 +194,11 @@ def profile(checkpoint: str | Path, net: str | None = None, batches: tuple[int, 
             result["onnx"] = onnx_parity(model, path, loaders.test)
             session = onnx_session(path, threads)
         for b in batches:
-            x = torch.randn(b, *shape, generator=torch.Generator().manual_seed(0))
+            x = timing_input(shape, b)
             with torch.inference_mode():
-                row = {"eager": latency(lambda x=x: model(x), runs)}
+                row = {"eager": latency(lambda x=x: batch_protocol.call(model, x), runs)}
             if session is not None:
-                feed = {"input": x.numpy()}
+                feed = batch_protocol.onnx_feed(x)
                 row["onnxruntime"] = latency(lambda feed=feed: session.run(None, feed), runs)
             result["latency"][str(b)] = row
     return result
@@ -195,9 +212,10 @@ def export_network(source: str | Path, net: str | None, fmt: str, out: str | Pat
     if fmt == "safetensors":
         export_safetensors(model, out, {"model": cfg.model.name, "kwargs": dict(cfg.model.kwargs),
                                         "num_classes": loaders.dataset.num_classes,
-                                        "input_shape": list(loaders.input_shape)})
+                                        "input_shape": batch_protocol.shapes(
+                                            batch_protocol.example(loaders.input_shape, 1))})
         return {"out": str(out)}
-    export_onnx(model, tuple(loaders.input_shape), out)
+    export_onnx(model, loaders.input_shape, out)
     return {"out": str(out), **onnx_parity(model, out, loaders.test)}
 
 

@@ -13,8 +13,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import batch as batch_protocol
 from .engine.checkpoint import write_atomic
-from .export import count_macs, export_onnx, export_safetensors, latency, onnx_session
+from .export import count_macs, export_onnx, export_safetensors, latency, onnx_session, timing_input
 
 
 def measure_network(model: nn.Module, shape: tuple[int, ...], batches: Sequence[int], runs: int, workdir: Path,
@@ -38,14 +39,15 @@ def measure_network(model: nn.Module, shape: tuple[int, ...], batches: Sequence[
         row["weights_kib"] = onnx_file.stat().st_size / 1024
     session = onnx_session(onnx_file, torch.get_num_threads())
     for b in batches:
-        x = torch.randn(b, *shape, generator=torch.Generator().manual_seed(0))
+        x = timing_input(shape, b)
         if not quantized:
             with torch.inference_mode():
-                t = latency(lambda x=x: model(x), runs)
+                t = latency(lambda x=x: batch_protocol.call(model, x), runs)
             row[f"eager_b{b}_ms"], row[f"eager_b{b}_p90_ms"] = t["median_ms"], t["p90_ms"]
         else:
             row[f"eager_b{b}_ms"] = row[f"eager_b{b}_p90_ms"] = float("nan")
-        t = latency(lambda x=x: session.run(None, {"input": x.numpy()}), runs)
+        feed = batch_protocol.onnx_feed(x)
+        t = latency(lambda feed=feed: session.run(None, feed), runs)
         row[f"ort_b{b}_ms"], row[f"ort_b{b}_p90_ms"] = t["median_ms"], t["p90_ms"]
     row["onnx_file"] = str(onnx_file)
     return row

@@ -27,9 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import torch
 from torch import nn
 
+from . import batch as batch_protocol
 from .errors import ConfigError
 from .transforms import Transform, register_transform
 
@@ -72,7 +72,8 @@ def structured_prune(model: nn.Module, input_shape: tuple[int, ...], ratio: floa
     if missing:
         raise ConfigError(f"prune: no module {missing[0]!r} to keep whole")
     p = next(model.parameters(), None)
-    example = torch.zeros(2, *input_shape, device=p.device if p is not None else "cpu")
+    example = batch_protocol.example(input_shape, 2, p.device if p is not None else "cpu")  # Torch-Pruning takes
+    # a tensor, a tuple (positional inputs) or a dict (keywords) as its example inputs, as kdkit.batch does
     was = model.training
     model.eval()
     try:
@@ -185,7 +186,7 @@ class Prune(Transform):
     def apply(self, model: nn.Module) -> nn.Module:
         if self.input_shape is None:
             raise ConfigError("prune needs the input shape (it traces the model)")
-        self.stats = structured_prune(model, tuple(self.input_shape), self.ratio, self.by, self.importance,
+        self.stats = structured_prune(model, self.input_shape, self.ratio, self.by, self.importance,
                                       self.ignore, self.steps, self.round_to)
         return model
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import batch as batch_protocol
 from .engine.checkpoint import write_atomic
 from .errors import ConfigError, KdkitError
 from .export import checkpoint_network, export_onnx, onnx_session
@@ -40,14 +41,14 @@ class Calibration:
 
         idx = torch.arange(min(n, len(data)))
         loader = BatchLoader(data.subset(idx), batch, mean=mean, std=std)
-        self.batches = [x.numpy() for x, _, _ in loader]
+        self.batches = [batch_protocol.onnx_feed(x) for x, _, _ in loader]
         self.i = 0
 
     def get_next(self) -> dict[str, np.ndarray] | None:
         if self.i >= len(self.batches):
             return None
         self.i += 1
-        return {"input": self.batches[self.i - 1]}
+        return self.batches[self.i - 1]
 
     def rewind(self) -> None:
         self.i = 0
@@ -128,7 +129,7 @@ def onnx_accuracy(path: Path, loader, reference: Path | None = None) -> dict[str
     hits = ref_hits = agree = n = 0
     err_sum, err_max, scale = 0.0, 0.0, 0.0
     for x, y, _ in loader:
-        feed, y = {"input": x.cpu().numpy()}, y.cpu().numpy()
+        feed, y = batch_protocol.onnx_feed(x), y.cpu().numpy()
         logits = session.run(None, feed)[0]
         pred = logits.argmax(1)
         hits += int((pred == y).sum())
@@ -158,7 +159,7 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, net: str | None
     scheme, why = resolve_scheme(scheme)
     model, cfg, loaders = checkpoint_network(checkpoint, net)
     ds = loaders.dataset
-    shape = tuple(loaders.input_shape)
+    shape = loaders.input_shape
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = export_onnx(model, shape, Path(fp32_out) if fp32_out else Path(tmp) / "fp32.onnx")
         reader = Calibration(loaders.train.data, ds.mean, ds.std, calibration)

@@ -49,6 +49,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from .batch import index as index_inputs
 from .build import build, build_model, from_config, pick_device, resume
 from .config import apply_overrides, config_dict, load_yaml, parse_config
 from .data import BatchLoader, Dataset, ImageSet, load_dataset
@@ -148,7 +149,8 @@ def specialist_data(ds: Dataset, cluster: list[int], ratio: float, seed: int) ->
     n_used = min(len(outside), max(1, round(ratio * len(inside))))
     picked = outside[torch.randperm(len(outside), generator=g)[:n_used]]
     index = torch.cat([inside, picked]).sort().values
-    train = ImageSet(remap(ds.train.labels[index], cluster, ds.num_classes), images=ds.train.images[index])
+    train = ImageSet(remap(ds.train.labels[index], cluster, ds.num_classes),
+                     images=index_inputs(ds.train.images, index))
     test = ImageSet(remap(ds.test.labels, cluster, ds.num_classes), images=ds.test.images)
     names = [ds.classes[c] if c < len(ds.classes) else str(c) for c in cluster]
     sub = Dataset(ds.name, train, test, len(cluster) + 1, ds.in_channels, ds.image_size, ds.mean, ds.std,
@@ -230,7 +232,7 @@ def run_specialists(cfg: SpecialistsConfig, out_dir: str | Path | None = None,
     trained = [c for c in clusters if len(c) >= 2]
     if not trained:
         raise ConfigError("specialists: every cluster holds a single class; ask for fewer clusters")
-    path = classifier_path(generalist, tuple(ds.train.images.shape[1:]), k)
+    path = classifier_path(generalist, ds.input_shape, k)
 
     base = config_dict(g_cfg)
     base.update(method=["vanilla"], teacher=[], peers=[], stages=[])

@@ -37,8 +37,8 @@ def profile_pipeline(summary: list[dict[str, Any]], profile, root: Path,
             model, _, loaders = checkpoint_network(ckpt, entry.get("net") if quantized else None)
             log(f"pipeline: measuring {entry['run']}")
             if k == 0:  # the process's first timings run slow: one measurement discarded
-                measure_network(model, tuple(loaders.input_shape), profile.batches, profile.runs, work, "warm")
-            row = measure_network(model, tuple(loaders.input_shape), profile.batches, profile.runs, work, f"n{k}",
+                measure_network(model, loaders.input_shape, profile.batches, profile.runs, work, "warm")
+            row = measure_network(model, loaders.input_shape, profile.batches, profile.runs, work, f"n{k}",
                                   onnx_file=Path(entry["file"]) if quantized else None)
             rows.append({"run": entry["run"], "kind": "int8 (ONNX Runtime)" if quantized else "trained",
                          "test_top1": entry.get("test/top1", float("nan")),

@@ -38,9 +38,10 @@ class Task:
     def loss(self, output: Tensor, target: Any) -> Tensor:
         raise NotImplementedError
 
-    def example_input(self, input_shape: tuple[int, ...], device: torch.device) -> Tensor:
-        """What networks are probed on (shapes of every layer): zeros of ``[2, *input_shape]``."""
-        return torch.zeros(2, *input_shape, device=device)
+    def example_input(self, input_shape: Any, device: torch.device) -> Any:
+        """What networks are probed on (shapes of every layer): zeros of ``[2, *input_shape]``, or two
+        samples of an example batch (:func:`kdkit.batch.example`)."""
+        return batch_protocol.example(input_shape, 2, device)
 
     def eval_counts(self, output: Tensor, target: Any, teacher_output: Tensor | None) -> Tensor:
         """Counts of one batch, in the order of ``counts`` (float64; summed over batches and ranks)."""

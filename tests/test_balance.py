@@ -64,8 +64,10 @@ def test_a_dominating_hint_warns_and_is_in_metrics_and_report(tmp_path, teacher_
 def test_a_balanced_run_does_not_warn_and_the_probe_does_not_change_training(tmp_path, teacher_ckpt):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no balance warning (nor any other)
-        a = from_config(_cfg(tmp_path, teacher_ckpt, "on", "kd"), log=lambda m: None).fit()
-    b = from_config(_cfg(tmp_path, teacher_ckpt, "off", "kd", balance_steps=0), log=lambda m: None).fit()
+        a = from_config(_cfg(tmp_path, teacher_ckpt, "on", "kd", epochs=2), log=lambda m: None).fit()
+    b = from_config(_cfg(tmp_path, teacher_ckpt, "off", "kd", epochs=2, balance_steps=0), log=lambda m: None).fit()
+    second = json.loads((tmp_path / "on" / "metrics.jsonl").read_text().splitlines()[1])
+    assert second["epoch"] == 2 and not any(k.startswith("grad_share/") for k in second)  # measured once
     assert a["test/top1"] == b["test/top1"] and a["train/loss"] == b["train/loss"]
     assert "grad_share/kd" in _first_epoch(tmp_path / "on") and "grad_share/kd" not in _first_epoch(tmp_path / "off")
     wa = torch.load(tmp_path / "on" / "checkpoint.pt", weights_only=True)["student"]

@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from .. import batch as batch_protocol
 from ..config import DataConfig
 from ..errors import ConfigError
 from ..registry import Registry
@@ -110,14 +111,23 @@ def memory_bytes(device: torch.device | str) -> int | None:
         return None
 
 
+def describe_inputs(ds: Dataset) -> str:
+    """One sample's inputs for messages: ``[1, 28, 28]``, or the structure of several inputs with dtypes."""
+    spec = ds.input_shape
+    return batch_protocol.signature(spec) if batch_protocol.structured(spec) else str(list(spec))
+
+
 def check_batch_memory(batch_size: int, ds: Dataset, device: torch.device | str) -> None:
     """Refuse, before anything runs, a batch whose float inputs alone take more than an eighth of the
     device's memory (the activations of a network are many times its input): a huge ``image_size`` or
     batch would otherwise end in an out-of-memory kill, with no message."""
     total = memory_bytes(device)
-    need = batch_size * math.prod(ds.input_shape) * 4
+    spec = ds.input_shape
+    per_sample = (sum(t[0].numel() for t in batch_protocol.tensors(spec)) if batch_protocol.structured(spec)
+                  else math.prod(spec))
+    need = batch_size * per_sample * 4
     if total is not None and need > total // 8:
-        raise ConfigError(f"a batch of {batch_size} inputs of {'x'.join(map(str, ds.input_shape))} "
+        raise ConfigError(f"a batch of {batch_size} inputs of {describe_inputs(ds)} "
                           f"is {need / 2**30:.1f} GiB as floats, more than an eighth of the "
                           f"{total / 2**30:.0f} GiB of {torch.device(device).type} memory: lower data.batch_size or "
                           "data.image_size")
@@ -133,7 +143,7 @@ def build_loaders(cfg: DataConfig, seed: int, device: torch.device | str = "cpu"
         image_only = (("mean", cfg.mean, None), ("cutout", cfg.cutout, 0), ("pipeline", cfg.pipeline, "memory"))
         for key, value, off in image_only:
             if value != off:
-                raise ConfigError(f"data.{key}: {ds.name} holds {ds.kind} inputs {list(ds.input_shape)}, not images; "
+                raise ConfigError(f"data.{key}: {ds.name} holds {ds.kind} inputs {describe_inputs(ds)}, not images; "
                                   "normalisation, augmentation and the reference image pipeline apply to images (give "
                                   "your features already standardised)")
     if cfg.mean is not None:

@@ -9,6 +9,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from .. import batch as batch_protocol
+
 
 @dataclass
 class ImageSet:
@@ -17,21 +19,21 @@ class ImageSet:
     ids) in their own dtype, never quantised."""
 
     labels: Tensor  # int64 [N]
-    images: Tensor | None = None
+    images: Any = None  # a tensor [N, ...], or several inputs: a tuple or dict of them (kdkit.batch)
     reader: Callable[[int], Tensor] | None = None  # index -> uint8 [C, H, W]
 
     def __post_init__(self) -> None:
         if (self.images is None) == (self.reader is None):
             raise ValueError("an ImageSet holds either images or a reader")
-        if self.images is not None and len(self.images) != len(self.labels):
-            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+        if self.images is not None and batch_protocol.size(self.images) != len(self.labels):
+            raise ValueError(f"{batch_protocol.size(self.images)} inputs but {len(self.labels)} labels")
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, index: Tensor) -> ImageSet:
         if self.images is not None:
-            return ImageSet(self.labels[index], images=self.images[index])
+            return ImageSet(self.labels[index], images=batch_protocol.index(self.images, index))
         idx = index.tolist()
         parent = self.reader
         return ImageSet(self.labels[index], reader=lambda i: parent(idx[i]))
@@ -57,8 +59,12 @@ class Dataset:
     kind: str = "image"
 
     @property
-    def input_shape(self) -> tuple[int, ...]:
-        """One sample's shape, without the batch dimension."""
+    def input_shape(self) -> Any:
+        """One sample's shape, without the batch dimension; for several inputs per sample, an example batch
+        of the first two training samples in their structure (what networks are probed and traced on:
+        :func:`kdkit.batch.example`)."""
+        if self.train.images is not None and batch_protocol.structured(self.train.images):
+            return batch_protocol.index(self.train.images, torch.arange(min(2, len(self.train))))
         return (self.in_channels, *self.image_size)
 
 

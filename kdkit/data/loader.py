@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import batch as batch_protocol
 from ..batch import Batch
 from ..errors import CheckpointError, ConfigError
 from ..validate import check_rng
@@ -119,7 +120,7 @@ class BatchLoader:
         self.mean = torch.tensor(mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) if len(mean) else None
         self.std = torch.tensor(std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1) if len(std) else None
         if data.images is not None:
-            self._images = data.images.to(self.device)
+            self._images = batch_protocol.to_device(data.images, self.device)
             self._labels = data.labels.to(self.device)
         self.epoch = 0  # epochs started (training loaders)
         self.replay_views = replay_views if self.augments else 0
@@ -196,7 +197,7 @@ class BatchLoader:
         if self.data.images is not None:
             for idx in batches:
                 dev_idx = idx.to(self.device)
-                yield self._images[dev_idx], self._labels[dev_idx], idx
+                yield batch_protocol.index(self._images, dev_idx), self._labels[dev_idx], idx
             return
         batches = [b.cpu() for b in batches]
         loader = torch.utils.data.DataLoader(_Lazy(self.data), batch_sampler=[b.tolist() for b in batches],
@@ -231,9 +232,12 @@ class BatchLoader:
             if t is not None:
                 h.update(t.detach().cpu().contiguous().numpy().tobytes())
         if self.data.images is not None:
-            if self.data.images.dtype != torch.uint8:  # the bytes alone would not tell float32 from int32
-                h.update(str(self.data.images.dtype).encode())
-            h.update(self.data.images.contiguous().view(torch.uint8).numpy().tobytes())
+            if batch_protocol.structured(self.data.images):  # several inputs: their form, then each one's bytes
+                h.update(batch_protocol.signature(self.data.images).encode())
+            for t in batch_protocol.tensors(self.data.images):
+                if t.dtype != torch.uint8:  # the bytes alone would not tell float32 from int32
+                    h.update(str(t.dtype).encode())
+                h.update(t.contiguous().view(torch.uint8).numpy().tobytes())
         return {"inputs": h.hexdigest(), "augment": f"{self.crop_padding},{self.flip},{self.cutout}",
                 "views": str(self.num_views)}
 
@@ -266,9 +270,9 @@ class BatchLoader:
     def _transform(self, x: Tensor, p: dict[str, Tensor] | None) -> Tensor:
         """Stored batch -> the model's input: images (uint8, or floats in [0, 1]) augmented (with parameters
         ``p``) and normalised as float32; other inputs as stored, floats as float32 (see :func:`model_input`)."""
-        x = model_input(x, images=self.mean is not None)
-        if self.mean is None:
-            return x
+        if self.mean is None:  # not images: each input as stored, floats as float32
+            return batch_protocol.apply(lambda t: model_input(t, images=False), x)
+        x = model_input(x)
         if p is not None:
             x = random_crop(x, self.crop_padding, self.generator, p.get("offsets"))
             if self.flip:

@@ -7,7 +7,9 @@ user's own PyTorch code and kdkit's in-memory pipeline.
   once into memory as a :class:`~kdkit.data.base.Dataset` that ``kdkit.from_config(cfg, dataset=...)``
   trains on. Images must be uint8 or floats in ``[0, 1]`` (before normalisation: kdkit normalises with
   ``data.mean``/``data.std``, by default the training images' own statistics); any other input (vectors
-  ``[B, D]``, sequences ``[B, T, D]``) is kept in its own dtype and given to the model as it is.
+  ``[B, D]``, sequences ``[B, T, D]``) is kept in its own dtype and given to the model as it is, and so
+  are several inputs: a tuple or dict of tensors per batch (``((ids, mask), y)``, ``({"input_ids": ...,
+  "attention_mask": ...}, y)``), passed to the model positionally or as keywords (:mod:`kdkit.batch`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .. import batch as batch_protocol
 from ..errors import ConfigError
 from .base import Dataset, ImageSet, channel_stats
 
@@ -40,9 +43,20 @@ def load_tensors(name: str = "digits", **data: Any) -> tuple[tuple[Tensor, Tenso
     return out[0], out[1]
 
 
-def _as_inputs(x: Any, where: str, kind: str) -> Tensor:
+def _as_inputs(x: Any, where: str, kind: str) -> Any:
     """One batch's inputs as stored: images ``[B, C, H, W]`` (``[B, H, W]`` gets a channel) as uint8, or
-    floats in [0, 1] in their own dtype; other inputs (``kind="tensor"``) as they are."""
+    floats in [0, 1] in their own dtype; other inputs (``kind="tensor"``), one tensor or a tuple or dict of
+    them, as they are."""
+    if kind == "tensor" and batch_protocol.structured(x):
+        if isinstance(x, list):
+            x = tuple(x)
+        out = batch_protocol.apply(lambda t: _as_inputs(t, where, kind), x)
+        if len(batch_protocol.tensors(out)) != len(x) or not all(
+                isinstance(v, Tensor) for v in (out.values() if isinstance(out, dict) else out)):
+            raise ConfigError(f"{where}: several inputs must be a flat tuple or dict of tensors, got "
+                              f"{batch_protocol.signature(x)}")
+        batch_protocol.size(out)
+        return out
     if not isinstance(x, Tensor):
         raise ConfigError(f"{where}: the inputs are a {type(x).__name__}, not a tensor (a batch is (inputs, "
                           "targets); docs/models.md has the batch protocol)")
@@ -80,17 +94,14 @@ def _read(loader: Iterable, where: str, kind: str) -> tuple[ImageSet, str]:
             kind = "image" if isinstance(batch[0], Tensor) and batch[0].dim() in (3, 4) else "tensor"
         xs.append(_as_inputs(batch[0], f"{where} batch {i}", kind))
         ys.append(torch.as_tensor(batch[1]).long().reshape(-1))
-        if len(ys[-1]) != len(xs[-1]):
-            raise ConfigError(f"{where} batch {i}: {len(xs[-1])} inputs but {len(ys[-1])} labels")
+        if len(ys[-1]) != batch_protocol.size(xs[-1]):
+            raise ConfigError(f"{where} batch {i}: {batch_protocol.size(xs[-1])} inputs but {len(ys[-1])} labels")
     if not xs:
         raise ConfigError(f"{where}: the loader gave no batches")
-    shapes = {tuple(x.shape[1:]) for x in xs}
-    if len(shapes) > 1:
-        raise ConfigError(f"{where}: inputs of several shapes {sorted(shapes)[:3]}; make them one shape")
-    dtypes = {x.dtype for x in xs}
-    if len(dtypes) > 1:
-        raise ConfigError(f"{where}: inputs of several dtypes {sorted(map(str, dtypes))}")
-    return ImageSet(torch.cat(ys), images=torch.cat(xs)), kind
+    forms = sorted({batch_protocol.signature(x) for x in xs})
+    if len(forms) > 1:
+        raise ConfigError(f"{where}: inputs of several shapes or dtypes {forms[:3]}; make them one form")
+    return ImageSet(torch.cat(ys), images=batch_protocol.cat(xs)), kind
 
 
 def dataset_from_loaders(train: Iterable, test: Iterable, name: str = "custom",
@@ -107,10 +118,9 @@ def dataset_from_loaders(train: Iterable, test: Iterable, name: str = "custom",
     if kind == "tensor" and (crop_padding or flip):
         raise ConfigError("crop_padding and flip augment images; these inputs are tensors (kind='tensor')")
     te, _ = _read(test, "test loader", kind)
-    if tr.images.shape[1:] != te.images.shape[1:]:
-        raise ConfigError(f"train inputs are {list(tr.images.shape[1:])}, test inputs {list(te.images.shape[1:])}")
-    if tr.images.dtype != te.images.dtype:
-        raise ConfigError(f"train inputs are {tr.images.dtype}, test inputs {te.images.dtype}")
+    if batch_protocol.signature(tr.images) != batch_protocol.signature(te.images):
+        raise ConfigError(f"train inputs are {batch_protocol.signature(tr.images)}, test inputs "
+                          f"{batch_protocol.signature(te.images)}")
     k = int(max(tr.labels.max(), te.labels.max())) + 1
     if min(int(tr.labels.min()), int(te.labels.min())) < 0:
         raise ConfigError("labels must be class indices >= 0")
@@ -118,6 +128,10 @@ def dataset_from_loaders(train: Iterable, test: Iterable, name: str = "custom",
         raise ConfigError(f"{len(classes)} class names for labels up to {k - 1}")
     k = len(classes) if classes is not None else k
     names = list(classes) if classes is not None else [str(i) for i in range(k)]
+    if batch_protocol.structured(tr.images):  # several inputs: "channels" are the first input's first dimension
+        first = batch_protocol.tensors(tr.images)[0]
+        return Dataset(name, tr, te, k, first.shape[1] if first.dim() > 1 else 1, (), (), (), classes=names,
+                       kind="tensor")
     shape = tuple(tr.images.shape[1:])
     if kind == "tensor":
         return Dataset(name, tr, te, k, shape[0], shape[1:], (), (), classes=names, kind="tensor")

@@ -36,10 +36,11 @@ class BalanceProbe:
 
     def measure(self, terms: dict[str, Tensor]) -> None:
         """Adds each term's gradient norm on the student's parameters (the graph is kept for the step)."""
+        params = [p for p in self.params if p.requires_grad]  # a stage may have frozen some
         for name, value in terms.items():
             norm = 0.0
-            if value.requires_grad:
-                grads = torch.autograd.grad(value, self.params, retain_graph=True, allow_unused=True)
+            if value.requires_grad and params:
+                grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
                 sq = [g.detach().float().pow(2).sum() for g in grads if g is not None]
                 norm = math.sqrt(float(torch.stack(sq).sum())) if sq else 0.0
             self.norms[name] = self.norms.get(name, 0.0) + norm
@@ -78,5 +79,5 @@ class BalanceProbe:
             log(line)
             if warning:
                 warnings.warn(warning, stacklevel=3)
-        self.params, self.steps = [], 0
+        self.params, self.steps, self.seen, self.norms = [], 0, 0, {}
         return summary

@@ -17,6 +17,7 @@ from typing import Any, BinaryIO
 import torch
 from torch import nn
 
+from .. import batch as batch_protocol
 from ..errors import CheckpointError, ConfigError, OutputError, first_line
 from ..validate import check_record, check_tensors, check_training_state, is_state_dict
 
@@ -137,10 +138,14 @@ def model_record(name: str, kwargs: dict[str, Any], transforms: list[dict[str, A
     return {"name": name, **task_fields, "kwargs": dict(kwargs), "transforms": list(transforms or [])}
 
 
-def inference_record(dataset: Any, input_shape: tuple[int, ...]) -> dict[str, Any]:
+def inference_record(dataset: Any, input_shape: Any) -> dict[str, Any]:
     """What using the network outside kdkit needs, as plain data: the dataset's name, the input shape
-    ``[C, H, W]``, the normalisation (``(x / 255 - mean) / std`` per channel) and the class names."""
-    return {"dataset": dataset.name, "input_shape": [int(v) for v in input_shape],
+    ``[C, H, W]`` (several inputs: their structure of shapes, and ``input_form`` with their dtypes), the
+    normalisation (``(x / 255 - mean) / std`` per channel) and the class names."""
+    several = batch_protocol.structured(input_shape)
+    form = {"input_form": batch_protocol.signature(input_shape)} if several else {}
+    return {"dataset": dataset.name, **form, "input_shape": (batch_protocol.shapes(input_shape) if several else
+                                                           [int(v) for v in input_shape]),
             "mean": [float(v) for v in dataset.mean], "std": [float(v) for v in dataset.std],
             "classes": [str(c) for c in dataset.classes] or [str(i) for i in range(dataset.num_classes)]}
 

@@ -74,7 +74,9 @@ def check_same_data(ckpt: dict[str, Any], spec: ModelSpec, data: dict[str, Any])
     if spec.other_data or not isinstance(rec, dict):
         return
     src = spec.checkpoint
-    if rec.get("dataset") != data["dataset"] or list(rec.get("input_shape") or []) != data["input_shape"]:
+    shape = rec.get("input_shape")
+    if rec.get("dataset") != data["dataset"] or (list(shape or []) if not isinstance(shape, dict) else shape) != \
+            data["input_shape"] or rec.get("input_form") != data.get("input_form"):
         raise CheckpointError(
             f"{src} was trained on {rec.get('dataset')} {rec.get('input_shape')}, this run's data is "
             f"{data['dataset']} {data['input_shape']}: a teacher must see the data it learned from (set "

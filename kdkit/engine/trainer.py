@@ -293,7 +293,7 @@ class Trainer:
             group["lr"] = group_lr
         with self.autocast():
             terms = self.model(x, y, idx, epoch=epoch, teacher=self._teacher(x, idx))
-        if self.balance.active and self.step < self.balance.steps:  # the first steps of a run only
+        if self.balance.active and epoch == 0 and self.step < self.balance.steps:  # a run's first steps only
             self.balance.measure(terms)
         loss = sum(terms.values())
         opt.zero_grad(set_to_none=True)

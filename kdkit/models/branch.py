@@ -16,6 +16,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
+from .. import batch as batch_protocol
 from ..errors import ConfigError
 
 
@@ -169,7 +170,8 @@ def _trunk_channels(trunk: nn.Module, input_shape: tuple[int, ...] | None) -> in
     p = next(trunk.parameters(), None)
     was = trunk.training
     with torch.no_grad():
-        out = trunk.eval()(torch.zeros(2, *input_shape, device=p.device if p is not None else "cpu"))
+        out = batch_protocol.call(trunk.eval(), batch_protocol.example(input_shape, 2, p.device if p is not None
+                                                                       else "cpu"))
     trunk.train(was)
     return out.shape[1]
 

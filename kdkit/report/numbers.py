@@ -117,7 +117,7 @@ def balance_rows(runs: list[Run]) -> list[list[str]]:
         if not shares:
             continue
         dom = first.get("grad_share/dominance")
-        factor = r.config.get("train.balance_factor", 10.0)
+        factor = r.config.get("train.balance_factor", 50.0)
         flag = (f"{max(shares, key=shares.get)} dominates ({dom:.1f}x > {factor:g}x)"
                 if isinstance(dom, (int, float)) and isinstance(factor, (int, float)) and dom > factor else "ok")
         rows.append([r.name, ", ".join(f"{k} {v:.2f}" for k, v in sorted(shares.items(), key=lambda kv: -kv[1])),

@@ -96,7 +96,8 @@ def tables(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
         out.append(("Comparison by recipe (mean ± std over the runs of a recipe; (n) = runs)",
                     ["recipe", "runs", "finished", "test top1 (final)", "val top1 (last epoch)",
                      "val top1 (best epoch)", "best epochs", "test agreement"],
-                    [[r["group"], str(len(r["runs"])) + (f" (+{len(r['copies'])} copies)" if r["copies"] else ""), str(r["finished"]), fmt(r["test_top1"]), fmt(r["val_last"]),
+                    [[r["group"], str(len(r["runs"])) + (f" (+{len(r['copies'])} copies)" if r["copies"] else ""),
+                      str(r["finished"]), fmt(r["test_top1"]), fmt(r["val_last"]),
                       fmt(r["val_best"]), ", ".join(str(e) for e in r["best_epochs"]), fmt(r["agreement"])]
                      for r in g]))
         out.append(("Runs", ["run", "status", "recipe", "seed", "test top1", "val top1 (last)", "deployed", "path"],
