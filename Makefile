@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# Pinned first, so that no dependency pulls an unpinned CUDA build of torch.
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[test,vision]'
+	$(PY) -m pip install -q -e '.[test,vision,sweep]'
 	touch $(STAMP)
 
 setup: $(STAMP)

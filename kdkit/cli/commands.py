@@ -225,6 +225,24 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from ..sweep import load_sweep, run_sweep
+
+    cfg = load_sweep(args.file)
+    if args.trials is not None:
+        if args.trials < 1:
+            raise ConfigError(f"--trials must be >= 1, got {args.trials}")
+        cfg.trials = args.trials
+    if args.out is not None:
+        cfg.out = args.out
+    if not 1 <= args.workers <= 256:
+        raise ConfigError(f"--workers must be in [1, 256], got {args.workers}")
+    start_work()
+    best = run_sweep(cfg, log=lambda m: print(m, file=sys.stderr), storage=args.storage, workers=args.workers)
+    print(json.dumps(best, default=str))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
@@ -246,4 +264,5 @@ def first_sentence(doc: str | None, limit: int = 100) -> str:
 COMMANDS = {"train": lambda a: cmd_run(a, distill=False), "distill": lambda a: cmd_run(a, distill=True),
             "eval": cmd_eval, "inspect": cmd_inspect, "export": cmd_export, "quantize": cmd_quantize,
             "profile": cmd_profile, "list": cmd_list, "bench": cmd_bench, "specialists": cmd_specialists,
-            "report": cmd_report, "compare": cmd_report, "pipeline": cmd_pipeline, "demo": cmd_demo}
+            "report": cmd_report, "compare": cmd_report, "pipeline": cmd_pipeline, "demo": cmd_demo,
+            "sweep": cmd_sweep}

@@ -124,6 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="the report's comparison tables in the terminal")
     p.add_argument("paths", nargs="+", help="run directories, folders of runs, result JSONs")
 
+    p = sub.add_parser("sweep", help="search a recipe's settings on validation with Optuna: every trial a kdkit "
+                       "run, best.yaml written; a killed sweep continues")
+    p.add_argument("file", help="the sweep's YAML (base recipe, space, trials, sampler, pruner, metric, seed, out)")
+    p.add_argument("--trials", type=int, default=None, help="number of trials (default: the file's)")
+    p.add_argument("--out", default=None, help="the sweep's folder (default: the file's out)")
+    p.add_argument("--storage", default=None, help="an Optuna storage URL (default: a journal file in the folder)")
+    p.add_argument("--workers", type=int, default=1, help="processes on this machine sharing the sweep (default 1)")
+
     p = sub.add_parser("specialists", help="a generalist and specialists for clusters of classes it confuses "
                        "(Hinton et al. 2015, sec. 5): cluster, train, combine, report")
     p.add_argument("file", help="the specialists' YAML (generalist checkpoint, clusters, top_k, set)")
