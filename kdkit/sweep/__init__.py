@@ -79,8 +79,7 @@ def run_sweep(cfg: SweepConfig, log: Log = print, storage: str | None = None, wo
     threads, recorded in its trials' configs)."""
     if workers > 1:
         return _run_workers(cfg, storage, workers, log)
-    _work(cfg, log, storage)
-    return write_best(cfg, _study(cfg, storage))
+    return write_best(cfg, _work(cfg, log, storage))
 
 
 def _study(cfg: SweepConfig, storage: str | None) -> Any:
@@ -127,7 +126,7 @@ def _run_workers(cfg: SweepConfig, storage: str | None, workers: int, log: Log) 
     return write_best(cfg, _study(cfg, storage))
 
 
-def _work(cfg: SweepConfig, log: Log, storage: str | None) -> None:
+def _work(cfg: SweepConfig, log: Log, storage: str | None) -> Any:
     """Trials until the sweep has its count: this process's share of the work."""
     import optuna
 
@@ -145,7 +144,7 @@ def _work(cfg: SweepConfig, log: Log, storage: str | None) -> None:
         trial, params, claim = picked
         trial.set_user_attr("worker", os.getpid())
         try:
-            run_dir = out / "trials" / f"trial-{trial.number:04d}"
+            run_dir = trial_dir(out, trial.number)
             state, value = _run_trial(cfg, trial, params, run_dir, from_config, resume)
             study.tell(trial, value if state == done.COMPLETE else None, state=state)
         finally:
@@ -153,6 +152,12 @@ def _work(cfg: SweepConfig, log: Log, storage: str | None) -> None:
         shown = ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
         log(f"trial {trial.number}: {shown}: {state.name.lower()}"
             + (f", {cfg.metric} {value:.4g}" if value is not None else ""))
+    return study
+
+
+def trial_dir(out: Path, number: int) -> Path:
+    """Trial ``number``'s run directory in the sweep folder ``out``."""
+    return out / "trials" / f"trial-{number:04d}"
 
 
 def _journal(path: Path) -> Any:
@@ -188,7 +193,8 @@ def _next_trial(cfg: SweepConfig, study: Any, out: Path) -> tuple[Any, dict[str,
             return None  # the rest are running in other workers, or the sweep is done
         study.sampler = make_sampler(cfg, len(trials))
         if cfg.sampler == "grid":
-            study.enqueue_trial(grid_points(cfg)[len(trials) % len(grid_points(cfg))])
+            grid = grid_points(cfg)
+            study.enqueue_trial(grid[len(trials) % len(grid)])
         trial = study.ask()
         params = {p.key: p.suggest(trial) for p in cfg.space}
         claim = _claim(out, trial.number)
@@ -201,7 +207,7 @@ def _claim(out: Path, number: int) -> Any:
     """Trial ``number``'s claim file, locked; None when another live process holds it."""
     from ..engine.run_files import FileLock
 
-    run_dir = out / "trials" / f"trial-{number:04d}"
+    run_dir = trial_dir(out, number)
     run_dir.mkdir(parents=True, exist_ok=True)
     claim = FileLock(run_dir / ".trial.lock")
     if claim.acquire(True):
@@ -257,7 +263,7 @@ def write_best(cfg: SweepConfig, study: Any) -> dict[str, Any]:
     if not complete:
         raise KdkitError(f"sweep {cfg.name}: no trial finished (every one was pruned or failed)")
     best = study.best_trial
-    run_dir = Path(cfg.out) / "trials" / f"trial-{best.number:04d}"
+    run_dir = trial_dir(Path(cfg.out), best.number)
     text = (run_dir / "config.yaml").read_bytes()  # the run's resolved config: threads, seed, every default
     write_atomic(Path(cfg.out) / "best.yaml", lambda f: f.write(text))
     rows = [{"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params,
