@@ -33,6 +33,7 @@ from torch import nn
 from kdkit import from_config, load_config
 from kdkit.engine.evaluate import MeanLogits, evaluate
 from kdkit.methods import METHODS
+from kdkit.sweep.methods import fill_model
 
 SCHEMES = {
     "dml": {"peers": ["{model}"], "method": "dml"},
@@ -46,16 +47,6 @@ SCHEMES = {
                "method": {"name": "okddip", "rampup_epochs": 1}},
 }
 COHORTS = ("dml", "dcm", "kdcl")  # separate networks; the others are branched
-
-
-def _fill(obj, model):
-    if isinstance(obj, str):
-        return obj.format(model=model)
-    if isinstance(obj, dict):
-        return {k: _fill(v, model) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_fill(v, model) for v in obj]
-    return obj
 
 
 def add_recipe_args(ap: argparse.ArgumentParser) -> None:
@@ -86,7 +77,7 @@ def command(script: str, args) -> str:
 def run(args, out: Path, name: str, seed: int, scheme: dict) -> tuple[dict, object, float]:
     base = base_recipe(args, seed)
     base.update({"method": "vanilla", "train": {**base["train"], "out_dir": str(out), "run_name": name}})
-    scheme = _fill(scheme, args.model)
+    scheme = fill_model(scheme, args.model)
     base.update({**scheme, "data": {**base["data"], **scheme.get("data", {})}})
     t0 = time.perf_counter()
     trainer = from_config(load_config(base=base), log=lambda m: None)

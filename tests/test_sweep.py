@@ -59,7 +59,7 @@ def test_a_pruner_stops_a_hopeless_trial(tmp_path):
 def test_a_killed_sweep_continues_to_the_same_trials(tmp_path):
     full = run_sweep(_sweep(tmp_path / "full"), log=lambda m: None)
     killed = _sweep(tmp_path / "killed")
-    import kdkit.sweep as sweep_mod
+    import kdkit.sweep.run as sweep_mod
 
     real = sweep_mod._run_trial
     calls = []

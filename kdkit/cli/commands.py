@@ -228,7 +228,13 @@ def cmd_pipeline(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from ..sweep import load_sweep, run_sweep
 
-    cfg = load_sweep(args.file)
+    seeds = None
+    if args.seeds is not None:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise ConfigError(f"--seeds takes integers separated by commas, got {args.seeds!r}") from None
+    cfg = load_sweep(args.file, methods=args.methods, seeds=seeds)
     if args.trials is not None:
         if args.trials < 1:
             raise ConfigError(f"--trials must be >= 1, got {args.trials}")
@@ -239,6 +245,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         raise ConfigError(f"--workers must be in [1, 256], got {args.workers}")
     start_work()
     best = run_sweep(cfg, log=lambda m: print(m, file=sys.stderr), storage=args.storage, workers=args.workers)
+    if "methods" in best:  # the ranking, as methods.md in the sweep folder has it
+        print((Path(cfg.out) / "methods.md").read_text(), file=sys.stderr)
     print(json.dumps(best, default=str))
     return 0
 

@@ -131,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="the sweep's folder (default: the file's out)")
     p.add_argument("--storage", default=None, help="an Optuna storage URL (default: a journal file in the folder)")
     p.add_argument("--workers", type=int, default=1, help="processes on this machine sharing the sweep (default 1)")
+    p.add_argument("--methods", default=None, help="one search per method over the base recipe's teacher/student "
+                   "pair, ranked: offline, online, or names (kd,dkd,at); the file's space is not used")
+    p.add_argument("--seeds", default=None, help="final runs of the best config on test, e.g. 0,1,2 (default: the "
+                   "file's seeds; with --methods 0,1,2)")
 
     p = sub.add_parser("specialists", help="a generalist and specialists for clusters of classes it confuses "
                        "(Hinton et al. 2015, sec. 5): cluster, train, combine, report")

@@ -28,249 +28,36 @@ included: training from it reproduces the trial.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from ..config import load_config
-from ..engine.checkpoint import write_atomic
-from ..errors import ConfigError, KdkitError
+from .compare import final_runs, run_methods
+from .run import (
+    HOST,
+    NoTrialFinished,
+    database_url,
+    make_pruner,
+    make_sampler,
+    search,
+    trial_dir,
+    trial_seed,
+    write_best,
+)
 from .space import PRUNERS, SAMPLERS, Param, SweepConfig, grid_points, load_sweep, parse_sweep, trial_config
 
-__all__ = ["PRUNERS", "SAMPLERS", "Param", "SweepConfig", "grid_points", "load_sweep", "make_pruner", "make_sampler",
-           "parse_sweep", "run_sweep", "trial_config", "trial_seed", "write_best"]
+__all__ = ["HOST", "PRUNERS", "SAMPLERS", "NoTrialFinished", "Param", "SweepConfig", "database_url", "final_runs",
+           "grid_points", "load_sweep", "make_pruner", "make_sampler", "parse_sweep", "run_methods", "run_sweep",
+           "search", "trial_config", "trial_dir", "trial_seed", "write_best"]
 
 
-def trial_seed(seed: int, number: int) -> int:
-    """The seed of trial ``number``'s sampler: from the sweep seed and the trial number only."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{number}".encode()).digest()[:4], "little")
-
-
-def make_sampler(cfg: SweepConfig, number: int) -> Any:
-    import optuna
-
-    seed = trial_seed(cfg.seed, number)
-    if cfg.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if cfg.sampler == "grid":  # the points are enqueued in order (grid_point); this draws nothing
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, cfg.trials // 3)))
-
-
-def make_pruner(cfg: SweepConfig) -> Any:
-    import optuna
-
-    if cfg.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
-    if cfg.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner()
-    return optuna.pruners.NopPruner()
-
-
-Log = Callable[[str], None]
-
-
-def run_sweep(cfg: SweepConfig, log: Log = print, storage: str | None = None, workers: int = 1) -> dict[str, Any]:
-    """Run (or continue) the sweep; returns the best trial's number, value, parameters and best.yaml.
-    ``workers``: that many processes on this machine share the study (each with its share of the CPU
-    threads, recorded in its trials' configs)."""
-    if workers > 1:
-        return _run_workers(cfg, storage, workers, log)
-    return write_best(cfg, _work(cfg, log, storage))
-
-
-def _study(cfg: SweepConfig, storage: str | None) -> Any:
-    """The sweep's study, created or loaded: from ``storage`` (a database URL) or the journal file in its
-    folder; a storage that cannot be reached or a journal written by something else is one line."""
-    import optuna
-
-    journal = Path(cfg.out) / "journal.log"
-    if storage is None:
-        journal.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        store = storage or _journal(journal)
-        return optuna.create_study(study_name=cfg.name, storage=store, direction="maximize"
-                                   if not cfg.metric.endswith("loss") else "minimize",
-                                   pruner=make_pruner(cfg), load_if_exists=True)
-    except Exception as e:  # noqa: BLE001  (storage back ends raise many kinds)
-        what = storage[:120] if storage else f"{journal} (not an Optuna journal?)"
-        raise ConfigError(f"sweep storage {what}: {type(e).__name__}: "
-                          f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}") from None
-
-
-def _worker(cfg: SweepConfig, storage: str | None, threads: int) -> None:
-    import torch
-
-    torch.set_num_threads(threads)
-    _work(cfg, lambda m: print(m, flush=True), storage)
-
-
-def _run_workers(cfg: SweepConfig, storage: str | None, workers: int, log: Log) -> dict[str, Any]:
-    import multiprocessing as mp
-
-    _study(cfg, storage)  # created (or its storage refused) once, before any worker starts
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(cfg, storage, threads)) for _ in range(workers)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
-    bad = [p.exitcode for p in procs if p.exitcode != 0]
-    if bad:
-        raise KdkitError(f"{len(bad)} of {workers} sweep workers failed (exit codes {bad}); run the sweep again "
-                         "to continue it")
-    return write_best(cfg, _study(cfg, storage))
-
-
-def _work(cfg: SweepConfig, log: Log, storage: str | None) -> Any:
-    """Trials until the sweep has its count: this process's share of the work."""
-    import optuna
-
-    from ..build import from_config, resume
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    out = Path(cfg.out)
-    study = _study(cfg, storage)
-    (out / "trials").mkdir(parents=True, exist_ok=True)
-    done = optuna.trial.TrialState
-    while True:
-        picked = _next_trial(cfg, study, out)
-        if picked is None:
-            break
-        trial, params, claim = picked
-        trial.set_user_attr("worker", os.getpid())
-        try:
-            run_dir = trial_dir(out, trial.number)
-            state, value = _run_trial(cfg, trial, params, run_dir, from_config, resume)
-            study.tell(trial, value if state == done.COMPLETE else None, state=state)
-        finally:
-            claim.release()
-        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
-        log(f"trial {trial.number}: {shown}: {state.name.lower()}"
-            + (f", {cfg.metric} {value:.4g}" if value is not None else ""))
-    return study
-
-
-def trial_dir(out: Path, number: int) -> Path:
-    """Trial ``number``'s run directory in the sweep folder ``out``."""
-    return out / "trials" / f"trial-{number:04d}"
-
-
-def _journal(path: Path) -> Any:
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    return JournalStorage(JournalFileBackend(str(path)))
-
-
-def _next_trial(cfg: SweepConfig, study: Any, out: Path) -> tuple[Any, dict[str, Any], Any] | None:
-    """Under the sweep's lock (one worker chooses at a time): a trial that a killed process left running
-    (its claim file is not locked), resumed with its own parameters; else a new trial, its parameters
-    drawn by a sampler seeded by the sweep seed and its number; None when no trial is left to run here.
-    The trial's claim file is locked before the sweep's lock is let go, and held while it runs."""
-    import optuna
-
-    from ..engine.run_files import FileLock
-
-    done = optuna.trial.TrialState
-    gate = FileLock(out / "sweep.lock")
-    if not gate.acquire(True, wait_s=3600.0):
-        raise KdkitError(f"{out / 'sweep.lock'}: another worker held it for an hour")
-    try:
-        trials = study.get_trials(deepcopy=False)
-        for t in trials:
-            if t.state == done.RUNNING:
-                claim = _claim(out, t.number)
-                if claim is not None:
-                    return optuna.trial.Trial(study, t._trial_id), dict(t.params), claim
-        finished = sum(t.state in (done.COMPLETE, done.PRUNED, done.FAIL) for t in trials)
-        running = sum(t.state == done.RUNNING for t in trials)
-        if finished + running >= cfg.trials:
-            return None  # the rest are running in other workers, or the sweep is done
-        study.sampler = make_sampler(cfg, len(trials))
-        if cfg.sampler == "grid":
-            grid = grid_points(cfg)
-            study.enqueue_trial(grid[len(trials) % len(grid)])
-        trial = study.ask()
-        params = {p.key: p.suggest(trial) for p in cfg.space}
-        claim = _claim(out, trial.number)
-        return trial, params, claim
-    finally:
-        gate.release()
-
-
-def _claim(out: Path, number: int) -> Any:
-    """Trial ``number``'s claim file, locked; None when another live process holds it."""
-    from ..engine.run_files import FileLock
-
-    run_dir = trial_dir(out, number)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    claim = FileLock(run_dir / ".trial.lock")
-    if claim.acquire(True):
-        return claim
-    claim.release()
-    return None
-
-
-def _fmt(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def _run_trial(cfg: SweepConfig, trial: Any, params: dict[str, Any], run_dir: Path, from_config: Any,
-               resume: Any) -> tuple[Any, float | None]:
-    """One trial: a kdkit run reporting the metric every epoch; pruned, failed (diverged) or complete."""
-    import optuna
-
-    from ..errors import DivergedError, NonFiniteLossError
-
-    last: dict[str, float] = {}
-
-    def report(trainer: Any, epoch: int, metrics: dict[str, Any]) -> None:
-        value = metrics.get(cfg.metric)
-        if value is None:
-            raise ConfigError(f"the metric {cfg.metric} is not among the run's metrics "
-                              f"({sorted(k for k in metrics if k.startswith('val/'))})")
-        last["value"] = float(value)
-        trial.report(float(value), epoch)
-        if trial.should_prune():
-            raise optuna.TrialPruned()
-
-    quiet = {"log": lambda m: None, "callbacks": [report]}
-    try:
-        if (run_dir / "checkpoint.pt").is_file():
-            trainer = resume(run_dir, **quiet)
-        else:
-            data = trial_config(cfg, params, run_dir)
-            trainer = from_config(load_config(base=data), **quiet)
-        trainer.fit()
-    except optuna.TrialPruned:
-        return optuna.trial.TrialState.PRUNED, None
-    except (DivergedError, NonFiniteLossError):
-        return optuna.trial.TrialState.FAIL, None
-    if "value" not in last:  # a finished run resumed: its last epoch's line
-        rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-        last["value"] = float([r for r in rows if not r.get("final")][-1][cfg.metric])
-    return optuna.trial.TrialState.COMPLETE, last["value"]
-
-
-def write_best(cfg: SweepConfig, study: Any) -> dict[str, Any]:
-    """``best.yaml`` (the best trial's resolved config, with its thread count) and ``sweep.json``."""
-    complete = [t for t in study.get_trials(deepcopy=False) if t.value is not None]
-    if not complete:
-        raise KdkitError(f"sweep {cfg.name}: no trial finished (every one was pruned or failed)")
-    best = study.best_trial
-    run_dir = trial_dir(Path(cfg.out), best.number)
-    text = (run_dir / "config.yaml").read_bytes()  # the run's resolved config: threads, seed, every default
-    write_atomic(Path(cfg.out) / "best.yaml", lambda f: f.write(text))
-    rows = [{"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params,
-             "worker": t.user_attrs.get("worker")}
-            for t in study.get_trials(deepcopy=False)]
-    summary = {"name": cfg.name, "metric": cfg.metric, "best": {"number": best.number, "value": best.value,
-                                                                 "params": best.params}, "trials": rows}
-    data = json.dumps(summary, indent=1, default=str).encode()
-    write_atomic(Path(cfg.out) / "sweep.json", lambda f: f.write(data))
-    return {**summary["best"], "best_yaml": str(Path(cfg.out) / "best.yaml")}
+def run_sweep(cfg: SweepConfig, log: Any = print, storage: str | None = None, workers: int = 1) -> dict[str, Any]:
+    """Run (or continue) the sweep; returns the best trial's number, value, parameters and best.yaml, and
+    with ``seeds`` the final runs on test (``final``). A sweep with ``methods`` runs one search per method
+    and returns their ranking (``methods``; :mod:`kdkit.sweep.compare`). ``workers``: that many processes
+    on this machine share the study (each with its share of the CPU threads, recorded in its trials'
+    configs); ``storage``: a database URL instead of the journal file."""
+    if cfg.methods:
+        return {"methods": run_methods(cfg, log, storage, workers)}
+    best = search(cfg, log, storage, workers)
+    if cfg.seeds:
+        best["final"] = final_runs(cfg, best, log)
+    return best

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,9 @@ class SweepConfig:
     out: str = "runs/sweep"
     name: str = "sweep"
     source: str = "sweep"
+    seeds: list[int] = field(default_factory=list)  # final runs of the best config, on test
+    methods: list[str] | None = None  # --methods: one search per method (kdkit.sweep.methods)
+    method_settings: dict[str, dict[str, Any]] = field(default_factory=dict)  # fixed settings per method
 
 
 def _param(key: str, spec: Any, where: str) -> Param:
@@ -93,7 +96,8 @@ def parse_sweep(data: dict[str, Any], where: str = "sweep", root: Path | None = 
     """A sweep file's mapping, checked whole before any trial runs (one-line errors)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: a sweep file is a YAML mapping")
-    known = {"base", "space", "trials", "sampler", "pruner", "metric", "seed", "out", "name"}
+    known = {"base", "space", "trials", "sampler", "pruner", "metric", "seed", "out", "name", "seeds", "methods",
+             "method_settings"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; a sweep has {sorted(known)}")
@@ -106,9 +110,13 @@ def parse_sweep(data: dict[str, Any], where: str = "sweep", root: Path | None = 
     if isinstance(base.get("method"), str | dict):  # one method: a list, so method.<name>.<key> addresses it
         base["method"] = [base["method"]]
     space = data.get("space")
-    if not isinstance(space, dict) or not space:
+    methods = data.get("methods")
+    if methods is not None and space is not None:
+        raise ConfigError(f"{where}: give either space (one search) or methods (a search per method over its "
+                          "own weights), not both")
+    if methods is None and (not isinstance(space, dict) or not space):
         raise ConfigError(f"{where}: space must map config keys to ranges, e.g. optim.lr: {{log: [0.01, 0.3]}}")
-    params = [_param(str(k), v, where) for k, v in space.items()]
+    params = [_param(str(k), v, where) for k, v in (space or {}).items()]
     resolved = config_dict(load_config(base=json.loads(json.dumps(base))))
     for p in params:
         if not _has_key(resolved, p.key):
@@ -135,6 +143,19 @@ def parse_sweep(data: dict[str, Any], where: str = "sweep", root: Path | None = 
         raise ConfigError(f"{where}: the base recipe has no validation split (data.val_fraction is 0); a sweep "
                           "chooses on validation, never on test")
     cfg.metric = metric
+    seeds = data.get("seeds", [])
+    if not isinstance(seeds, list) or not all(type(v) is int and v >= 0 for v in seeds) \
+            or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"{where}: seeds must be a list of distinct integers >= 0 (the final runs), got {seeds!r}")
+    cfg.seeds = seeds
+    if methods is not None:
+        from .methods import resolve_methods
+
+        cfg.methods = resolve_methods(methods, where)
+    settings = data.get("method_settings", {})
+    if not isinstance(settings, dict) or not all(isinstance(v, dict) for v in settings.values()):
+        raise ConfigError(f"{where}: method_settings maps a method name to its fixed settings, got {settings!r}"[:300])
+    cfg.method_settings = settings
     cfg.out = str(data.get("out", cfg.out))
     cfg.name = str(data.get("name", Path(cfg.out).name or "sweep"))
     return cfg
@@ -146,9 +167,18 @@ def _primary(resolved: dict[str, Any]) -> str:
     return create_task(load_config(base=resolved).task).primary
 
 
-def load_sweep(path: str | Path) -> SweepConfig:
+def load_sweep(path: str | Path, methods: Any = None, seeds: list[int] | None = None) -> SweepConfig:
+    """A sweep file; ``methods`` (``--methods``) makes it a comparison of methods, its space unused."""
     path = Path(path)
-    return parse_sweep(load_yaml(path), str(path), path.parent)
+    data = load_yaml(path)
+    if isinstance(data, dict) and (methods is not None or seeds is not None):
+        data = dict(data)
+        if methods is not None:
+            data.pop("space", None)
+            data["methods"] = methods
+        if seeds is not None:
+            data["seeds"] = seeds
+    return parse_sweep(data, str(path), path.parent)
 
 
 def grid_points(cfg: SweepConfig) -> list[dict[str, Any]]:

@@ -1,0 +1,164 @@
+"""The final runs of a sweep (its best configuration over several seeds, on test) and ``--methods``: one
+search per method over a teacher/student pair, ranked on validation, then each best over the seeds."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from ..config import load_config
+from ..engine.checkpoint import write_atomic
+from ..errors import ConfigError
+from ..yamlio import load_yaml
+from .run import NoTrialFinished, search, trial_dir
+from .space import SweepConfig, parse_sweep
+
+DEFAULT_SEEDS = [0, 1, 2]
+
+
+def final_runs(cfg: SweepConfig, best: dict[str, Any], log: Any = print) -> list[dict[str, Any]]:
+    """``best.yaml`` trained with each of ``cfg.seeds``, measured on test; one row per seed. The run with
+    the recipe's own seed is the best trial's run itself (training from ``best.yaml`` reproduces it
+    exactly); finished runs are read, not trained again. Written to ``final.json``."""
+    from ..build import from_config, resume
+
+    out = Path(cfg.out)
+    recipe = load_yaml(out / "best.yaml")
+    base_seed = int(recipe["train"]["seed"])
+    rows = []
+    for seed in cfg.seeds:
+        if seed == base_seed:
+            run_dir = trial_dir(out, best["number"])
+        else:
+            run_dir = out / "final" / f"trial-{best['number']:04d}-seed{seed}"
+        if (run_dir / "checkpoint.pt").is_file():
+            final = resume(run_dir, log=lambda m: None).fit()
+        else:
+            data = json.loads(json.dumps(recipe))
+            data["train"].update({"seed": seed, "out_dir": str(run_dir.parent), "run_name": run_dir.name,
+                                  "existing": "overwrite", "progress": False})
+            final = from_config(load_config(base=data), log=lambda m: None).fit()
+        row = {"seed": seed, "run": str(run_dir), **{k: v for k, v in final.items() if k.startswith("test/")}}
+        rows.append(row)
+        primary = cfg.metric.replace("val/", "test/", 1)
+        log(f"{cfg.name}: final run, seed {seed}: {primary} {row.get(primary, float('nan')):.4g}")
+    data = json.dumps({"name": cfg.name, "best": best, "runs": rows}, indent=1, default=str).encode()
+    write_atomic(out / "final.json", lambda f: f.write(data))
+    return rows
+
+
+def method_configs(cfg: SweepConfig) -> list[SweepConfig]:
+    """Each method's search: its own sweep file, checked whole before any trial runs."""
+    from .methods import method_recipe, method_space
+
+    subs = []
+    for name in cfg.methods or []:
+        data = {"base": method_recipe(cfg.base, name, cfg.method_settings.get(name)),
+                "space": method_space(cfg.base, name), "trials": cfg.trials, "sampler": cfg.sampler,
+                "pruner": cfg.pruner, "metric": cfg.metric, "seed": cfg.seed, "out": str(Path(cfg.out) / name),
+                "name": f"{cfg.name}-{name}", "seeds": cfg.seeds or DEFAULT_SEEDS}
+        subs.append(parse_sweep(data, f"{cfg.source} ({name})"))
+    teacher = (cfg.base.get("teacher") or {}) if isinstance(cfg.base.get("teacher"), dict) else {}
+    ckpt = teacher.get("checkpoint")
+    if ckpt and "://" not in str(ckpt) and not Path(ckpt).is_file():
+        raise ConfigError(f"{cfg.source}: the teacher's checkpoint {ckpt} does not exist (train it first)")
+    unknown = sorted(set(cfg.method_settings) - set(cfg.methods or []))
+    if unknown:
+        raise ConfigError(f"{cfg.source}: method_settings names methods that are not compared: {unknown}")
+    return subs
+
+
+def run_methods(cfg: SweepConfig, log: Any = print, storage: str | None = None, workers: int = 1,
+                after: Any = None) -> list[dict]:
+    """Every method's search (the same trial count each), then each best over the final seeds on test;
+    ``methods.json`` and ``methods.md`` in the sweep folder rank them, rewritten after each method (with
+    the methods still to run listed), and ``after(rows, pending)`` is called then. Resumable: finished
+    trials and final runs are kept."""
+    subs = method_configs(cfg)
+    results: dict[str, dict[str, Any]] = {}
+    rows: list[dict[str, Any]] = []
+    for i, sub in enumerate(subs):
+        method = sub.name[len(cfg.name) + 1:]
+        log(f"== {method}: {sub.trials} trials over {', '.join(p.key for p in sub.space)}")
+        try:
+            best = search(sub, log=log, storage=storage, workers=workers)
+            best["final"] = final_runs(sub, best, log)
+        except NoTrialFinished as e:  # every trial diverged or was pruned: ranked last, the others go on
+            log(f"{method}: {e}")
+            best = None
+        results[method] = {"sub": sub, "best": best, "final": (best or {}).get("final", [])}
+        rows = rank(cfg, results)
+        pending = [s.name[len(cfg.name) + 1:] for s in subs[i + 1:]]
+        write_ranking(cfg, rows, pending)
+        if after is not None:
+            after(rows, pending)
+    return rows
+
+
+def _trial_seconds(out: Path) -> float:
+    """Training seconds of every run under ``out`` (trials and final runs), from their metrics files."""
+    total = 0.0
+    for path in out.rglob("metrics.jsonl"):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                total += float(json.loads(line).get("time/train_s", 0.0) or 0.0)
+    return total
+
+
+def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def rank(cfg: SweepConfig, results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per method: its best validation value, its best parameters, test mean and std over the
+    final seeds, and the difference to vanilla paired by seed (mean and std of the per-seed differences)."""
+    primary = cfg.metric.replace("val/", "test/", 1)
+    base = {r["seed"]: r[primary] for r in results.get("vanilla", {}).get("final", []) if primary in r}
+    rows = []
+    for method, res in results.items():
+        sub, best = res["sub"], res["best"]
+        summary = json.loads((Path(sub.out) / "sweep.json").read_text()) if best else {"trials": []}
+        states = [t["state"] for t in summary["trials"]]
+        tests = {r["seed"]: r[primary] for r in res["final"] if primary in r}
+        diffs = [tests[s] - base[s] for s in tests if s in base]
+        mean, std = _mean_std(list(tests.values()))
+        dmean, dstd = _mean_std(diffs)
+        rows.append({"method": method, "val": best["value"] if best else None,
+                     "params": best["params"] if best else {}, "trials": {s: states.count(s) for s in set(states)},
+                     "test_mean": mean, "test_std": std, "delta_mean": dmean, "delta_std": dstd,
+                     "seeds": sorted(tests), "train_s": _trial_seconds(Path(sub.out))})
+    rows.sort(key=lambda r: (r["val"] is None, -(r["val"] or 0.0) if not cfg.metric.endswith("loss") else r["val"]))
+    return rows
+
+
+def write_ranking(cfg: SweepConfig, rows: list[dict[str, Any]], pending: list[str] | None = None) -> None:
+    out = Path(cfg.out)
+    data = json.dumps({"name": cfg.name, "metric": cfg.metric, "rows": rows, "pending": pending or []}, indent=1,
+                      default=str).encode()
+    write_atomic(out / "methods.json", lambda f: f.write(data))
+    text = ranking_markdown(cfg.metric, rows) + (f"\nNot run yet: {', '.join(pending)}.\n" if pending else "")
+    write_atomic(out / "methods.md", lambda f: f.write(text.encode()))
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def ranking_markdown(metric: str, rows: list[dict[str, Any]]) -> str:
+    test = metric.replace("val/", "test/", 1)
+    lines = [f"| rank | method | best {metric} | {test} (mean ± std) | vs vanilla (paired by seed) | best settings "
+             "| trials (complete/pruned/failed) | train s, all runs |", "|---:|---|---:|---:|---:|---|---|---:|"]
+    for i, r in enumerate(rows, 1):
+        val = f"{r['val']:.2f}" if r["val"] is not None else "no trial finished"
+        test_s = f"{r['test_mean']:.2f} ± {r['test_std']:.2f}" if r["test_mean"] is not None else "-"
+        delta = (f"{r['delta_mean']:+.2f} ± {r['delta_std']:.2f}" if r["delta_mean"] is not None
+                 and r["method"] != "vanilla" else "-")
+        params = ", ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in r["params"].items())
+        t = r["trials"]
+        counts = f"{t.get('complete', 0)}/{t.get('pruned', 0)}/{t.get('fail', 0)}"
+        lines.append(f"| {i} | {r['method']} | {val} | {test_s} | {delta} | {params} | {counts} | {r['train_s']:.0f} |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,110 @@
+"""`kdkit sweep --methods`: one search per method over a teacher/student pair with the same trial count,
+vanilla searched over the learning rate and weight decay, ranked on validation, then each best over the
+final seeds on test with its difference to vanilla paired by seed; a second call trains nothing again."""
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kdkit import from_config, load_config
+from kdkit.cli import main as cli
+from kdkit.errors import ConfigError
+from kdkit.sweep import load_sweep, parse_sweep
+from kdkit.sweep.methods import family_members, method_recipe, method_space, resolve_methods
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    out = tmp_path_factory.mktemp("teacher")
+    cfg = load_config(base={"model": "cnn_small", "data": {"name": "digits", "val_fraction": 0.2},
+                            "train": {"epochs": 2, "seed": 0, "progress": False, "out_dir": str(out),
+                                      "run_name": "t"}})
+    from_config(cfg, log=lambda m: None).fit()
+    return str(out / "t" / "checkpoint.pt")
+
+
+def _base(teacher):
+    return {"model": "cnn_tiny", "teacher": {"name": "cnn_small", "checkpoint": teacher},
+            "data": {"name": "digits", "val_fraction": 0.2}, "optim": {"lr": 0.05}, "train": {"epochs": 2, "seed": 0}}
+
+
+def test_methods_are_searched_ranked_and_run_over_seeds(tmp_path, teacher, capsys):
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump({"base": _base(teacher), "space": {"optim.lr": {"log": [0.01, 0.1]}},
+                                    "trials": 2, "pruner": "none", "out": str(tmp_path / "cmp")}))
+    assert cli(["sweep", str(path), "--methods", "kd,fitnets", "--seeds", "0,1"]) == 0
+    assert "| rank | method |" in capsys.readouterr().err
+    ranking = json.loads((tmp_path / "cmp" / "methods.json").read_text())
+    rows = {r["method"]: r for r in ranking["rows"]}
+    assert set(rows) == {"vanilla", "kd", "fitnets"} and ranking["pending"] == []
+    assert [r["val"] for r in ranking["rows"]] == sorted((r["val"] for r in ranking["rows"]), reverse=True)
+    finals = {}
+    for method, keys in (("vanilla", {"optim.lr", "optim.weight_decay"}),
+                         ("kd", {"method.kd.temperature", "method.kd.alpha"}), ("fitnets", {"method.fitnets.beta"})):
+        summary = json.loads((tmp_path / "cmp" / method / "sweep.json").read_text())
+        assert len(summary["trials"]) == 2 and all(set(t["params"]) == keys for t in summary["trials"])
+        final = json.loads((tmp_path / "cmp" / method / "final.json").read_text())
+        assert [r["seed"] for r in final["runs"]] == [0, 1]
+        assert final["runs"][0]["run"].endswith(f"trial-{summary['best']['number']:04d}")  # seed 0: the best trial
+        finals[method] = {r["seed"]: r["test/top1"] for r in final["runs"]}
+        assert rows[method]["test_mean"] == pytest.approx(statistics.mean(finals[method].values()))
+    diffs = [finals["kd"][s] - finals["vanilla"][s] for s in (0, 1)]
+    assert rows["kd"]["delta_mean"] == pytest.approx(statistics.mean(diffs))
+    assert rows["kd"]["delta_std"] == pytest.approx(statistics.stdev(diffs))
+    cfg = yaml.safe_load((tmp_path / "cmp" / "kd" / "best.yaml").read_text())
+    assert cfg["method"][0]["name"] == "kd" and cfg["teacher"]
+    assert not yaml.safe_load((tmp_path / "cmp" / "vanilla" / "best.yaml").read_text())["teacher"]
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "cmp").rglob("checkpoint.pt")}
+    assert cli(["sweep", str(path), "--methods", "kd,fitnets", "--seeds", "0,1"]) == 0  # finished: kept
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cmp").rglob("checkpoint.pt")} == stamps
+
+
+def test_families_and_their_recipes():
+    offline, online = family_members("offline"), family_members("online")
+    assert offline[0] == "vanilla" and {"kd", "dkd", "crd", "reviewkd", "ab"} <= set(offline)
+    assert not {"dml", "one", "netaug"} & set(offline) and online == ["vanilla", "cl", "dcm", "dml", "kdcl",
+                                                                      "okddip", "one"]
+    base = {"model": "cnn_tiny", "teacher": {"name": "cnn_small"}, "train": {"epochs": 24}}
+    dkd = method_recipe(base, "dkd")
+    assert dkd["method"] == [{"name": "dkd", "warmup_epochs": 2}] and dkd["teacher"]  # 20 of 240 -> 2 of 24
+    one = method_recipe(base, "one")
+    assert "teacher" not in one and one["model"]["transforms"][0] == {"name": "branch", "n": 3, "gate": True}
+    assert method_recipe(base, "kdcl")["data"] == {"views": 2}
+    assert method_space(base, "ab")["method.ab.stage1_epochs"] == {"int": [1, 6]}
+    assert method_space({"optim": {"lr": 0.2}}, "vanilla")["optim.lr"] == {"log": [0.05, 0.8]}
+    assert resolve_methods("kd, dkd,kd") == ["vanilla", "kd", "dkd"]
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"methods": "kd,nope"}, "unknown method 'nope'"),
+    ({"methods": "kd", "space": {"optim.lr": {"log": [0.01, 0.1]}}}, "either space"),
+    ({"methods": "kd", "method_settings": {"dkd": {"beta": 2.0}}}, "not compared"),
+    ({"methods": "kd", "base": "missing-teacher"}, "does not exist"),
+    ({"methods": "kd", "seeds": [0, 0]}, "distinct integers"),
+])
+def test_bad_method_comparisons_are_refused_before_any_trial(tmp_path, teacher, over, message):
+    base = _base(teacher)
+    if over.get("base") == "missing-teacher":
+        over = {**over, "base": {**base, "teacher": {"name": "cnn_small", "checkpoint": str(tmp_path / "no.pt")}}}
+    data = {"base": base, "trials": 2, "out": str(tmp_path / "x"), **over}
+    with pytest.raises(ConfigError, match=message):
+        cfg = parse_sweep(json.loads(json.dumps(data)))
+        from kdkit.sweep.compare import method_configs
+
+        method_configs(cfg)
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_method_that_needs_a_teacher_without_one_is_refused(tmp_path):
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump({"base": {"model": "cnn_tiny", "data": {"name": "digits"}}, "trials": 1,
+                                    "out": str(tmp_path / "x")}))
+    cfg = load_sweep(path, methods="kd")
+    from kdkit.sweep.compare import method_configs
+
+    with pytest.raises(ConfigError, match="learns from a teacher"):
+        method_configs(cfg)
+    assert not Path(tmp_path / "x").exists()
