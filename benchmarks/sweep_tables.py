@@ -53,19 +53,26 @@ def ordered(table: str) -> list[str]:
 
 def base_recipe(args: argparse.Namespace, epochs: int, teacher: Path | None) -> dict[str, Any]:
     recipe: dict[str, Any] = {
-        "model": "cnn_tiny",
-        "data": {"name": "fashion_mnist", "batch_size": 128, "limit_train": args.limit_train, "val_fraction": 0.1},
+        "model": args.student,
+        "data": {"name": args.dataset, "batch_size": 128, "limit_train": args.limit_train, "val_fraction": 0.1},
         "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4},
         "schedule": {"name": "cosine", "warmup_epochs": 0.5},
-        "train": {"epochs": epochs, "seed": 0, "progress": False, "threads": args.threads},
+        "train": {"epochs": epochs, "seed": 0, "progress": False, "threads": args.threads, "device": args.device},
     }
     if teacher is not None:
-        recipe["teacher"] = {"name": "cnn_medium", "checkpoint": str(teacher)}
+        recipe["teacher"] = {"name": args.teacher, "checkpoint": str(teacher)}
     return recipe
 
 
-def train_once(recipe: dict[str, Any], run_dir: Path) -> list[dict[str, Any]]:
-    """Train ``recipe`` in ``run_dir`` (resumed if it was started); its metrics lines."""
+def train_once(recipe: dict[str, Any], run_dir: Path, read_only: bool = False) -> list[dict[str, Any]]:
+    """Train ``recipe`` in ``run_dir`` (resumed if it was started); its metrics lines. ``read_only``: the
+    run must have finished already."""
+    if read_only:
+        rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()] \
+            if (run_dir / "metrics.jsonl").is_file() else []
+        if not rows or not rows[-1].get("final"):
+            raise SystemExit(f"--write-only: {run_dir} has not finished yet")
+        return rows
     if (run_dir / "checkpoint.pt").is_file():
         resume(run_dir, log=lambda m: None).fit()
     else:
@@ -80,8 +87,8 @@ def regime(args: argparse.Namespace, out: Path, say: Any) -> list[str]:
     lines = ["Vanilla's validation top-1 per epoch at the base recipe (lr 0.1, weight decay 5e-4):", ""]
     for epochs in (args.epochs, 2 * args.epochs):
         say(f"regime: vanilla, {epochs} epochs")
-        rows = [r for r in train_once(base_recipe(args, epochs, None), out / "regime" / f"vanilla-e{epochs}")
-                if not r.get("final")]
+        rows = [r for r in train_once(base_recipe(args, epochs, None), out / "regime" / f"vanilla-e{epochs}",
+                                      args.write_only) if not r.get("final")]
         curve = [r["val/top1"] for r in rows]
         tail = curve[-max(1, len(curve) // 5):]
         lines.append(f"- {epochs} epochs: " + " ".join(f"{v:.1f}" for v in curve)
@@ -89,16 +96,49 @@ def regime(args: argparse.Namespace, out: Path, say: Any) -> list[str]:
     return lines + [""]
 
 
+def tuned_section(doc: Path, table: str, rows: list[dict[str, Any]], pending: list[str], source: str) -> None:
+    """Rewrite the table's part of docs/methods.md between its markers: each method's searched settings,
+    the default (the paper's, as kdkit ships it) beside the value the sweep chose here."""
+    from kdkit.methods import METHODS
+
+    start, end = f"<!-- tuned:{table}:start -->", f"<!-- tuned:{table}:end -->"
+    text = doc.read_text() if doc.is_file() else ""
+    if start not in text or end not in text:
+        return
+    lines = [start, "", f"From `{source}` (written by `benchmarks/sweep_tables.py --table {table}`):", "",
+             "| method | setting | default (paper; vanilla: the base recipe) | chosen here | vs vanilla on test |",
+             "|---|---|---:|---:|---:|"]
+    for r in rows:
+        fields = METHODS.get(r["method"]).Config.__dataclass_fields__ if r["method"] != "vanilla" else {}
+        delta = (f"{r['delta_mean']:+.2f} ± {r['delta_std']:.2f}" if r["delta_mean"] is not None
+                 and r["method"] != "vanilla" else "-")
+        for key, value in r["params"].items():
+            short = key.rsplit(".", 1)[-1]
+            default = fields[short].default if short in fields else {"lr": 0.1, "weight_decay": 5e-4}.get(short, "-")
+            shown = f"{value:.3g}" if isinstance(value, float) else str(value)
+            lines.append(f"| `{r['method']}` | {short} | {default} | {shown} | {delta} |")
+    if pending:
+        lines += ["", f"Not swept yet: {', '.join(pending)}."]
+    i, j = text.index(start), text.index(end)
+    doc.write_text(text[:i] + "\n".join(lines + [""]) + text[j:])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--table", choices=["offline", "online"], required=True)
+    ap.add_argument("--dataset", default="fashion_mnist")
+    ap.add_argument("--teacher", default="cnn_medium")
+    ap.add_argument("--student", default="cnn_tiny")
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--limit-train", type=int, default=10000)
     ap.add_argument("--teacher-epochs", type=int, default=10)
     ap.add_argument("--trials", type=int, default=8)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--workers", type=int, default=1, help="sweep processes sharing the study (a GPU: several)")
+    ap.add_argument("--device", default="auto", help="train.device of every run (auto: CUDA when there is one)")
+    ap.add_argument("--write-only", action="store_true", help="rewrite the table from the runs so far; train nothing")
+    ap.add_argument("--methods-doc", default="docs/methods.md", help="its tuned-weights section is rewritten")
     ap.add_argument("--methods", default=None, help="a subset (kd,dkd,...); default: the whole family")
     ap.add_argument("--out", default="/work/kdkit_runs/sweep_tables")
     ap.add_argument("--docs", default="docs/results")
@@ -110,31 +150,31 @@ def main() -> int:
     teacher = None
     teacher_line = ""
     if args.table == "offline":
-        say(f"teacher: cnn_medium, {args.teacher_epochs} epochs on the whole training split")
+        say(f"teacher: {args.teacher}, {args.teacher_epochs} epochs on the whole training split")
         recipe = base_recipe(args, args.teacher_epochs, None)
-        recipe["model"] = "cnn_medium"
+        recipe["model"] = args.teacher
         recipe["data"]["limit_train"] = None
-        rows = train_once(recipe, out / "teacher")
+        rows = train_once(recipe, out / "teacher", args.write_only)
         teacher = out / "teacher" / "checkpoint.pt"
-        teacher_line = (f"Teacher cnn_medium: {rows[-1]['test/top1']:.2f}% test top-1 ({args.teacher_epochs} epochs "
-                        "on the whole training split, 54,000 images). ")
-    name = "fashion_mnist_sweep" if args.table == "offline" else "fashion_mnist_schemes_sweep"
+        teacher_line = (f"Teacher {args.teacher}: {rows[-1]['test/top1']:.2f}% test top-1 ({args.teacher_epochs} "
+                        "epochs on the whole training split). ")
+    name = f"{args.dataset}_sweep" if args.table == "offline" else f"{args.dataset}_schemes_sweep"
     sweep = {"base": base_recipe(args, args.epochs, teacher), "methods": args.methods or ordered(args.table),
              "trials": args.trials, "sampler": "tpe", "pruner": "median", "seed": 0,
              "seeds": [int(s) for s in args.seeds.split(",")], "out": str(out / args.table), "name": args.table}
     if args.table == "offline":
         sweep["method_settings"] = {}
     cfg = parse_sweep(sweep, f"sweep_tables --table {args.table}")
-    command = "python benchmarks/sweep_tables.py " + " ".join(sys.argv[1:])
+    command = "python benchmarks/sweep_tables.py " + " ".join(a for a in sys.argv[1:] if a != "--write-only")
 
     def write(rows: list[dict[str, Any]], pending: list[str]) -> None:
         spent = sum(r["train_s"] for r in rows)
-        text = [f"# Fashion-MNIST, {'cnn_medium -> cnn_tiny' if teacher else 'online schemes, cnn_tiny'}: "
-                "each method's weights chosen by a sweep on validation", "",
+        pair = f"{args.teacher} -> {args.student}" if teacher else f"online schemes, {args.student}"
+        text = [f"# {args.dataset}, {pair}: each method's weights chosen by a sweep on validation", "",
                 f"Generated by `{command}` (resumable; runs in {out}).", "",
-                teacher_line + f"Students: cnn_tiny, {args.epochs} epochs on the first {args.limit_train} images of "
-                "the training split (a 10% validation split, 6,000 images, carved from the training images by seed 0 "
-                "and the same for every trial), batch 128, SGD lr 0.1 momentum 0.9 cosine, weight decay 5e-4, "
+                teacher_line + f"Students: {args.student}, {args.epochs} epochs on the first {args.limit_train} images "
+                "of the training split (a 10% validation split carved from the training images by seed 0, the same "
+                "for every trial), batch 128, SGD lr 0.1 momentum 0.9 cosine, weight decay 5e-4, "
                 f"{args.threads} CPU threads.", "",
                 f"Budget: {args.trials} trials per method (TPE, median pruning after 2 finished trials), the same for "
                 "vanilla over the learning rate and weight decay; each method's search covers its main weights and "
@@ -162,11 +202,15 @@ def main() -> int:
         (docs / f"{name}.md").write_text("\n".join(text) + "\n")
         (docs / f"{name}.json").write_text(json.dumps({"args": vars(args), "rows": rows, "pending": pending},
                                                       indent=1, default=str))
+        tuned_section(Path(args.methods_doc), args.table, rows, pending, f"docs/results/{name}.md")
         say(f"wrote {docs / name}.md ({len(rows)} methods, {len(pending)} to go)")
 
-    from kdkit.sweep.compare import run_methods
+    from kdkit.sweep.compare import read_methods, run_methods
 
-    run_methods(cfg, log=say, workers=args.workers, after=write)
+    if args.write_only:
+        write(*read_methods(cfg))
+    else:
+        run_methods(cfg, log=say, workers=args.workers, after=write)
     return 0
 
 

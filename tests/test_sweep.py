@@ -64,7 +64,7 @@ def test_a_killed_sweep_continues_to_the_same_trials(tmp_path):
     real = sweep_mod._run_trial
     calls = []
 
-    def dying(cfg, trial, params, run_dir, from_config_, resume_):
+    def dying(cfg, trial, params, run_dir, from_config_, resume_, **kw):
         calls.append(trial.number)
         if trial.number == 3:  # killed during trial 3's second epoch
             def stop(trainer, epoch, metrics):
@@ -73,8 +73,8 @@ def test_a_killed_sweep_continues_to_the_same_trials(tmp_path):
 
             def from_config_stop(c, **kw):
                 return from_config_(c, **{**kw, "callbacks": [*kw["callbacks"], stop]})
-            return real(cfg, trial, params, run_dir, from_config_stop, resume_)
-        return real(cfg, trial, params, run_dir, from_config_, resume_)
+            return real(cfg, trial, params, run_dir, from_config_stop, resume_, **kw)
+        return real(cfg, trial, params, run_dir, from_config_, resume_, **kw)
 
     sweep_mod._run_trial = dying
     try:
@@ -140,3 +140,21 @@ def test_a_storage_that_cannot_be_used_is_one_line(tmp_path, storage, journal, m
     with pytest.raises(ConfigError, match=message):
         run_sweep(cfg, log=lambda m: None, storage=storage)
     assert not (tmp_path / "b" / "trials").exists()  # before any trial
+
+
+def test_a_terminal_sees_a_live_line_per_trial(tmp_path, monkeypatch):
+    import io
+    import sys
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    term = Terminal()
+    monkeypatch.setattr(sys, "stderr", term)
+    run_sweep(_sweep(tmp_path / "t", trials=1, pruner="none"), log=lambda m: None)
+    text = term.getvalue()
+    lr = _trials(tmp_path / "t")[0]["params"]["optim.lr"]
+    for epoch in (1, 2, 3):  # rewritten in place each epoch, then cleared for the finished trial's line
+        assert f"\r\033[Ktrial 0: optim.lr={lr:.4g}" in text and f"epoch {epoch}/3, val/top1 " in text
+    assert text.endswith("\r\033[K")

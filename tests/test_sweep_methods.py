@@ -57,6 +57,13 @@ def test_methods_are_searched_ranked_and_run_over_seeds(tmp_path, teacher, capsy
     cfg = yaml.safe_load((tmp_path / "cmp" / "kd" / "best.yaml").read_text())
     assert cfg["method"][0]["name"] == "kd" and cfg["teacher"]
     assert not yaml.safe_load((tmp_path / "cmp" / "vanilla" / "best.yaml").read_text())["teacher"]
+    assert cli(["report", str(tmp_path / "cmp"), "--out", str(tmp_path / "rep")]) == 0  # the sweep's view
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Methods compared: cmp (ranked by validation)" in md and "| 1 | " in md
+    for method in ("vanilla", "kd", "fitnets"):
+        assert f"## Sweep cmp-{method}: best trial" in md and f"## Sweep cmp-{method}: trials" in md
+    assert "## Sweep cmp-kd: parameter importances (Optuna, fANOVA)" in md and "| method.kd.alpha |" in md
+    assert (tmp_path / "rep" / "sweep_history.png").stat().st_size > 1000
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "cmp").rglob("checkpoint.pt")}
     assert cli(["sweep", str(path), "--methods", "kd,fitnets", "--seeds", "0,1"]) == 0  # finished: kept
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cmp").rglob("checkpoint.pt")} == stamps

@@ -92,6 +92,8 @@ class Report:
     costs: list[dict[str, Any]] = field(default_factory=list)  # label, top1, params, macs, latency columns
     sources: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why): read, found wrong, left out
+    sweeps: list[dict[str, Any]] = field(default_factory=list)  # sweep.json summaries (report.sweeps)
+    rankings: list[dict[str, Any]] = field(default_factory=list)  # methods.json of `kdkit sweep --methods`
 
 
 def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -225,6 +227,29 @@ def _run_folders(root: Path) -> list[Path]:
     return sorted(found)
 
 
+def read_sweeps(folder: Path) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The sweeps in ``folder`` (its own ``sweep.json``, or one per subfolder: a ``--methods`` folder)
+    and its ``methods.json`` ranking, if any."""
+    found = []
+    for path in [folder / "sweep.json", *sorted(folder.glob("*/sweep.json"))]:
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text())
+                if not isinstance(data, dict) or not isinstance(data.get("trials"), list):
+                    raise ValueError("no trials list")
+            except (ValueError, UnicodeDecodeError) as e:
+                raise Skipped(f"{printable(path)}: not a kdkit sweep summary ({printable(e, 80)})") from None
+            data["folder"] = str(path.parent)
+            found.append(data)
+    ranking = None
+    if (folder / "methods.json").is_file():
+        try:
+            ranking = json.loads((folder / "methods.json").read_text())
+        except (ValueError, UnicodeDecodeError) as e:
+            raise Skipped(f"{printable(folder / 'methods.json')}: unreadable ({printable(e, 80)})") from None
+    return found, ranking
+
+
 def collect(paths: list[str | Path]) -> Report:
     """Every run, folder of runs and result JSON in ``paths``; a run or file that cannot be read is left
     out and named in ``report.skipped``."""
@@ -256,7 +281,10 @@ def collect(paths: list[str | Path]) -> Report:
             summary = p / "summary.json"
             if summary.is_file():
                 report.costs += attempt(summary, _json_costs) or []
-            if not found and not summary.is_file():
+            sweeps, ranking = attempt(p, read_sweeps) or ([], None)
+            report.sweeps += sweeps
+            report.rankings += [ranking] if ranking else []
+            if not found and not summary.is_file() and not sweeps:
                 raise ReportError(f"{printable(p)}: no run directories in it (a run has config.yaml and "
                                   "metrics.jsonl)")
             for d in found:
@@ -264,7 +292,7 @@ def collect(paths: list[str | Path]) -> Report:
         else:
             raise ReportError(f"{printable(p)}: not a run directory, a folder of runs or a result JSON")
         report.sources.append(printable(p))
-    if not report.runs and not report.costs:
+    if not report.runs and not report.costs and not report.sweeps:
         raise ReportError("nothing to report" + (f" ({len(report.skipped)} left out: "
                                                  + "; ".join(f"{p}: {why}" for p, why in report.skipped[:3]) + ")"
                                                  if report.skipped else ""))

@@ -76,6 +76,10 @@ def plots(report: Report) -> dict[str, bytes]:
                        "top1": c.get("top1") or math.nan, "top1_std": c.get("top1_std")} for c in report.costs]
             out["accuracy_latency.png"] = accuracy_latency_png(points, f"{key[:-3].replace('_', ' ')} (ms)",
                                                                "accuracy against latency")
+    if report.sweeps:
+        from .sweeps import history_png
+
+        out["sweep_history.png"] = history_png(report.sweeps)
     return out
 
 
@@ -123,6 +127,10 @@ def tables(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
                       f"{c['params']:,}", f"{c['macs']:,}",
                       *["-" if not isinstance(c.get(k), (int, float)) or c[k] != c[k] else f"{c[k]:.3f}" for k in lat],
                       c["source"]] for c in report.costs]))
+    if report.sweeps or report.rankings:
+        from .sweeps import sweep_tables
+
+        out = sweep_tables(report.sweeps, report.rankings) + out
     if report.skipped:
         out.append(("Left out (could not be read)", ["path", "why"], [[p, why] for p, why in report.skipped]))
     return out
@@ -179,7 +187,8 @@ def write_report(report: Report, out: str | Path) -> dict[str, Path]:
                  + "</tr>"]
         page += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows] + ["</table>"]
     captions = {"curves.png": "Learning curves", "loss_terms.png": "Every named loss term (first run of each recipe)",
-                "accuracy_latency.png": "Accuracy against latency"}
+                "accuracy_latency.png": "Accuracy against latency",
+                "sweep_history.png": "Optimisation history of each sweep"}
     for name, data in figures.items():
         md += [f"## {captions[name]}", "", f"![{captions[name]}]({name})", ""]
         page += [f"<h2>{captions[name]}</h2>",

@@ -97,6 +97,21 @@ def run_methods(cfg: SweepConfig, log: Any = print, storage: str | None = None, 
     return rows
 
 
+def read_methods(cfg: SweepConfig) -> tuple[list[dict[str, Any]], list[str]]:
+    """The ranking from what the method searches have written so far (nothing is trained): methods with a
+    ``final.json`` are ranked, the others are pending."""
+    results, pending = {}, []
+    for sub in method_configs(cfg):
+        method = sub.name[len(cfg.name) + 1:]
+        final = Path(sub.out) / "final.json"
+        if final.is_file():
+            data = json.loads(final.read_text())
+            results[method] = {"sub": sub, "best": data["best"], "final": data["runs"]}
+        else:
+            pending.append(method)
+    return rank(cfg, results), pending
+
+
 def _trial_seconds(out: Path) -> float:
     """Training seconds of every run under ``out`` (trials and final runs), from their metrics files."""
     total = 0.0

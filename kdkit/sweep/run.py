@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import socket
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,7 +59,7 @@ def search(cfg: SweepConfig, log: Log = print, storage: str | None = None, worke
     threads, recorded in its trials' configs)."""
     if workers > 1:
         return _run_workers(cfg, storage, workers, log)
-    return write_best(cfg, _work(cfg, log, storage))
+    return write_best(cfg, _work(cfg, log, storage, LiveLine()))
 
 
 def _study(cfg: SweepConfig, storage: str | None) -> Any:
@@ -113,7 +115,30 @@ def _run_workers(cfg: SweepConfig, storage: str | None, workers: int, log: Log) 
     return write_best(cfg, _study(cfg, storage))
 
 
-def _work(cfg: SweepConfig, log: Log, storage: str | None) -> Any:
+class LiveLine:
+    """One line on a terminal that each epoch of the running trial rewrites (trial, parameters, epoch,
+    metric); nothing when the stream is not a terminal (a log file keeps the finished trials' lines)."""
+
+    def __init__(self, stream: Any = None, enabled: bool | None = None):
+        self.stream = stream or sys.stderr
+        self.on = self.stream.isatty() if enabled is None else enabled
+        self.shown = False
+
+    def update(self, text: str) -> None:
+        if self.on:
+            width = shutil.get_terminal_size((120, 20)).columns - 1
+            self.stream.write("\r\033[K" + text[:width])
+            self.stream.flush()
+            self.shown = True
+
+    def clear(self) -> None:
+        if self.on and self.shown:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+            self.shown = False
+
+
+def _work(cfg: SweepConfig, log: Log, storage: str | None, live: LiveLine | None = None) -> Any:
     """Trials until the sweep has its count: this process's share of the work."""
     import optuna
 
@@ -132,14 +157,17 @@ def _work(cfg: SweepConfig, log: Log, storage: str | None) -> Any:
         trial.set_user_attr("worker", os.getpid())
         try:
             run_dir = trial_dir(out, trial.number)
-            state, value = _run_trial(cfg, trial, params, run_dir, from_config, resume)
+            head = f"trial {trial.number}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
+            show = (lambda t, h=head: live.update(f"{h}: {t}")) if live else None
+            state, value = _run_trial(cfg, trial, params, run_dir, from_config, resume, show=show)
             if (run_dir / "config.yaml").is_file():  # best.yaml from any machine that shares the study
                 trial.set_user_attr("config", (run_dir / "config.yaml").read_text())
             study.tell(trial, value if state == done.COMPLETE else None, state=state)
         finally:
             claim.release()
-        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
-        log(f"trial {trial.number}: {shown}: {state.name.lower()}"
+            if live:
+                live.clear()
+        log(f"{head}: {state.name.lower()}"
             + (f", {cfg.metric} {value:.4g}" if value is not None else ""))
     return study
 
@@ -212,8 +240,9 @@ def _fmt(v: Any) -> str:
 
 
 def _run_trial(cfg: SweepConfig, trial: Any, params: dict[str, Any], run_dir: Path, from_config: Any,
-               resume: Any) -> tuple[Any, float | None]:
-    """One trial: a kdkit run reporting the metric every epoch; pruned, failed (diverged) or complete."""
+               resume: Any, show: Callable[[str], None] | None = None) -> tuple[Any, float | None]:
+    """One trial: a kdkit run reporting the metric every epoch (and ``show``-ing it); pruned, failed
+    (diverged) or complete."""
     import optuna
 
     from ..errors import DivergedError, NonFiniteLossError
@@ -226,6 +255,8 @@ def _run_trial(cfg: SweepConfig, trial: Any, params: dict[str, Any], run_dir: Pa
             raise ConfigError(f"the metric {cfg.metric} is not among the run's metrics "
                               f"({sorted(k for k in metrics if k.startswith('val/'))})")
         last["value"] = float(value)
+        if show is not None:
+            show(f"epoch {epoch}/{trainer.cfg.train.epochs}, {cfg.metric} {float(value):.4g}")
         trial.report(float(value), epoch)
         if trial.should_prune():
             raise optuna.TrialPruned()
@@ -248,6 +279,21 @@ def _run_trial(cfg: SweepConfig, trial: Any, params: dict[str, Any], run_dir: Pa
     return optuna.trial.TrialState.COMPLETE, last["value"]
 
 
+def importances(study: Any, seed: int) -> dict[str, float]:
+    """Optuna's parameter importances (fANOVA, seeded) over the finished trials; empty with fewer than two
+    finished trials or parameters that never varied."""
+    import optuna
+
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(complete) < 2:
+        return {}
+    try:
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
+        return {k: float(v) for k, v in optuna.importance.get_param_importances(study, evaluator=evaluator).items()}
+    except (RuntimeError, ValueError):  # e.g. every finished trial had the same parameters
+        return {}
+
+
 def write_best(cfg: SweepConfig, study: Any) -> dict[str, Any]:
     """``best.yaml`` (the best trial's resolved config, with its thread count) and ``sweep.json``."""
     complete = [t for t in study.get_trials(deepcopy=False) if t.value is not None]
@@ -261,8 +307,9 @@ def write_best(cfg: SweepConfig, study: Any) -> dict[str, Any]:
     rows = [{"number": t.number, "state": t.state.name.lower(), "value": t.value, "params": t.params,
              "worker": t.user_attrs.get("worker"), "host": t.user_attrs.get("host")}
             for t in study.get_trials(deepcopy=False)]
-    summary = {"name": cfg.name, "metric": cfg.metric, "best": {"number": best.number, "value": best.value,
-                                                                 "params": best.params}, "trials": rows}
+    summary = {"name": cfg.name, "metric": cfg.metric, "direction": study.direction.name.lower(),
+               "best": {"number": best.number, "value": best.value, "params": best.params},
+               "importances": importances(study, cfg.seed), "trials": rows}
     data = json.dumps(summary, indent=1, default=str).encode()
     write_atomic(Path(cfg.out) / "sweep.json", lambda f: f.write(data))
     return {**summary["best"], "best_yaml": str(Path(cfg.out) / "best.yaml")}
