@@ -134,7 +134,8 @@ def main() -> int:
     ap.add_argument("--teacher-epochs", type=int, default=10)
     ap.add_argument("--trials", type=int, default=8)
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads per run (default 1: the two tables run at "
+                    "once, one core each, on the 2-core development machine)")
     ap.add_argument("--workers", type=int, default=1, help="sweep processes sharing the study (a GPU: several)")
     ap.add_argument("--device", default="auto", help="train.device of every run (auto: CUDA when there is one)")
     ap.add_argument("--write-only", action="store_true", help="rewrite the table from the runs so far; train nothing")
@@ -182,8 +183,9 @@ def main() -> int:
                 f"{args.seeds} on the test set (seed 0's run is the best trial's own), mean ± std; vs vanilla is the "
                 "mean ± std of the per-seed differences. The paper's gain is its CIFAR-100 gain over the student "
                 "(offline: resnet32x4 -> resnet8x4; online: ResNet-32), the anchor, not a target.", "",
-                f"Cost: {spent / 3600:.2f} h of training (all trials and final runs, on this 2-core machine); "
-                f"this invocation {(time.time() - t0) / 3600:.2f} h wall.", "", "## Regime", ""]
+                f"Cost: {spent / 3600:.2f} h of training (the epochs' wall time over all trials and final runs, "
+                "teacher and regime runs not counted; on the 2-core development machine, at times beside other "
+                f"work); this invocation {(time.time() - t0) / 3600:.2f} h wall.", "", "## Regime", ""]
         text += lines_regime + ["## Ranking (by validation)", ""]
         table = ranking_markdown(cfg.metric, rows).splitlines()
         table[0] += " paper's gain |"

@@ -28,7 +28,7 @@ def teacher(tmp_path_factory):
 
 def _base(teacher):
     return {"model": "cnn_tiny", "teacher": {"name": "cnn_small", "checkpoint": teacher},
-            "data": {"name": "digits", "val_fraction": 0.2}, "optim": {"lr": 0.05}, "train": {"epochs": 2, "seed": 0}}
+            "data": {"name": "digits", "val_fraction": 0.2}, "optim": {"lr": 0.05}, "train": {"epochs": 1, "seed": 0}}
 
 
 def test_methods_are_searched_ranked_and_run_over_seeds(tmp_path, teacher, capsys):
