@@ -177,7 +177,8 @@ def main() -> int:
                 "of the training split (a 10% validation split carved from the training images by seed 0, the same "
                 "for every trial), batch 128, SGD lr 0.1 momentum 0.9 cosine, weight decay 5e-4, "
                 f"{args.threads} CPU threads.", "",
-                f"Budget: {args.trials} trials per method (TPE, median pruning after 2 finished trials), the same for "
+                f"Budget: {args.trials} trials per method (TPE; median pruning after 2 finished trials, never before "
+                f"epoch {cfg.pruner_warmup}), the same for "
                 "vanilla over the learning rate and weight decay; each method's search covers its main weights and "
                 "temperature (kdkit/sweep/methods.py). Final runs: the best configuration of each over seeds "
                 f"{args.seeds} on the test set (seed 0's run is the best trial's own), mean ± std; vs vanilla is the "

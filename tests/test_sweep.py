@@ -48,7 +48,7 @@ def test_a_pruner_stops_a_hopeless_trial(tmp_path):
     # cannot (1e-6: chance, about 10%): the median pruner stops it after its first epoch, a margin no
     # processor's rounding changes
     run_sweep(_sweep(tmp_path / "p", space={"optim.lr": {"choice": [0.1, 0.05, 1e-6]}}, sampler="grid", trials=3,
-                     base={**BASE, "train": {"epochs": 4, "seed": 0}}), log=lambda m: None)
+                     pruner_warmup=1, base={**BASE, "train": {"epochs": 4, "seed": 0}}), log=lambda m: None)
     trials = _trials(tmp_path / "p")
     assert [t["params"]["optim.lr"] for t in trials] == [0.1, 0.05, 1e-6]
     assert [t["state"] for t in trials] == ["complete", "complete", "pruned"]
@@ -97,6 +97,7 @@ def test_a_killed_sweep_continues_to_the_same_trials(tmp_path):
     ({"base": {**BASE, "data": {"name": "digits", "val_fraction": 0.0}}}, "no validation split"),
     ({"sampler": "grid"}, "the grid sampler takes choice and int ranges only"),
     ({"trials": 0}, "trials must be an integer >= 1"),
+    ({"pruner_warmup": 4}, "pruner_warmup must be an integer in"),
     ({"spaces": {}}, "unknown key"),
 ])
 def test_bad_sweep_files_are_refused_before_any_trial(tmp_path, capsys, over, message):

@@ -57,7 +57,8 @@ def method_configs(cfg: SweepConfig) -> list[SweepConfig]:
     for name in cfg.methods or []:
         data = {"base": method_recipe(cfg.base, name, cfg.method_settings.get(name)),
                 "space": method_space(cfg.base, name), "trials": cfg.trials, "sampler": cfg.sampler,
-                "pruner": cfg.pruner, "metric": cfg.metric, "seed": cfg.seed, "out": str(Path(cfg.out) / name),
+                "pruner": cfg.pruner, "pruner_warmup": cfg.pruner_warmup, "metric": cfg.metric, "seed": cfg.seed,
+                "out": str(Path(cfg.out) / name),
                 "name": f"{cfg.name}-{name}", "seeds": cfg.seeds or DEFAULT_SEEDS}
         subs.append(parse_sweep(data, f"{cfg.source} ({name})"))
     teacher = (cfg.base.get("teacher") or {}) if isinstance(cfg.base.get("teacher"), dict) else {}

@@ -42,10 +42,12 @@ def make_sampler(cfg: SweepConfig, number: int) -> Any:
 def make_pruner(cfg: SweepConfig) -> Any:
     import optuna
 
+    # no trial is stopped before it has run pruner_warmup epochs (early validation curves are noisy and
+    # cross each other; by default half the recipe's epochs)
     if cfg.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=cfg.pruner_warmup)
     if cfg.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner()
+        return optuna.pruners.HyperbandPruner(min_resource=cfg.pruner_warmup)
     return optuna.pruners.NopPruner()
 
 

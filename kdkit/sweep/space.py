@@ -41,6 +41,7 @@ class SweepConfig:
     trials: int = 20
     sampler: str = "tpe"
     pruner: str = "median"
+    pruner_warmup: int = 1  # epochs every trial runs before a pruner may stop it (default: half the recipe's)
     metric: str | None = None
     seed: int = 0
     out: str = "runs/sweep"
@@ -97,7 +98,7 @@ def parse_sweep(data: dict[str, Any], where: str = "sweep", root: Path | None = 
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: a sweep file is a YAML mapping")
     known = {"base", "space", "trials", "sampler", "pruner", "metric", "seed", "out", "name", "seeds", "methods",
-             "method_settings"}
+             "pruner_warmup", "method_settings"}
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {unknown}; a sweep has {sorted(known)}")
@@ -123,6 +124,13 @@ def parse_sweep(data: dict[str, Any], where: str = "sweep", root: Path | None = 
             raise ConfigError(f"{where}: space key '{p.key}' is not a setting of the base recipe (its sections: "
                               f"{sorted(resolved)})")
     cfg = SweepConfig(base=base, space=params, source=where)
+    epochs = int((resolved.get("train") or {}).get("epochs", 10))
+    cfg.pruner_warmup = max(1, epochs // 2)
+    if "pruner_warmup" in data:
+        warm = data["pruner_warmup"]
+        if type(warm) is not int or not 1 <= warm <= epochs:
+            raise ConfigError(f"{where}: pruner_warmup must be an integer in [1, {epochs}] (epochs), got {warm!r}")
+        cfg.pruner_warmup = warm
     for key, kind in (("trials", int), ("seed", int)):
         if key in data:
             value = data[key]
