@@ -27,7 +27,7 @@ from typing import Any
 from kdkit import from_config, load_config
 from kdkit.build import resume
 from kdkit.sweep import parse_sweep
-from kdkit.sweep.compare import ranking_markdown
+from kdkit.sweep.compare import RANKING_NUMERIC, markdown_table, ranking_table
 
 # the papers' CIFAR-100 gains over the student, resnet32x4 -> resnet8x4 (student 72.50): CRD paper
 # (Tian et al. 2020) Table 1 for KD .. CRD; DKD (Zhao et al. 2022), DIST (Huang et al. 2022), ReviewKD
@@ -188,13 +188,11 @@ def main() -> int:
                 "teacher and regime runs not counted; on the 2-core development machine, at times beside other "
                 f"work); this invocation {(time.time() - t0) / 3600:.2f} h wall.", "", "## Regime", ""]
         text += lines_regime + ["## Ranking (by validation)", ""]
-        table = ranking_markdown(cfg.metric, rows).splitlines()
-        table[0] += " paper's gain |"
-        table[1] += "---:|"
-        for i, r in enumerate(rows):
-            anchor = ANCHORS.get(r["method"])
-            table[i + 2] += f" {anchor:+.2f} |" if anchor is not None else " - |"
-        text += table
+        head, cells = ranking_table(cfg.metric, rows)
+        anchors = [ANCHORS.get(r["method"]) for r in rows]
+        text += markdown_table([*head, "paper's gain"], [[*c, f"{a:+.2f}" if a is not None else "-"]
+                                                         for c, a in zip(cells, anchors)],
+                               RANKING_NUMERIC | {len(head)}).splitlines()
         losers = [r["method"] for r in rows if r["method"] != "vanilla" and r["delta_mean"] is not None
                   and r["delta_mean"] < 0]
         text += ["", f"Below vanilla on test: {', '.join(losers) if losers else 'none'}."]

@@ -19,16 +19,15 @@ def _fmt(v: Any) -> str:
 def sweep_tables(sweeps: list[dict[str, Any]], rankings: list[dict[str, Any]]) -> list[tuple[str, list[str],
                                                                                             list[list[str]]]]:
     """(title, header, rows) for each ranking and each sweep: best, importances, trials."""
-    from ..sweep.compare import ranking_markdown
+    from ..sweep.compare import ranking_table
 
     out = []
     for r in rankings:
-        lines = ranking_markdown(r.get("metric", "val/top1"), r.get("rows", [])).splitlines()
-        cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines]
+        head, cells = ranking_table(r.get("metric", "val/top1"), r.get("rows", []))
         title = f"Methods compared: {r.get('name', '')} (ranked by validation)"
         if r.get("pending"):
             title += f"; not run yet: {', '.join(r['pending'])}"
-        out.append((title, cells[0], cells[2:]))
+        out.append((title, head, cells))
     for s in sweeps:
         name, metric, best = s.get("name", "sweep"), s.get("metric", ""), s.get("best") or {}
         states = [t.get("state") for t in s["trials"]]

@@ -27,6 +27,7 @@ def final_runs(cfg: SweepConfig, best: dict[str, Any], log: Any = print) -> list
     out = Path(cfg.out)
     recipe = load_yaml(out / "best.yaml")
     base_seed = int(recipe["train"]["seed"])
+    primary = cfg.metric.replace("val/", "test/", 1)
     rows = []
     for seed in cfg.seeds:
         if seed == base_seed:
@@ -42,7 +43,6 @@ def final_runs(cfg: SweepConfig, best: dict[str, Any], log: Any = print) -> list
             final = from_config(load_config(base=data), log=lambda m: None).fit()
         row = {"seed": seed, "run": str(run_dir), **{k: v for k, v in final.items() if k.startswith("test/")}}
         rows.append(row)
-        primary = cfg.metric.replace("val/", "test/", 1)
         log(f"{cfg.name}: final run, seed {seed}: {primary} {row.get(primary, float('nan')):.4g}")
     data = json.dumps({"name": cfg.name, "best": best, "runs": rows}, indent=1, default=str).encode()
     write_atomic(out / "final.json", lambda f: f.write(data))
@@ -61,8 +61,8 @@ def method_configs(cfg: SweepConfig) -> list[SweepConfig]:
                 "out": str(Path(cfg.out) / name),
                 "name": f"{cfg.name}-{name}", "seeds": cfg.seeds or DEFAULT_SEEDS}
         subs.append(parse_sweep(data, f"{cfg.source} ({name})"))
-    teacher = (cfg.base.get("teacher") or {}) if isinstance(cfg.base.get("teacher"), dict) else {}
-    ckpt = teacher.get("checkpoint")
+    teacher = cfg.base.get("teacher")
+    ckpt = teacher.get("checkpoint") if isinstance(teacher, dict) else None
     if ckpt and "://" not in str(ckpt) and not Path(ckpt).is_file():
         raise ConfigError(f"{cfg.source}: the teacher's checkpoint {ckpt} does not exist (train it first)")
     unknown = sorted(set(cfg.method_settings) - set(cfg.methods or []))
@@ -164,10 +164,12 @@ def _fmt(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def ranking_markdown(metric: str, rows: list[dict[str, Any]]) -> str:
+def ranking_table(metric: str, rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The ranking's header and cells (shared by methods.md, the report and the results tables)."""
     test = metric.replace("val/", "test/", 1)
-    lines = [f"| rank | method | best {metric} | {test} (mean ± std) | vs vanilla (paired by seed) | best settings "
-             "| trials (complete/pruned/failed) | train s, all runs |", "|---:|---|---:|---:|---:|---|---|---:|"]
+    head = ["rank", "method", f"best {metric}", f"{test} (mean ± std)", "vs vanilla (paired by seed)", "best settings",
+            "trials (complete/pruned/failed)", "train s, all runs"]
+    cells = []
     for i, r in enumerate(rows, 1):
         val = f"{r['val']:.2f}" if r["val"] is not None else "no trial finished"
         test_s = f"{r['test_mean']:.2f} ± {r['test_std']:.2f}" if r["test_mean"] is not None else "-"
@@ -176,5 +178,19 @@ def ranking_markdown(metric: str, rows: list[dict[str, Any]]) -> str:
         params = ", ".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in r["params"].items())
         t = r["trials"]
         counts = f"{t.get('complete', 0)}/{t.get('pruned', 0)}/{t.get('fail', 0)}"
-        lines.append(f"| {i} | {r['method']} | {val} | {test_s} | {delta} | {params} | {counts} | {r['train_s']:.0f} |")
-    return "\n".join(lines) + "\n"
+        cells.append([str(i), r["method"], val, test_s, delta, params, counts, f"{r['train_s']:.0f}"])
+    return head, cells
+
+
+def markdown_table(head: list[str], cells: list[list[str]], numeric: set[int]) -> str:
+    """A Markdown table; the columns in ``numeric`` right-aligned."""
+    rule = "|" + "".join("---:|" if i in numeric else "---|" for i in range(len(head)))
+    lines = ["| " + " | ".join(head) + " |", rule]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells]) + "\n"
+
+
+RANKING_NUMERIC = {0, 2, 3, 4, 7}
+
+
+def ranking_markdown(metric: str, rows: list[dict[str, Any]]) -> str:
+    return markdown_table(*ranking_table(metric, rows), RANKING_NUMERIC)

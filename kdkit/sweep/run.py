@@ -32,9 +32,7 @@ def make_sampler(cfg: SweepConfig, number: int) -> Any:
     import optuna
 
     seed = trial_seed(cfg.seed, number)
-    if cfg.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if cfg.sampler == "grid":  # the points are enqueued in order (grid_point); this draws nothing
+    if cfg.sampler in ("random", "grid"):  # grid: its points are enqueued in order, so this draws nothing
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, max(2, cfg.trials // 3)))
 
