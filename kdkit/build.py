@@ -90,6 +90,13 @@ def build(cfg: RunConfig, device: torch.device | None = None, rank: int = 0, wor
     specs = dict(zip(distiller.networks(), [cfg.model, *cfg.peers, *cfg.teacher]))
     for name, info in distiller.infos.items():  # logits of the right size, before any file is written
         distiller.task.check_output(info.output_shape, ds, f"network '{name}' ('{specs[name].name}')")
+    out_shape = distiller.infos["student"].output_shape
+    for m in distiller.methods:
+        if m.needs_dense_output and (out_shape is None or len(out_shape) != 3):
+            raise ConfigError(f"method {m.name} distils per-pixel outputs [batch, classes, height, width]; the student "
+                              f"gives {list(out_shape or [])} per sample (use it with task: segmentation)")
+    if cfg.train.teacher_cache is not None:
+        distiller.task.check_cache(ds, len(loaders.train.data))
     if ghost:  # the methods' own trainable modules (regressors, embeddings) normalise the same way
         ghost.apply(distiller.methods)
     distiller = distiller.to(device)

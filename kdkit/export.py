@@ -32,6 +32,8 @@ from torch import Tensor, nn
 from . import batch as batch_protocol
 from .engine.checkpoint import write_atomic
 from .errors import ConfigError, KdkitError
+from .tasks import create_task
+from .tasks.segmentation import IGNORE
 
 
 def checkpoint_network(checkpoint: str | Path, net: str | None = None, device: str = "cpu",
@@ -101,21 +103,23 @@ def onnx_session(path: str | Path, threads: int | None = None):
 @torch.no_grad()
 def onnx_parity(model: nn.Module, path: str | Path, loader) -> dict[str, float]:
     """The ONNX file against the PyTorch model on every batch of ``loader``: the largest absolute logit
-    difference, top-1 agreement (%), and each one's top-1 accuracy (%)."""
+    difference, top-1 agreement (%), and each one's top-1 accuracy (%), per prediction: per image, or per
+    pixel for segmentation masks (their ignored pixels left out of the accuracies)."""
     session = onnx_session(path)
     model = model.cpu().eval()
-    diff, agree, hit_t, hit_o, n = 0.0, 0, 0, 0, 0
+    diff, agree, hit_t, hit_o, n, m, images = 0.0, 0, 0, 0, 0, 0, 0
     for x, y, _ in loader:
         x, y = batch_protocol.to_device(x, "cpu"), y.cpu()
         z = batch_protocol.call(model, x).float()
         o = torch.from_numpy(session.run(None, batch_protocol.onnx_feed(x))[0]).float()
         diff = max(diff, float((z - o).abs().max()))
+        keep = y != IGNORE if y.dim() > 1 else torch.ones_like(y, dtype=torch.bool)
         agree += int((z.argmax(1) == o.argmax(1)).sum())
-        hit_t += int((z.argmax(1) == y).sum())
-        hit_o += int((o.argmax(1) == y).sum())
-        n += len(y)
-    return {"max_abs_diff": diff, "top1_agreement": 100.0 * agree / n, "torch_top1": 100.0 * hit_t / n,
-            "onnx_top1": 100.0 * hit_o / n, "images": n}
+        hit_t += int(((z.argmax(1) == y) & keep).sum())
+        hit_o += int(((o.argmax(1) == y) & keep).sum())
+        n, m, images = n + y.numel(), m + int(keep.sum()), images + len(y)
+    return {"max_abs_diff": diff, "top1_agreement": 100.0 * agree / max(n, 1), "torch_top1": 100.0 * hit_t / max(m, 1),
+            "onnx_top1": 100.0 * hit_o / max(m, 1), "images": images}
 
 
 def export_safetensors(model: nn.Module, out: str | Path, metadata: dict[str, Any] | None = None) -> Path:
@@ -183,7 +187,10 @@ def profile(checkpoint: str | Path, net: str | None = None, batches: tuple[int, 
         "input_shape": batch_protocol.shapes(batch_protocol.example(shape, 1)),
         "params": sum(p.numel() for p in model.parameters()), "macs": count_macs(model, shape),
         "checkpoint_bytes": Path(checkpoint).stat().st_size, "threads": threads,
-        "test_top1": evaluate(model, loaders.test)["top1"], "latency": {}}
+        "latency": {}}
+    task = create_task(cfg.task)
+    result["test_metric"] = task.primary
+    result[f"test_{task.primary}"] = evaluate(model, loaders.test, task=task)[task.primary]
     with tempfile.TemporaryDirectory() as tmp:
         weights = export_safetensors(model, Path(tmp) / "w.safetensors")
         result["weights_bytes"] = weights.stat().st_size
@@ -220,13 +227,15 @@ def export_network(source: str | Path, net: str | None, fmt: str, out: str | Pat
 
 
 def format_profile(p: dict[str, Any]) -> str:
+    metric = p.get("test_metric", "top1")
     lines = [f"{p['model']} ({p['net']}) from {p['checkpoint']}: {p['params']:,} parameters, {p['macs']:,} MACs "
              f"per image, checkpoint {p['checkpoint_bytes'] / 1024:.0f} KiB, "
              f"weights {p['weights_bytes'] / 1024:.0f} KiB"
              + (f", ONNX {p['onnx_bytes'] / 1024:.0f} KiB" if "onnx_bytes" in p else ""),
-             f"test top1 {p['test_top1']:.2f}"
-             + (f" (ONNX Runtime {p['onnx']['onnx_top1']:.2f}, top-1 agreement {p['onnx']['top1_agreement']:.2f}%, "
-                f"max |logit diff| {p['onnx']['max_abs_diff']:.2e})" if "onnx" in p else ""),
+             f"test {metric} {p['test_' + metric]:.2f}"
+             + (f" (ONNX Runtime: accuracy {p['onnx']['onnx_top1']:.2f} vs {p['onnx']['torch_top1']:.2f}, top-1 "
+                f"agreement {p['onnx']['top1_agreement']:.2f}%, max |logit diff| {p['onnx']['max_abs_diff']:.2e})"
+                if "onnx" in p else ""),
              f"CPU latency, {p['threads']} thread(s), median / p90 ms:"]
     for b, row in p["latency"].items():
         timings = "; ".join(f"{k} {v['median_ms']:.3f} / {v['p90_ms']:.3f}" for k, v in row.items())

@@ -304,7 +304,8 @@ def format_inspect(model: nn.Module, info: ModelInfo) -> str:
 
 def pick_logits(out: Any, output: str | int | None = None) -> Tensor:
     """The logits in a forward's output: ``output`` picks the index, key or attribute; by default a tensor
-    passes, a sequence gives its first tensor, a dict its ``"logits"`` entry (or its only tensor) and any
+    passes, a sequence gives its first tensor, a dict its ``"logits"`` entry (``"out"`` for torchvision's
+    segmentation models, or its only tensor) and any
     other object (a dataclass, a ``ModelOutput``-like class) its ``logits`` attribute. Anything else is a
     :class:`ConfigError` naming what there was."""
     if isinstance(out, Tensor) and output is None:
@@ -317,7 +318,7 @@ def pick_logits(out: Any, output: str | int | None = None) -> Tensor:
         else:
             raise ConfigError(f"model output: index {output!r} of a {len(out)}-element {type(out).__name__}")
     elif isinstance(out, dict):
-        key = output if output is not None else "logits"
+        key = output if output is not None else ("out" if "out" in out and "logits" not in out else "logits")
         tensors = [k for k, v in out.items() if isinstance(v, Tensor)]
         if key in out:
             found = out[key]

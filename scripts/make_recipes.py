@@ -1,6 +1,7 @@
 """Write the per-method recipes in configs/ from each method's defaults (run after changing a default).
 
-    python scripts/make_recipes.py            # rewrite configs/cifar100/** and configs/fashion_mnist/<method>.yaml
+    python scripts/make_recipes.py            # rewrite configs/cifar100/**, configs/fashion_mnist/<method>.yaml
+                                              # and configs/fashion_canvas/*.yaml
     python scripts/make_recipes.py --check    # exit 1 if the files on disk differ from what would be written
 
 CIFAR-100 follows the CRD benchmark protocol (Tian et al. 2020): 240 epochs, batch 64, SGD momentum 0.9,
@@ -84,7 +85,7 @@ def cifar100() -> dict[Path, str]:
     for teacher, student in PAIRS:
         lr = 0.01 if student in SMALL_LR else 0.05
         pair = f"{teacher}-{student}"
-        for m in list_methods():
+        for m in list_methods(task="classification"):
             if METHODS.get(m).family == "online":
                 continue  # online(): cohorts of the same architecture, the online papers' protocol
             if m == "netaug" and student == "shufflenetv2":
@@ -108,7 +109,7 @@ def cifar100() -> dict[Path, str]:
 
 def fashion_mnist() -> dict[Path, str]:
     files = {}
-    for m in list_methods():
+    for m in list_methods(task="classification"):
         if m == "vanilla" or METHODS.get(m).family == "online":
             continue  # configs/fashion_mnist/scratch.yaml; online(): no teacher
         block = recipe_method(m, stage1_epochs=1, warmup_epochs=1)
@@ -124,6 +125,34 @@ def fashion_mnist() -> dict[Path, str]:
             rec, f"{m} on Fashion-MNIST, cnn_medium -> cnn_tiny, sized for a laptop CPU.{short}\n"
                  "First: kdkit train configs/fashion_mnist/teacher.yaml\n"
                  f"kdkit distill configs/fashion_mnist/{m}.yaml")
+    return files
+
+
+def fashion_canvas() -> dict[Path, str]:
+    """Segmentation on the fashion_canvas set: a unet_w32 teacher, a unet_w8 student from scratch, and the
+    student with each segmentation method at its defaults; 10 epochs, sized for a laptop CPU."""
+    files = {}
+    common = {"task": "segmentation", "data": {"name": "fashion_canvas", "batch_size": 32},
+              "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5.0e-4},
+              "schedule": {"name": "cosine", "warmup_epochs": 0.5}}
+    for name, model in (("teacher", "unet_w32"), ("scratch", "unet_w8")):
+        rec = {"task": "segmentation", "model": model, "method": "vanilla", **{k: v for k, v in common.items()
+                                                                               if k != "task"},
+               "train": {"epochs": 10, "seed": 0, "run_name": f"fashion_canvas-{name}"}}
+        files[ROOT / "fashion_canvas" / f"{name}.yaml"] = dump(
+            rec, f"fashion_canvas segmentation, {model} {'teacher' if name == 'teacher' else 'student from scratch'}.\n"
+                 f"kdkit train configs/fashion_canvas/{name}.yaml")
+    for m in list_methods(task="segmentation"):
+        if m == "vanilla":
+            continue
+        rec = {"task": "segmentation", "model": "unet_w8",
+               "teacher": {"name": "unet_w32", "checkpoint": "runs/fashion_canvas-teacher/checkpoint.pt"},
+               "method": method_block(m), **{k: v for k, v in common.items() if k != "task"},
+               "train": {"epochs": 10, "seed": 0, "run_name": f"fashion_canvas-{m}"}}
+        files[ROOT / "fashion_canvas" / f"{m}.yaml"] = dump(
+            rec, f"{m} on fashion_canvas segmentation, unet_w32 -> unet_w8, sized for a laptop CPU.\n"
+                 "First: kdkit train configs/fashion_canvas/teacher.yaml\n"
+                 f"kdkit distill configs/fashion_canvas/{m}.yaml")
     return files
 
 
@@ -180,7 +209,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--check", action="store_true")
     args = ap.parse_args()
-    files = {**cifar100(), **fashion_mnist(), **online()}
+    files = {**cifar100(), **fashion_mnist(), **online(), **fashion_canvas()}
     stale = [p for p, text in files.items() if not p.exists() or p.read_text() != text]
     if args.check:
         for p in stale:

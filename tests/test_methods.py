@@ -51,7 +51,7 @@ def _batch():
     return torch.randn(16, *SHAPE, generator=g), torch.randint(0, 5, (16,), generator=g)
 
 
-@pytest.mark.parametrize("name", list_methods())
+@pytest.mark.parametrize("name", list_methods(task="classification"))
 def test_method_trains_on_heterogeneous_pair(name):
     """In each stage the method has (preliminary, then main), a few steps lower the loss on a fixed
     batch; the teacher is untouched; every helper parameter is trained in at least one stage."""
@@ -83,7 +83,7 @@ def test_method_trains_on_heterogeneous_pair(name):
     assert helpers <= trained, f"helpers never trained: {sorted(helpers - trained)}"
 
 
-@pytest.mark.parametrize("name", list_methods())
+@pytest.mark.parametrize("name", list_methods(task="classification"))
 def test_method_state_round_trip(name):
     d, _ = _distiller(name)
     buf = io.BytesIO()
@@ -216,7 +216,7 @@ def test_teacher_moves_with_distiller_and_stays_eval():
 
 
 @pytest.mark.parametrize("pair", [("resnet32x4", "shufflenetv2"), ("vgg13", "mobilenetv2")])
-@pytest.mark.parametrize("name", list_methods())
+@pytest.mark.parametrize("name", list_methods(task="classification"))
 def test_method_on_cross_family_pairs(name, pair):
     """The issue's heterogeneous pairs (depth, width and family differ) at CIFAR size: set-up from probed
     shapes, every stage's loss is finite, and the student and all helpers get gradients."""

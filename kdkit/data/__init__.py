@@ -63,6 +63,22 @@ def _cifar100(cfg: DataConfig) -> Dataset:
     return load_cifar("cifar100", cfg)
 
 
+@register_dataset("fashion_canvas")
+def _fashion_canvas(cfg: DataConfig) -> Dataset:
+    """Segmentation: 64x64 canvases of 1-4 Fashion-MNIST garments, exact masks of 11 classes (10k/2k)."""
+    from .canvas import load_canvas_dataset
+
+    return load_canvas_dataset(cfg)
+
+
+@register_dataset("seg_folder")
+def _seg_folder(cfg: DataConfig) -> Dataset:
+    """Segmentation, your own images and PNG masks: data.root with images/ and masks/ (or a VOC tree)."""
+    from .masks import load_mask_folder
+
+    return load_mask_folder(cfg)
+
+
 @register_dataset("folder")
 def _folder(cfg: DataConfig) -> Dataset:
     """Your own images: data.root with one sub-folder per class (optionally under train/ and test/)."""
@@ -162,6 +178,9 @@ def build_loaders(cfg: DataConfig, seed: int, device: torch.device | str = "cpu"
               "channels_last": channels_last}
     shard = {"rank": rank, "world_size": world_size}  # the in-memory loader only (the other is refused above)
     aug = {"crop_padding": ds.crop_padding, "flip": ds.flip, "cutout": cfg.cutout} if cfg.augment else {}
+    if cfg.pipeline == "dataloader" and ds.train.labels.dim() > 1:
+        raise ConfigError(f"data.pipeline=dataloader: {ds.name} has masks; the reference pipeline moves images only "
+                          "(use the default memory pipeline)")
     if cfg.pipeline == "dataloader":
         if cfg.replay_views or cfg.views > 1:
             raise ConfigError("data.replay_views and data.views need the memory pipeline (data.pipeline=memory)")
@@ -177,7 +196,8 @@ def build_loaders(cfg: DataConfig, seed: int, device: torch.device | str = "cpu"
                                           **aug, **common)
     else:
         train_loader = BatchLoader(train, cfg.batch_size, shuffle=True, seed=seed, drop_last=True, **aug,
-                                   replay_views=cfg.replay_views, views=cfg.views, **common, **shard)
+                                   replay_views=cfg.replay_views, views=cfg.views, **common, **shard,
+                                   scale=ds.scale if cfg.augment else None)
     return Loaders(
         ds,
         train_loader,

@@ -18,7 +18,7 @@ class ImageSet:
     ``[N, C, H, W]`` (or floats in [0, 1]); other inputs (vectors ``[N, D]``, sequences ``[N, T, D]``, token
     ids) in their own dtype, never quantised."""
 
-    labels: Tensor  # int64 [N]
+    labels: Tensor  # int64 [N] class ids; or masks, uint8 [N, H, W] (segmentation: class ids, 255 = ignore)
     images: Any = None  # a tensor [N, ...], or several inputs: a tuple or dict of them (kdkit.batch)
     reader: Callable[[int], Tensor] | None = None  # index -> uint8 [C, H, W]
 
@@ -53,6 +53,7 @@ class Dataset:
     std: tuple[float, ...]
     crop_padding: int = 0  # random-crop padding for augmentation (0: no crop)
     flip: bool = False  # random horizontal flip for augmentation
+    scale: tuple[float, float] | None = None  # random zoom range for augmentation (segmentation)
     classes: list[str] = field(default_factory=list)
     # "image": [C, H, W] per sample, normalised with mean/std, augmentable; "tensor": any other shape
     # (in_channels the first dimension, image_size the rest: () for vectors), passed on as stored

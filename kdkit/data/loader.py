@@ -21,19 +21,21 @@ from torch import Tensor
 from .. import batch as batch_protocol
 from ..batch import Batch
 from ..errors import CheckpointError, ConfigError
+from ..tasks.segmentation import IGNORE
 from ..validate import check_rng
 from .base import ImageSet
 
 
-def random_crop(x: Tensor, padding: int, gen: torch.Generator, offsets: Tensor | None = None) -> Tensor:
-    """Zero-pad ``x`` ``[B, C, H, W]`` by ``padding`` and crop each image back at a random offset
-    (``offsets`` ``[2, B]``, drawn from ``gen`` when not given)."""
+def random_crop(x: Tensor, padding: int, gen: torch.Generator, offsets: Tensor | None = None,
+                fill: float = 0.0) -> Tensor:
+    """Pad ``x`` ``[B, C, H, W]`` by ``padding`` (with ``fill``: zeros for images, the ignore index for masks)
+    and crop each image back at a random offset (``offsets`` ``[2, B]``, drawn from ``gen`` when not given)."""
     if padding <= 0:
         return x
     b, c, h, w = x.shape
     off = offsets if offsets is not None else crop_offsets(b, padding, gen)
     off = off.to(x.device)
-    xp = F.pad(x, (padding, padding, padding, padding))
+    xp = F.pad(x, (padding, padding, padding, padding), value=fill)
     rows = (off[0][:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # [B,1,H,1]
     cols = (off[1][:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # [B,1,1,W]
     bidx = torch.arange(b, device=x.device)[:, None, None, None]
@@ -50,6 +52,20 @@ def random_flip(x: Tensor, gen: torch.Generator, flips: Tensor | None = None) ->
     bool, drawn from ``gen`` when not given)."""
     flip = flips if flips is not None else torch.rand(x.shape[0], generator=gen, device=gen.device) < 0.5
     return torch.where(flip.to(x.device)[:, None, None, None], x.flip(3), x)
+
+
+def random_scale(x: Tensor, scales: Tensor, mask: bool = False) -> Tensor:
+    """Zoom each image of ``x`` ``[B, C, H, W]`` about its centre by ``scales`` ``[B]`` (> 1 enlarges), keeping
+    its size: bilinear for images (zeros where the source ends), nearest neighbour for masks (``mask``:
+    class ids, ``IGNORE`` where the source ends)."""
+    b = x.shape[0]
+    theta = torch.zeros(b, 2, 3, device=x.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1.0 / scales.to(x.device)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    if not mask:
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    shifted = F.grid_sample((x + 1).float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    return torch.where(shifted == 0, IGNORE, shifted.long() - 1)
 
 
 def cutout(x: Tensor, size: int, centers: Tensor) -> Tensor:
@@ -103,12 +119,15 @@ class BatchLoader:
                  shuffle: bool = False, seed: int = 0, crop_padding: int = 0, flip: bool = False,
                  cutout: int = 0, device: torch.device | str = "cpu", drop_last: bool = False,
                  num_workers: int = 0, rank: int = 0, world_size: int = 1,
-                 channels_last: bool = False, replay_views: int = 0, views: int = 1):
+                 channels_last: bool = False, replay_views: int = 0, views: int = 1,
+                 scale: tuple[float, float] | None = None):
         if world_size > 1 and shuffle and batch_size % world_size:
             raise ConfigError(f"data.batch_size ({batch_size}) must be a multiple of the number of processes "
                               f"({world_size}): it is the global batch, split evenly across them")
         self.data, self.batch_size, self.shuffle = data, batch_size, shuffle
         self.crop_padding, self.flip, self.cutout, self.num_workers = crop_padding, flip, cutout, num_workers
+        self.scale = scale  # random zoom range (segmentation: images and masks move together)
+        self.dense = data.labels.dim() > 1  # masks [N, H, W]: augmented with their images
         self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
         self.channels_last = channels_last
@@ -127,6 +146,8 @@ class BatchLoader:
         if views > 1 and not self.augments:
             raise ConfigError(f"data.views={views}: several views of a batch need training augmentation (data.augment "
                               "on, with a dataset that crops or flips, or data.cutout)")
+        if views > 1 and self.dense:
+            raise ConfigError("data.views: several views of a batch are for classification; masks follow one view")
         if views > 1 and self.replay_views:
             raise ConfigError("data.views and data.replay_views cannot be combined: replayed views are one fixed "
                               "input per sample and epoch")
@@ -137,7 +158,7 @@ class BatchLoader:
 
     @property
     def augments(self) -> bool:
-        return self.shuffle and (self.crop_padding > 0 or self.flip or self.cutout > 0)
+        return self.shuffle and (self.crop_padding > 0 or self.flip or self.cutout > 0 or self.scale is not None)
 
     @property
     def num_views(self) -> int:
@@ -164,6 +185,9 @@ class BatchLoader:
             table["centers"] = torch.stack([
                 torch.stack([torch.randint(0, s, (n,), generator=gen, device=gen.device) for s in self.data_size])
                 for _ in range(r)])
+        if self.scale is not None:
+            lo, hi = self.scale
+            table["scales"] = lo + (hi - lo) * torch.rand(r, n, generator=gen, device=gen.device)
         return table
 
     def __len__(self) -> int:
@@ -216,6 +240,9 @@ class BatchLoader:
         if self.cutout > 0:
             p["centers"] = torch.stack([torch.randint(0, s, (b,), generator=gen, device=gen.device)
                                         for s in self.data_size])
+        if self.scale is not None:  # drawn last: the classification streams stay as they were
+            lo, hi = self.scale
+            p["scales"] = lo + (hi - lo) * torch.rand(b, generator=gen, device=gen.device)
         return {k: self._local(v) for k, v in p.items()}
 
     @functools.cached_property
@@ -238,7 +265,8 @@ class BatchLoader:
                 if t.dtype != torch.uint8:  # the bytes alone would not tell float32 from int32
                     h.update(str(t.dtype).encode())
                 h.update(t.contiguous().view(torch.uint8).numpy().tobytes())
-        return {"inputs": h.hexdigest(), "augment": f"{self.crop_padding},{self.flip},{self.cutout}",
+        scale = f",{self.scale[0]},{self.scale[1]}" if self.scale is not None else ""
+        return {"inputs": h.hexdigest(), "augment": f"{self.crop_padding},{self.flip},{self.cutout}{scale}",
                 "views": str(self.num_views)}
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
@@ -261,7 +289,7 @@ class BatchLoader:
                 extra = [self._augment_params(len(idx) * self.world_size) for _ in range(self.views - 1)]
                 yield Batch(torch.stack([self._transform(x, q) for q in [p, *extra]]), y, idx.to(self.device))
                 continue
-            yield Batch(self._transform(x, p), y, idx.to(self.device))
+            yield Batch(self._transform(x, p), self._target(y, p), idx.to(self.device))
 
     def _view_params(self, view: int, idx: Tensor) -> dict[str, Tensor]:
         dev_idx = idx.to(self.generator.device)
@@ -274,6 +302,8 @@ class BatchLoader:
             return batch_protocol.apply(lambda t: model_input(t, images=False), x)
         x = model_input(x)
         if p is not None:
+            if "scales" in p:
+                x = random_scale(x, p["scales"])
             x = random_crop(x, self.crop_padding, self.generator, p.get("offsets"))
             if self.flip:
                 x = random_flip(x, self.generator, p["flips"])
@@ -283,6 +313,22 @@ class BatchLoader:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+    def _target(self, y: Tensor, p: dict[str, Tensor] | None) -> Tensor:
+        """Stored labels -> the task's targets: class ids as they are; masks ``[B, H, W]`` as int64, moved by
+        the same crop, flip and zoom as their images (pixels from outside the image: ``IGNORE``)."""
+        if not self.dense:
+            return y
+        y = y.long()
+        if p is not None:
+            y = y[:, None]
+            if "scales" in p:
+                y = random_scale(y, p["scales"], mask=True)
+            y = random_crop(y, self.crop_padding, self.generator, p.get("offsets"), fill=IGNORE)
+            if self.flip:
+                y = random_flip(y, self.generator, p["flips"])
+            y = y[:, 0]
+        return y
 
     def iter_views(self, batch_size: int | None = None) -> Iterator[tuple[Tensor, Tensor]]:
         """Every distinct training input, in order: ``(images, keys)`` over all samples of every view

@@ -39,7 +39,7 @@ def evaluate(model: torch.nn.Module, loader, teachers: Sequence[torch.nn.Module]
         counts = batch_counts if counts is None else counts + batch_counts
     model.train(was_training)
     if counts is None:
-        counts = torch.zeros(len(task.counts), dtype=torch.float64)
+        counts = task.empty_counts()
     if dist_info is not None:
         counts = distributed.all_reduce(counts, dist_info)
     return task.metrics(counts.tolist(), with_teacher=bool(teachers))

@@ -35,6 +35,7 @@ class AT(LayerPairsMethod):
     family = "feature"
     paper = "Zagoruyko & Komodakis 2017, Paying More Attention to Attention"
     Config = ATConfig
+    tasks = ("classification", "segmentation")  # on dense features as well
     needs_maps = "attention is a spatial map: the channels' activations summed at each position"
 
     def losses(self, out: Outputs) -> dict[str, Tensor]:

@@ -91,6 +91,9 @@ class Method(nn.Module):
     needs_peers: ClassVar[int] = 0  # trainable networks it needs besides the student (online methods)
     student_transform: ClassVar[dict | None] = None  # the model transform its student needs (a branched one)
     needs_views: ClassVar[bool] = False  # each network of its cohort sees its own augmented view (data.views)
+    needs_dense_output: ClassVar[bool] = False  # reads per-pixel outputs [B, K, H, W] (segmentation logits)
+    # the tasks it is written for and tested on: the sweep's method families and the recipes follow it
+    tasks: ClassVar[tuple[str, ...]] = ("classification",)
     # a softening temperature outside this range is accepted with a warning (None: its temperature is another
     # kind, e.g. CRD's contrastive one)
     temperature_range: ClassVar[tuple[float, float] | None] = (0.5, 20.0)
@@ -212,8 +215,9 @@ def create_method(name_or_cfg: str | MethodConfig, **kwargs: Any) -> Method:
     return METHODS.get(name)(cfg)
 
 
-def list_methods(pattern: str = "*") -> list[str]:
-    return METHODS.names(pattern)
+def list_methods(pattern: str = "*", task: str | None = None) -> list[str]:
+    """Registered method names matching ``pattern``; with ``task``, those written for it (``Method.tasks``)."""
+    return [m for m in METHODS.names(pattern) if task is None or task in METHODS.get(m).tasks]
 
 
 # ------------------------------------------------------------------------------- layer choice helpers
@@ -312,3 +316,17 @@ class EmbeddingMethod(Method):
 
     def embeddings(self, out: Outputs) -> tuple[Tensor, Tensor]:
         return out.s_feats[self.student_specs[0]], out.t_feats[self.teacher_specs[0]]
+
+
+def dense_pair(s: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """Student and teacher maps ``[B, C, H, W]`` (dense logits or features) at one spatial size: the
+    student's resized bilinearly to the teacher's where they differ. Other shapes are a ConfigError."""
+    import torch.nn.functional as F
+
+    if s.dim() != 4 or t.dim() != 4:
+        raise ConfigError(f"a dense distillation method needs [batch, channels, height, width] maps; got student "
+                          f"{list(s.shape)} and teacher {list(t.shape)} (a segmentation dataset with task: "
+                          "segmentation, or feature layers with spatial maps)")
+    if s.shape[-2:] != t.shape[-2:]:
+        s = F.interpolate(s, size=t.shape[-2:], mode="bilinear", align_corners=False)
+    return s, t

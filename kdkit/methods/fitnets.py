@@ -43,6 +43,7 @@ class FitNets(Method):
     family = "feature"
     paper = "Romero et al. 2015, FitNets: Hints for Thin Deep Nets"
     Config = FitNetsConfig
+    tasks = ("classification", "segmentation")  # on dense features as well
     uses_teacher_features = True
 
     def setup(self, s_info: ModelInfo, t_info: ModelInfo | None) -> None:

@@ -20,4 +20,5 @@ class Vanilla(Method):
     family = "baseline"
     paper = "-"
     Config = VanillaConfig
+    tasks = ("classification", "segmentation")
     needs_teacher = False

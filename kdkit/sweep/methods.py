@@ -43,6 +43,11 @@ SPACES: dict[str, dict[str, tuple[str, Any, Any]]] = {
     "ab": {"stage1_epochs": ("int", 1, "epochs/4"), "margin": ("log", 0.25, 4)},
     "fsp": {"stage1_epochs": ("int", 1, "epochs/4"), "beta": ("choice", 0.0, [0.0, 0.01, 0.1, 1.0])},
     "ft": {"stage1_epochs": ("int", 1, "epochs/4"), "beta": ("log", 50, 5000)},
+    # segmentation
+    "skd_pixel": {"weight": ("log", 1, 100), "temperature": ("log", 1, 8)},
+    "skd_pair": {"weight": ("log", 0.1, 10)},
+    "skd_holistic": {"weight": ("log", 0.01, 1)},
+    "cwd": {"weight": ("log", 0.5, 50), "tau": ("log", 1, 8)},
     # online: the cohort's mutual term
     "dml": {"temperature": ("log", 1, 8), "weight": ("log", 0.25, 4)},
     "dcm": {"temperature": ("log", 1, 8), "weight": ("log", 0.25, 4)},
@@ -66,12 +71,13 @@ ONLINE_SETUPS: dict[str, dict[str, Any]] = {
 PAPER_EPOCHS = {"stage1_epochs": 240, "warmup_epochs": 240, "rampup_epochs": 300}
 
 
-def family_members(family: str) -> list[str]:
+def family_members(family: str, task: str = "classification") -> list[str]:
     """``offline``: the registry's methods that learn from a teacher (but not the online schemes);
-    ``online``: the schemes of ``ONLINE_SETUPS`` that the registry has. Both start with vanilla."""
+    ``online``: the schemes of ``ONLINE_SETUPS`` that the registry has. Both start with vanilla, and hold
+    the methods written for ``task`` (``Method.tasks``)."""
     from ..methods import METHODS
 
-    names = METHODS.names()
+    names = [m for m in METHODS.names() if task in METHODS.get(m).tasks]
     if family == "offline":
         picked = [m for m in names if METHODS.get(m).needs_teacher and METHODS.get(m).family != "online"]
     else:
@@ -79,13 +85,13 @@ def family_members(family: str) -> list[str]:
     return ["vanilla", *picked]
 
 
-def resolve_methods(spec: Any, where: str = "--methods") -> list[str]:
+def resolve_methods(spec: Any, where: str = "--methods", task: str = "classification") -> list[str]:
     """``offline``, ``online``, a comma-separated string or a list of method names; vanilla is always in
     (the baseline every method is ranked against)."""
     from ..methods import METHODS
 
     if spec in ("offline", "online"):
-        return family_members(spec)
+        return family_members(spec, task)
     names = [s.strip() for s in spec.split(",")] if isinstance(spec, str) else spec
     if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
         raise ConfigError(f"{where}: methods is offline, online, or method names (kd,dkd,... or a list), got {spec!r}")

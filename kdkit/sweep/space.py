@@ -159,7 +159,7 @@ def parse_sweep(data: dict[str, Any], where: str = "sweep", root: Path | None = 
     if methods is not None:
         from .methods import resolve_methods
 
-        cfg.methods = resolve_methods(methods, where)
+        cfg.methods = resolve_methods(methods, where, str(resolved.get("task", "classification")))
     settings = data.get("method_settings", {})
     if not isinstance(settings, dict) or not all(isinstance(v, dict) for v in settings.values()):
         raise ConfigError(f"{where}: method_settings maps a method name to its fixed settings, got {settings!r}"[:300])

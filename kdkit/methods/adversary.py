@@ -1,0 +1,82 @@
+"""A network a method trains *against* the student, with its own optimiser and its own step: the
+discriminator of adversarial distillation and of GAN training.
+
+The contract (``docs/architecture.md``): a method that holds an :class:`Adversary` as a submodule
+
+- computes, in ``losses``, the student's term through the adversary (gradients reach the student; the
+  adversary's own parameters do not require grad outside its update, so the student's optimiser, its
+  gradient clipping and DistributedDataParallel all leave them out);
+- keeps what the adversary's loss needs (detached) and calls :meth:`Adversary.update` from
+  ``after_step``: the alternating step, after the student's, on every rank, outside autocast and DDP.
+  Under ``torchrun`` the adversary's gradients are averaged over the ranks before its step, so every
+  rank's copy stays the same;
+- gets its optimiser state in the checkpoint for free: the update is SGD with momentum and weight decay
+  whose momentum buffers are registered buffers of the adversary, saved and restored with the method's
+  state dict, so a resumed run continues bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+
+class Adversary(nn.Module):
+    """``net`` trained by SGD (``lr``, ``momentum``, ``weight_decay``; the same update as
+    ``torch.optim.SGD`` without dampening or Nesterov) on the loss :meth:`update` is given."""
+
+    def __init__(self, net: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 0.0):
+        super().__init__()
+        self.net = net
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.net.requires_grad_(False)
+        for i, p in enumerate(self.net.parameters()):
+            self.register_buffer(f"momentum{i}", torch.zeros_like(p))
+        self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
+
+    def forward(self, *args, **kwargs):
+        return self.net(*args, **kwargs)
+
+    def update(self, loss_fn: Callable[[], Tensor]) -> Tensor:
+        """One step of the adversary on ``loss_fn()`` (computed with its parameters trainable); returns
+        the loss, detached."""
+        params = list(self.net.parameters())
+        self.net.requires_grad_(True)
+        try:
+            loss = loss_fn()
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+        finally:
+            self.net.requires_grad_(False)
+        grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+        _average_over_ranks(grads)
+        with torch.no_grad():
+            for i, (p, g) in enumerate(zip(params, grads)):
+                if self.weight_decay:
+                    g = g.add(p, alpha=self.weight_decay)
+                buf = getattr(self, f"momentum{i}")
+                if self.momentum:
+                    if int(self.steps) == 0:
+                        buf.copy_(g)
+                    else:
+                        buf.mul_(self.momentum).add_(g)
+                    g = buf
+                p.add_(g, alpha=-self.lr)
+            self.steps += 1
+        return loss.detach()
+
+
+def _average_over_ranks(grads: list[Tensor]) -> None:
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    world = torch.distributed.get_world_size()
+    if world == 1:
+        return
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    i = 0
+    for g in grads:
+        g.copy_(flat[i:i + g.numel()].view_as(g))
+        i += g.numel()

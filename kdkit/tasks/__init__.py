@@ -1,0 +1,9 @@
+"""Tasks: what is specific to the kind of prediction a run trains, one file each (``base.py`` holds the
+interface). Classification was the first; segmentation shows how a task is added (docs/architecture.md)."""
+
+from . import classification, segmentation  # noqa: F401  (importing a task's module registers it)
+from .base import TASKS, Task, create_task, register_task
+from .classification import Classification
+from .segmentation import Segmentation
+
+__all__ = ["TASKS", "Classification", "Segmentation", "Task", "create_task", "register_task"]
