@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sweep_tables import train_once, tuned_section
+from sweep_tables import train_once, write_table
 
 from kdkit.sweep import parse_sweep
 from kdkit.sweep.compare import RANKING_NUMERIC, markdown_table, ranking_table
@@ -104,15 +104,9 @@ def main() -> int:
                 "2-core development machine.", "", "## Ranking (by validation mIoU)", ""]
         text += markdown_table(head, cells, RANKING_NUMERIC).splitlines()
         text += ["", f"Not better than the student from scratch on test: {', '.join(losers) if losers else 'none'}."]
-        if pending:
-            text += ["", f"Not run yet (the table is being built; rerun the command): {', '.join(pending)}."]
-        docs = Path(args.docs)
-        docs.mkdir(parents=True, exist_ok=True)
-        (docs / f"{name}.md").write_text("\n".join(text) + "\n")
-        (docs / f"{name}.json").write_text(json.dumps({"args": vars(args), "rows": rows, "pending": pending},
-                                                      indent=1, default=str))
-        tuned_section(Path(args.methods_doc), "segmentation", rows, pending, f"docs/results/{name}.md")
-        say(f"wrote {docs / name}.md ({len(rows)} methods, {len(pending)} to go; {(time.time() - t0) / 3600:.2f} h)")
+        write_table(args, name, "segmentation", text, rows, pending)
+        hours = (time.time() - t0) / 3600
+        say(f"wrote {Path(args.docs) / name}.md ({len(rows)} methods, {len(pending)} to go; {hours:.2f} h)")
 
     from kdkit.sweep.compare import read_methods, run_methods
 
@@ -121,8 +115,9 @@ def main() -> int:
     else:
         run_methods(cfg, log=say, after=write)
         vanilla = json.loads((out / "methods" / "vanilla" / "final.json").read_text())["runs"][0]["run"]
-        cost = cost_rows({f"teacher {args.teacher}": teacher,
-                          f"student {args.student} (from scratch, seed 0)": Path(vanilla) / "checkpoint.pt"}, args.threads)
+        networks = {f"teacher {args.teacher}": teacher,
+                    f"student {args.student} (from scratch, seed 0)": Path(vanilla) / "checkpoint.pt"}
+        cost = cost_rows(networks, args.threads)
         doc = Path(args.docs) / f"{name}.md"
         doc.write_text(doc.read_text() + "\n## Size and speed (kdkit profile, CPU)\n\n" + markdown_table(
             ["network", "params", "MACs per canvas", "ms, batch 1", "ms, batch 32", "test mIoU"], cost,

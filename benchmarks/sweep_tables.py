@@ -82,6 +82,20 @@ def train_once(recipe: dict[str, Any], run_dir: Path, read_only: bool = False) -
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
 
 
+def write_table(args: argparse.Namespace, name: str, table: str, text: list[str], rows: list[dict[str, Any]],
+                pending: list[str]) -> None:
+    """``<docs>/<name>.md`` from ``text`` (the methods still to run listed below it) and ``<name>.json``
+    from ``rows``; then the table's part of docs/methods.md (:func:`tuned_section`)."""
+    if pending:
+        text = [*text, "", f"Not run yet (the table is being built; rerun the command): {', '.join(pending)}."]
+    docs = Path(args.docs)
+    docs.mkdir(parents=True, exist_ok=True)
+    (docs / f"{name}.md").write_text("\n".join(text) + "\n")
+    (docs / f"{name}.json").write_text(json.dumps({"args": vars(args), "rows": rows, "pending": pending},
+                                                  indent=1, default=str))
+    tuned_section(Path(args.methods_doc), table, rows, pending, f"docs/results/{name}.md")
+
+
 def regime(args: argparse.Namespace, out: Path, say: Any) -> list[str]:
     """Vanilla at the base recipe over ``--epochs`` and twice as many: the validation curves."""
     lines = ["Vanilla's validation top-1 per epoch at the base recipe (lr 0.1, weight decay 5e-4):", ""]
@@ -196,15 +210,8 @@ def main() -> int:
         losers = [r["method"] for r in rows if r["method"] != "vanilla" and r["delta_mean"] is not None
                   and r["delta_mean"] < 0]
         text += ["", f"Below vanilla on test: {', '.join(losers) if losers else 'none'}."]
-        if pending:
-            text += ["", f"Not run yet (the table is being built; rerun the command): {', '.join(pending)}."]
-        docs = Path(args.docs)
-        docs.mkdir(parents=True, exist_ok=True)
-        (docs / f"{name}.md").write_text("\n".join(text) + "\n")
-        (docs / f"{name}.json").write_text(json.dumps({"args": vars(args), "rows": rows, "pending": pending},
-                                                      indent=1, default=str))
-        tuned_section(Path(args.methods_doc), args.table, rows, pending, f"docs/results/{name}.md")
-        say(f"wrote {docs / name}.md ({len(rows)} methods, {len(pending)} to go)")
+        write_table(args, name, args.table, text, rows, pending)
+        say(f"wrote {Path(args.docs) / name}.md ({len(rows)} methods, {len(pending)} to go)")
 
     from kdkit.sweep.compare import read_methods, run_methods
 
