@@ -367,3 +367,20 @@ def test_two_gloo_ranks_count_the_same_confusion_matrix_as_one_process(tmp_path)
     assert metrics["miou"] == ddp["test/miou"] and metrics["pixel_acc"] == ddp["test/pixel_acc"]
     assert {k: v for k, v in metrics.items() if k.startswith("iou/")} == \
         {k[5:]: v for k, v in ddp.items() if k.startswith("test/iou/")}
+
+
+def test_report_shows_miou_and_the_picture_grid(tmp_path):
+    from PIL import Image
+
+    from kdkit.report import collect, write_report
+
+    _write_folder(tmp_path / "d")
+    from_config(_seg_cfg(tmp_path / "t", tmp_path / "d"), log=lambda m: None).fit()
+    teacher = {"name": "unet_w8", "checkpoint": str(tmp_path / "t/run/checkpoint.pt")}
+    from_config(_seg_cfg(tmp_path / "runs", tmp_path / "d", teacher=teacher, method="skd_pixel"),
+                log=lambda m: None).fit()
+    written = write_report(collect([tmp_path / "runs"]), tmp_path / "report")
+    md = written["report.md"].read_text()
+    assert "test miou (final)" in md and "masks.png" in md and "top1" not in md
+    with Image.open(written["masks.png"]) as im:
+        assert im.size[0] > 4 * 100  # four columns: image, ground truth, teacher, student

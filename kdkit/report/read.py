@@ -76,8 +76,16 @@ class Run:
         net = (self.final or {}).get("deployed", "student")
         return "" if net == "student" else f"{net}/"
 
-    def metric(self, split: str, name: str = "top1") -> str:
-        return f"{split}/{self.deployed}{name}"
+    @property
+    def primary(self) -> str:
+        """The metric of the run's task that best.pt is chosen on (``top1``, ``miou``)."""
+        from ..tasks import TASKS
+
+        task = self.config.get("task", "classification")
+        return TASKS.get(task).primary if isinstance(task, str) and task in TASKS else "top1"
+
+    def metric(self, split: str, name: str | None = None) -> str:
+        return f"{split}/{self.deployed}{name or self.primary}"
 
     @property
     def recipe(self) -> str:
@@ -89,6 +97,12 @@ class Run:
 @dataclass
 class Report:
     runs: list[Run] = field(default_factory=list)
+
+    @property
+    def primary(self) -> str:
+        """The runs' primary metric (``top1``, ``miou``), or ``primary metric`` when tasks are mixed."""
+        names = {r.primary for r in self.runs} or {"top1"}
+        return names.pop() if len(names) == 1 else "primary metric"
     costs: list[dict[str, Any]] = field(default_factory=list)  # label, top1, params, macs, latency columns
     sources: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, why): read, found wrong, left out
@@ -191,7 +205,8 @@ def _cost_rows(data: Any, source: str) -> list[dict[str, Any]]:
 def _profile_row(data: dict[str, Any]) -> dict[str, Any]:
     """The cost row of one ``kdkit profile`` result: its medians as ``eager_b<B>_ms`` / ``ort_b<B>_ms``."""
     row = {"run": f"{data.get('model', '?')} ({data.get('net', 'student')}, {data.get('checkpoint', '?')})",
-           **{k: data.get(k) for k in ("params", "macs", "test_top1")}}
+           **{k: data.get(k) for k in ("params", "macs")},
+           "test_top1": data.get(f"test_{data.get('test_metric', 'top1')}")}  # the task's primary metric
     for batch, timings in data["latency"].items():
         if not isinstance(timings, dict) or not all(isinstance(t, dict) for t in timings.values()):
             raise Skipped(f"latency of batch {printable(batch, 20)} is not a mapping of timings")

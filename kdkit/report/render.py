@@ -38,15 +38,17 @@ def plots(report: Report) -> dict[str, bytes]:
         fig, axes = plt.subplots(1, 3, figsize=(15, 4.5), dpi=100)
         for r in runs:
             ep = [e.get("epoch") for e in r.epochs]
-            nets = sorted({k for e in r.epochs for k in e if k.startswith("val/") and k.endswith("/top1")})
+            p = r.primary
+            nets = sorted({k for e in r.epochs for k in e if k.startswith("val/") and k.endswith("/" + p)})
             for k in nets:
-                name = k[4:-5] or "student"
+                name = k[4:-len(p) - 1] or "student"
                 axes[0].plot(ep, [e.get(k, math.nan) for e in r.epochs], marker=".",
-                             label=_label(r.name if k == "val/top1" else f"{r.name} {name}"),
-                             linestyle="-" if k == "val/top1" else ":")
+                             label=_label(r.name if k == f"val/{p}" else f"{r.name} {name}"),
+                             linestyle="-" if k == f"val/{p}" else ":")
             axes[1].plot(ep, [e.get("train/loss", math.nan) for e in r.epochs], marker=".", label=_label(r.name))
             axes[2].plot(ep, [e.get("lr", math.nan) for e in r.epochs], marker=".", label=_label(r.name))
-        for ax, title in zip(axes, ("validation top-1 (%) per network", "training loss (total)", "learning rate")):
+        for ax, title in zip(axes, (f"validation {report.primary} (%) per network", "training loss (total)",
+                                    "learning rate")):
             ax.set_title(title, fontsize=10)
             ax.set_xlabel("epoch")
             ax.grid(True, alpha=0.3)
@@ -76,6 +78,15 @@ def plots(report: Report) -> dict[str, bytes]:
                        "top1": c.get("top1") or math.nan, "top1_std": c.get("top1_std")} for c in report.costs]
             out["accuracy_latency.png"] = accuracy_latency_png(points, f"{key[:-3].replace('_', ' ')} (ms)",
                                                                "accuracy against latency")
+    seg = next((r for r in runs if r.primary == "miou" and r.final), None)
+    if seg is not None:  # one finished segmentation run's test pictures
+        from ..errors import KdkitError
+        from .masks import mask_grid_png
+
+        try:
+            out["masks.png"] = mask_grid_png(seg.path)
+        except (KdkitError, OSError) as e:
+            report.skipped.append((str(seg.path), f"no picture grid: {e}"))
     if report.sweeps:
         from .sweeps import history_png
 
@@ -96,15 +107,16 @@ def tables(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) of every table, shared by the HTML page, the Markdown and the terminal."""
     out = []
     g = group_rows(report)
+    m = report.primary
     if g:
         out.append(("Comparison by recipe (mean ± std over the runs of a recipe; (n) = runs)",
-                    ["recipe", "runs", "finished", "test top1 (final)", "val top1 (last epoch)",
-                     "val top1 (best epoch)", "best epochs", "test agreement"],
+                    ["recipe", "runs", "finished", f"test {m} (final)", f"val {m} (last epoch)",
+                     f"val {m} (best epoch)", "best epochs", "test agreement"],
                     [[r["group"], str(len(r["runs"])) + (f" (+{len(r['copies'])} copies)" if r["copies"] else ""),
                       str(r["finished"]), fmt(r["test_top1"]), fmt(r["val_last"]),
                       fmt(r["val_best"]), ", ".join(str(e) for e in r["best_epochs"]), fmt(r["agreement"])]
                      for r in g]))
-        out.append(("Runs", ["run", "status", "recipe", "seed", "test top1", "val top1 (last)", "deployed", "path"],
+        out.append(("Runs", ["run", "status", "recipe", "seed", f"test {m}", f"val {m} (last)", "deployed", "path"],
                     [[r.name, r.status, label, str(r.config.get("train.seed", "-")),
                       f"{(r.final or {}).get(r.metric('test'), math.nan):.2f}" if r.final else "-",
                       f"{r.epochs[-1].get(r.metric('val'), math.nan):.2f}" if r.epochs else "-",
@@ -120,7 +132,8 @@ def tables(report: Report) -> list[tuple[str, list[str], list[list[str]]]]:
                         ["key", *[r.name for r in report.runs]], [[k, *[str(v) for v in vals]] for k, vals in diffs]))
     if report.costs:
         lat = sorted({k for c in report.costs for k in c if k.endswith("_ms")})
-        out.append(("Size, cost and speed", ["network", "test top1", "params", "MACs", *[k[:-3] + " ms" for k in lat],
+        out.append(("Size, cost and speed", ["network", f"test {report.primary}", "params", "MACs",
+                                             *[k[:-3] + " ms" for k in lat],
                                              "source"],
                     [[c["label"], "-" if c.get("top1") is None else f"{c['top1']:.2f}"
                       + (f" ± {c['top1_std']:.2f}" if c.get("top1_std") else ""),
@@ -188,7 +201,8 @@ def write_report(report: Report, out: str | Path) -> dict[str, Path]:
         page += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows] + ["</table>"]
     captions = {"curves.png": "Learning curves", "loss_terms.png": "Every named loss term (first run of each recipe)",
                 "accuracy_latency.png": "Accuracy against latency",
-                "sweep_history.png": "Optimisation history of each sweep"}
+                "sweep_history.png": "Optimisation history of each sweep",
+                "masks.png": "Test images: ground truth and predicted masks (a segmentation run)"}
     for name, data in figures.items():
         md += [f"## {captions[name]}", "", f"![{captions[name]}]({name})", ""]
         page += [f"<h2>{captions[name]}</h2>",
