@@ -384,3 +384,15 @@ def test_report_shows_miou_and_the_picture_grid(tmp_path):
     assert "test miou (final)" in md and "masks.png" in md and "top1" not in md
     with Image.open(written["masks.png"]) as im:
         assert im.size[0] > 4 * 100  # four columns: image, ground truth, teacher, student
+
+
+def test_checkpoint_records_class_count_and_output_stride(tmp_path):
+    from kdkit.engine.checkpoint import load_checkpoint
+
+    _write_folder(tmp_path / "d")
+    from_config(_seg_cfg(tmp_path, tmp_path / "d"), log=lambda m: None).fit()
+    rec = load_checkpoint(tmp_path / "run/checkpoint.pt")["model"]
+    assert rec["num_classes"] == 3 and rec["output_stride"] == 8 and rec["name"] == "unet_w8"
+    from kdkit import create_model
+
+    assert create_model("deeplabv3_resnet8x4", num_classes=3, in_channels=1).output_stride == 4

@@ -138,13 +138,13 @@ class Trainer:
         ds, spec, d = self.loaders.dataset, self.cfg.model, self.distiller
         networks = {name: {"model": model_record(self.specs[name].name, self.specs[name].kwargs,
                                                  records(peer, self.built.peer_transforms.get(name, [])),
-                                                 **self.task.record(ds)),
+                                                 **self.task.record(ds), **self.task.network_record(peer)),
                            "weights": peer.state_dict()} for name, peer in d.peers.items()}
         return {
             "format": FORMAT, "version": VERSION,
             "config": config_dict(self.cfg),
             "model": model_record(spec.name, spec.kwargs, records(d.student, self.built.transforms),
-                                  **self.task.record(ds)),
+                                  **self.task.record(ds), **self.task.network_record(d.student)),
             "student": self.distiller.student.state_dict(),
             "distiller": self.distiller.state_dict(),
             "optimizer": self.optimizer.state_dict(),

@@ -112,7 +112,8 @@ class DeepLabV3(nn.Module):
             raise ValueError(f"deeplabv3: {backbone} has no convolutional trunk before its pooling")
         self.backbone = nn.Sequential(OrderedDict(trunk))
         with torch.no_grad():
-            cin = self.backbone(torch.zeros(1, in_channels, 32, 32)).shape[1]
+            probe = self.backbone(torch.zeros(1, in_channels, 32, 32))
+        cin, self.output_stride = probe.shape[1], 32 // probe.shape[-1]
         self.aspp = ASPP(cin, channels)
         self.head = nn.Sequential(nn.Conv2d(channels, channels, 3, 1, 1, bias=False), nn.BatchNorm2d(channels),
                                   nn.ReLU(inplace=True), nn.Conv2d(channels, num_classes, 1))

@@ -68,6 +68,10 @@ class Task:
         """What a model record says of the network's input and output (checked when it is loaded)."""
         return {"in_channels": dataset.in_channels}
 
+    def network_record(self, network) -> dict[str, Any]:
+        """What a checkpoint's model record adds about one trained network's output (beyond :meth:`record`)."""
+        return {}
+
     def check_output(self, shape: tuple[int, ...] | None, dataset, network: str) -> None:
         """Refuse, before training starts, a network whose probed output (without the batch dimension)
         cannot be this task's output on ``dataset``."""

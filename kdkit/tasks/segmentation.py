@@ -86,6 +86,12 @@ class Segmentation(Task):
     def record(self, dataset) -> dict[str, Any]:
         return {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels}
 
+    def network_record(self, network) -> dict[str, Any]:
+        """The output stride (the encoder's downsampling before the logits are upsampled), when the network
+        states it (kdkit's U-Nets and DeepLabV3 heads do)."""
+        stride = getattr(network, "output_stride", None)
+        return {"output_stride": int(stride)} if isinstance(stride, int) else {}
+
     def check_output(self, shape: tuple[int, ...] | None, dataset, network: str) -> None:
         want = (dataset.num_classes, *dataset.image_size)
         if shape != want:
