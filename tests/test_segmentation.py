@@ -396,3 +396,40 @@ def test_checkpoint_records_class_count_and_output_stride(tmp_path):
     from kdkit import create_model
 
     assert create_model("deeplabv3_resnet8x4", num_classes=3, in_channels=1).output_stride == 4
+
+
+class _DictNet(torch.nn.Module):
+    """A user's network in torchvision's segmentation form: ``{"out": logits, "aux": ...}``."""
+
+    def __init__(self, num_classes=3, in_channels=3):
+        super().__init__()
+        self.body = torch.nn.Conv2d(in_channels, 8, 3, padding=1)
+        self.cls = torch.nn.Conv2d(8, num_classes, 1)
+
+    def forward(self, x):
+        f = torch.relu(self.body(x))
+        return {"out": self.cls(f), "aux": f}
+
+
+def test_any_module_with_an_out_dict_is_a_student(tmp_path):
+    from kdkit import register_model
+    from kdkit.models import MODELS
+
+    if "seg_dict_net" not in MODELS:
+        register_model("seg_dict_net")(lambda num_classes=3, in_channels=3: _DictNet(num_classes, in_channels))
+    _write_folder(tmp_path / "d")
+    result = from_config(_seg_cfg(tmp_path, tmp_path / "d", model="seg_dict_net"), log=lambda m: None).fit()
+    assert 0.0 <= result["test/miou"] <= 100.0
+
+
+def test_export_and_profile_a_segmentation_network(tmp_path):
+    from kdkit.export import export_network, profile
+
+    _write_folder(tmp_path / "d")
+    from_config(_seg_cfg(tmp_path, tmp_path / "d"), log=lambda m: None).fit()
+    ckpt = tmp_path / "run/checkpoint.pt"
+    check = export_network(ckpt, None, "onnx", tmp_path / "m.onnx")
+    assert check["top1_agreement"] > 99.9 and check["max_abs_diff"] < 1e-3 and check["images"] == 12
+    assert check["torch_top1"] == pytest.approx(check["onnx_top1"], abs=0.1) and 0 <= check["torch_top1"] <= 100
+    p = profile(ckpt, batches=(1,), runs=2, onnx=False)
+    assert p["test_metric"] == "miou" and 0 <= p["test_miou"] <= 100 and p["macs"] > 0
