@@ -200,7 +200,8 @@ def main() -> int:
                 "(offline: resnet32x4 -> resnet8x4; online: ResNet-32), the anchor, not a target.", "",
                 f"Cost: {spent / 3600:.2f} h of training (the epochs' wall time over all trials and final runs, "
                 "teacher and regime runs not counted; on the 2-core development machine, at times beside other "
-                f"work); this invocation {(time.time() - t0) / 3600:.2f} h wall.", "", "## Regime", ""]
+                "work)" + ("" if args.write_only else f"; this invocation {(time.time() - t0) / 3600:.2f} h wall")
+                + ".", "", "## Regime", ""]
         text += lines_regime + ["## Ranking (by validation)", ""]
         head, cells = ranking_table(cfg.metric, rows)
         anchors = [ANCHORS.get(r["method"]) for r in rows]
