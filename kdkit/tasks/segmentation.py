@@ -83,7 +83,15 @@ class Segmentation(Task):
             out["agreement"] = 100.0 * agree / n
         return out
 
+    num_classes: int | None = None  # known once a dataset was seen (record, check_output)
+
+    def empty_counts(self) -> Tensor:
+        """No batch (a rank whose evaluation shard is empty): zeros of the same length as every other rank's
+        counts, so that they can be summed."""
+        return torch.zeros(len(self.counts) + (self.num_classes or 0) ** 2, dtype=torch.float64)
+
     def record(self, dataset) -> dict[str, Any]:
+        self.num_classes = dataset.num_classes
         return {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels}
 
     def network_record(self, network) -> dict[str, Any]:
@@ -93,6 +101,7 @@ class Segmentation(Task):
         return {"output_stride": int(stride)} if isinstance(stride, int) else {}
 
     def check_output(self, shape: tuple[int, ...] | None, dataset, network: str) -> None:
+        self.num_classes = dataset.num_classes
         want = (dataset.num_classes, *dataset.image_size)
         if shape != want:
             got = "no tensor" if shape is None else f"outputs of shape {list(shape)} per image"
