@@ -24,8 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from kdkit import from_config, load_config
-from kdkit.build import resume
+from kdkit.build import trainer_in
 from kdkit.sweep import parse_sweep
 from kdkit.sweep.compare import RANKING_NUMERIC, markdown_table, ranking_table
 
@@ -73,12 +72,7 @@ def train_once(recipe: dict[str, Any], run_dir: Path, read_only: bool = False) -
         if not rows or not rows[-1].get("final"):
             raise SystemExit(f"--write-only: {run_dir} has not finished yet")
         return rows
-    if (run_dir / "checkpoint.pt").is_file():
-        resume(run_dir, log=lambda m: None).fit()
-    else:
-        recipe = json.loads(json.dumps(recipe))
-        recipe["train"].update({"out_dir": str(run_dir.parent), "run_name": run_dir.name, "existing": "overwrite"})
-        from_config(load_config(base=recipe), log=lambda m: None).fit()
+    trainer_in(run_dir, recipe, log=lambda m: None).fit()
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
 
 

@@ -148,6 +148,24 @@ def resume(run_dir: str | Path, epochs: int | None = None, **kwargs: Any) -> Tra
     return trainer
 
 
+def trainer_in(run_dir: str | Path, recipe: dict[str, Any] | Callable[[], dict[str, Any]], **kwargs: Any) -> Trainer:
+    """The trainer of the run kept in ``run_dir``: resumed from its checkpoint when there is one (a finished
+    run then trains nothing), else ``recipe`` (a config mapping, or a function making it) started in that
+    folder, replacing whatever a run killed before its first checkpoint left there. ``kwargs`` as for
+    :func:`from_config`. Resumable tables and sweeps train every run through it."""
+    import json
+
+    from .config import load_config
+
+    run_dir = Path(run_dir)
+    if (run_dir / "checkpoint.pt").is_file():
+        return resume(run_dir, **kwargs)
+    data = json.loads(json.dumps(recipe() if callable(recipe) else recipe))
+    data["train"] = {**(data.get("train") or {}), "out_dir": str(run_dir.parent), "run_name": run_dir.name,
+                     "existing": "overwrite"}
+    return from_config(load_config(base=data), **kwargs)
+
+
 def export_branch(checkpoint: str | Path, branch: int, out: str | Path, net: str | None = None) -> Path:
     """Write trunk + branch ``branch`` of a branched network (model transform ``branch``) of a run's
     checkpoint as a plain network's kdkit checkpoint: the zoo model without the branch transform, its

@@ -64,17 +64,17 @@ def test_a_killed_sweep_continues_to_the_same_trials(tmp_path):
     real = sweep_mod._run_trial
     calls = []
 
-    def dying(cfg, trial, params, run_dir, from_config_, resume_, **kw):
+    def dying(cfg, trial, params, run_dir, trainer_in, **kw):
         calls.append(trial.number)
         if trial.number == 3:  # killed during trial 3's second epoch
             def stop(trainer, epoch, metrics):
                 if epoch == 2:
                     raise KeyboardInterrupt
 
-            def from_config_stop(c, **kw):
-                return from_config_(c, **{**kw, "callbacks": [*kw["callbacks"], stop]})
-            return real(cfg, trial, params, run_dir, from_config_stop, resume_, **kw)
-        return real(cfg, trial, params, run_dir, from_config_, resume_, **kw)
+            def trainer_in_stop(run_dir, recipe, **kw):
+                return trainer_in(run_dir, recipe, **{**kw, "callbacks": [*kw["callbacks"], stop]})
+            return real(cfg, trial, params, run_dir, trainer_in_stop, **kw)
+        return real(cfg, trial, params, run_dir, trainer_in, **kw)
 
     sweep_mod._run_trial = dying
     try:

@@ -8,7 +8,6 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from ..config import load_config
 from ..engine.checkpoint import write_atomic
 from ..errors import ConfigError
 from ..yamlio import load_yaml
@@ -22,7 +21,7 @@ def final_runs(cfg: SweepConfig, best: dict[str, Any], log: Any = print) -> list
     """``best.yaml`` trained with each of ``cfg.seeds``, measured on test; one row per seed. The run with
     the recipe's own seed is the best trial's run itself (training from ``best.yaml`` reproduces it
     exactly); finished runs are read, not trained again. Written to ``final.json``."""
-    from ..build import from_config, resume
+    from ..build import trainer_in
 
     out = Path(cfg.out)
     recipe = load_yaml(out / "best.yaml")
@@ -34,13 +33,8 @@ def final_runs(cfg: SweepConfig, best: dict[str, Any], log: Any = print) -> list
             run_dir = trial_dir(out, best["number"])
         else:
             run_dir = out / "final" / f"trial-{best['number']:04d}-seed{seed}"
-        if (run_dir / "checkpoint.pt").is_file():
-            final = resume(run_dir, log=lambda m: None).fit()
-        else:
-            data = json.loads(json.dumps(recipe))
-            data["train"].update({"seed": seed, "out_dir": str(run_dir.parent), "run_name": run_dir.name,
-                                  "existing": "overwrite", "progress": False})
-            final = from_config(load_config(base=data), log=lambda m: None).fit()
+        data = {**recipe, "train": {**recipe["train"], "seed": seed, "progress": False}}
+        final = trainer_in(run_dir, data, log=lambda m: None).fit()
         row = {"seed": seed, "run": str(run_dir), **{k: v for k, v in final.items() if k.startswith("test/")}}
         rows.append(row)
         log(f"{cfg.name}: final run, seed {seed}: {primary} {row.get(primary, float('nan')):.4g}")

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..config import load_config
 from ..engine.checkpoint import write_atomic
 from ..errors import ConfigError, KdkitError
 from .space import SweepConfig, grid_points, trial_config
@@ -142,7 +141,7 @@ def _work(cfg: SweepConfig, log: Log, storage: str | None, live: LiveLine | None
     """Trials until the sweep has its count: this process's share of the work."""
     import optuna
 
-    from ..build import from_config, resume
+    from ..build import trainer_in
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     out = Path(cfg.out)
@@ -159,7 +158,7 @@ def _work(cfg: SweepConfig, log: Log, storage: str | None, live: LiveLine | None
             run_dir = trial_dir(out, trial.number)
             head = f"trial {trial.number}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
             show = (lambda t, h=head: live.update(f"{h}: {t}")) if live else None
-            state, value = _run_trial(cfg, trial, params, run_dir, from_config, resume, show=show)
+            state, value = _run_trial(cfg, trial, params, run_dir, trainer_in, show=show)
             if (run_dir / "config.yaml").is_file():  # best.yaml from any machine that shares the study
                 trial.set_user_attr("config", (run_dir / "config.yaml").read_text())
             study.tell(trial, value if state == done.COMPLETE else None, state=state)
@@ -239,8 +238,8 @@ def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
 
 
-def _run_trial(cfg: SweepConfig, trial: Any, params: dict[str, Any], run_dir: Path, from_config: Any,
-               resume: Any, show: Callable[[str], None] | None = None) -> tuple[Any, float | None]:
+def _run_trial(cfg: SweepConfig, trial: Any, params: dict[str, Any], run_dir: Path, trainer_in: Any,
+               show: Callable[[str], None] | None = None) -> tuple[Any, float | None]:
     """One trial: a kdkit run reporting the metric every epoch (and ``show``-ing it); pruned, failed
     (diverged) or complete."""
     import optuna
@@ -263,12 +262,7 @@ def _run_trial(cfg: SweepConfig, trial: Any, params: dict[str, Any], run_dir: Pa
 
     quiet = {"log": lambda m: None, "callbacks": [report]}
     try:
-        if (run_dir / "checkpoint.pt").is_file():
-            trainer = resume(run_dir, **quiet)
-        else:
-            data = trial_config(cfg, params, run_dir)
-            trainer = from_config(load_config(base=data), **quiet)
-        trainer.fit()
+        trainer_in(run_dir, lambda: trial_config(cfg, params, run_dir), **quiet).fit()
     except optuna.TrialPruned:
         return optuna.trial.TrialState.PRUNED, None
     except (DivergedError, NonFiniteLossError):
