@@ -71,6 +71,14 @@ def test_metrics_agree_with_torchmetrics():
                                            rel=1e-6)
 
 
+def test_a_class_id_beyond_the_network_is_a_clear_error():
+    task = create_task("segmentation")
+    target = torch.zeros(1, 4, 4, dtype=torch.long)
+    target[0, 0, 0] = 7
+    with pytest.raises(ConfigError, match="a mask holds class id 7, but the network predicts 3 classes"):
+        task.eval_counts(torch.zeros(1, 3, 4, 4), target, None)
+
+
 def test_miou_skips_absent_classes():
     task = create_task("segmentation")
     target = torch.zeros(1, 4, 4, dtype=torch.long)

@@ -30,7 +30,11 @@ def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
     (``pred``, ``target``: ``[B, H, W]`` class ids)."""
     keep = target != IGNORE
     index = target[keep].long() * num_classes + pred[keep].long()
-    return torch.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    counts = torch.bincount(index, minlength=num_classes * num_classes)
+    if counts.numel() > num_classes * num_classes:
+        raise ConfigError(f"a mask holds class id {int(target[keep].max())}, but the network predicts {num_classes} "
+                          f"classes (ids 0-{num_classes - 1}; {IGNORE} = ignore)")
+    return counts.reshape(num_classes, num_classes)
 
 
 def iou_per_class(conf: Tensor) -> Tensor:
@@ -55,7 +59,11 @@ class Segmentation(Task):
 
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         target = target.long()
-        total = F.cross_entropy(output.float(), target, ignore_index=IGNORE, reduction="sum")
+        try:
+            total = F.cross_entropy(output.float(), target, ignore_index=IGNORE, reduction="sum")
+        except IndexError as e:  # on the CPU; CUDA stops at a device-side assertion instead
+            raise ConfigError(f"a mask holds a class id the network does not predict ({e}); ids are "
+                              f"0-{output.shape[1] - 1}, {IGNORE} = ignore") from None
         return total / (target != IGNORE).sum().clamp_min(1)
 
     def eval_counts(self, output: Tensor, target: Tensor, teacher_output: Tensor | None) -> Tensor:
@@ -64,9 +72,9 @@ class Segmentation(Task):
         keep = target != IGNORE
         agree = ((teacher_output.argmax(1) == pred) & keep).sum().float() if teacher_output is not None \
             else output.new_zeros(())
+        conf = confusion_matrix(pred, target, output.shape[1]).flatten().float()  # first: checks the ids
         head = torch.stack([keep.sum().float(), F.cross_entropy(output, target, ignore_index=IGNORE,
                                                                  reduction="sum"), agree])
-        conf = confusion_matrix(pred, target, output.shape[1]).flatten().float()
         return torch.cat([head, conf]).double()
 
     def metrics(self, counts: list[float], with_teacher: bool) -> dict[str, float]:
