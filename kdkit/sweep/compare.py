@@ -43,18 +43,19 @@ def final_runs(cfg: SweepConfig, best: dict[str, Any], log: Any = print) -> list
     return rows
 
 
-def method_configs(cfg: SweepConfig) -> list[SweepConfig]:
-    """Each method's search: its own sweep file, checked whole before any trial runs."""
+def method_configs(cfg: SweepConfig) -> dict[str, SweepConfig]:
+    """Each method's search, by method name in the comparison's order: its own sweep file, checked whole
+    before any trial runs."""
     from .methods import method_recipe, method_space
 
-    subs = []
+    subs = {}
     for name in cfg.methods or []:
         data = {"base": method_recipe(cfg.base, name, cfg.method_settings.get(name)),
                 "space": method_space(cfg.base, name), "trials": cfg.trials, "sampler": cfg.sampler,
                 "pruner": cfg.pruner, "pruner_warmup": cfg.pruner_warmup, "metric": cfg.metric, "seed": cfg.seed,
                 "out": str(Path(cfg.out) / name),
                 "name": f"{cfg.name}-{name}", "seeds": cfg.seeds or DEFAULT_SEEDS}
-        subs.append(parse_sweep(data, f"{cfg.source} ({name})"))
+        subs[name] = parse_sweep(data, f"{cfg.source} ({name})")
     teacher = cfg.base.get("teacher")
     ckpt = teacher.get("checkpoint") if isinstance(teacher, dict) else None
     if ckpt and "://" not in str(ckpt) and not Path(ckpt).is_file():
@@ -74,8 +75,7 @@ def run_methods(cfg: SweepConfig, log: Any = print, storage: str | None = None, 
     subs = method_configs(cfg)
     results: dict[str, dict[str, Any]] = {}
     rows: list[dict[str, Any]] = []
-    for i, sub in enumerate(subs):
-        method = sub.name[len(cfg.name) + 1:]
+    for i, (method, sub) in enumerate(subs.items()):
         log(f"== {method}: {sub.trials} trials over {', '.join(p.key for p in sub.space)}")
         try:
             best = search(sub, log=log, storage=storage, workers=workers)
@@ -85,7 +85,7 @@ def run_methods(cfg: SweepConfig, log: Any = print, storage: str | None = None, 
             best = None
         results[method] = {"sub": sub, "best": best, "final": (best or {}).get("final", [])}
         rows = rank(cfg, results)
-        pending = [s.name[len(cfg.name) + 1:] for s in subs[i + 1:]]
+        pending = list(subs)[i + 1:]
         write_ranking(cfg, rows, pending)
         if after is not None:
             after(rows, pending)
@@ -96,8 +96,7 @@ def read_methods(cfg: SweepConfig) -> tuple[list[dict[str, Any]], list[str]]:
     """The ranking from what the method searches have written so far (nothing is trained): methods with a
     ``final.json`` are ranked, the others are pending."""
     results, pending = {}, []
-    for sub in method_configs(cfg):
-        method = sub.name[len(cfg.name) + 1:]
+    for method, sub in method_configs(cfg).items():
         final = Path(sub.out) / "final.json"
         if final.is_file():
             data = json.loads(final.read_text())
