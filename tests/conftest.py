@@ -64,3 +64,42 @@ def killed_and_resumed(cfg: dict, tmp_path) -> dict:
     a, b = (load_checkpoint(tmp_path / d / "checkpoint.pt")["distiller"] for d in ("full", "cut"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     return result
+
+
+def _rank_worker(rank: int, world: int, port: int, cfg: dict, run_dir: str, out: str) -> None:
+    import json
+    import os
+    from pathlib import Path
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from kdkit import distributed, from_config
+
+    try:
+        trainer = from_config(load_config(base=cfg), run_dir=run_dir, log=lambda m: None)
+        result = trainer.fit()
+        torch.save(trainer.distiller.state_dict(), Path(out) / f"rank{rank}.pt")
+        (Path(out) / f"rank{rank}.json").write_text(json.dumps(result))
+        distributed.cleanup(wait=True)
+    finally:
+        distributed.cleanup()
+
+
+def train_ranks(cfg: dict, tmp_path, world: int = 2) -> tuple[list[dict], dict]:
+    """Train ``cfg`` with ``world`` DDP ranks (gloo, spawned processes) in ``tmp_path/ddp``: every rank's final
+    distiller state, and rank 0's result."""
+    import json
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ranks"
+    out.mkdir()
+    mp.start_processes(_rank_worker, args=(world, port, cfg, str(tmp_path / "ddp"), str(out)), nprocs=world,
+                       start_method="spawn")
+    states = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(world)]
+    return states, json.loads((out / "rank0.json").read_text())

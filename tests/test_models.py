@@ -31,7 +31,11 @@ def test_every_model_forward_shapes(name):
     m.train()
     out = m(torch.randn(2, c, hw, hw))
     dense = name.startswith(("unet", "deeplabv3_"))  # segmentation: logits per pixel at the input's size
-    assert out.shape == ((2, 7, hw, hw) if dense else (2, 7))
+    if name.startswith("gfl"):  # detection: per point, 7 class logits and 4 x 17 box bins
+        points = sum((-(-hw // s)) ** 2 for s in m.strides)
+        assert out.shape == (2, points, 7 + 4 * 17)
+    else:
+        assert out.shape == ((2, 7, hw, hw) if dense else (2, 7))
     out.sum().backward()
     assert all(p.grad is not None for p in m.parameters())
 

@@ -343,33 +343,11 @@ def test_holistic_run_killed_and_resumed_is_bit_identical(tmp_path):
     assert moved
 
 
-def _seg_worker(rank: int, world: int, port: int, cfg: dict, run_dir: str, out: str) -> None:
-    import json
-    import os
-
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    from kdkit import distributed
-
-    try:
-        trainer = from_config(load_config(base=cfg), run_dir=run_dir, log=lambda m: None)
-        result = trainer.fit()
-        torch.save(trainer.distiller.state_dict(), Path(out) / f"rank{rank}.pt")
-        (Path(out) / f"rank{rank}.json").write_text(json.dumps(result))
-        distributed.cleanup(wait=True)
-    finally:
-        distributed.cleanup()
-
-
 def test_two_gloo_ranks_count_the_same_confusion_matrix_as_one_process(tmp_path):
     """skd_holistic under 2-rank DDP (gloo): the ranks end identical (the critic's gradients averaged over
     them), and the test metrics from the confusion matrix summed over the ranks' shards equal one process
     evaluating rank 0's weights on the whole test set."""
-    import json
-    import socket
-
-    import torch.multiprocessing as mp
+    from conftest import train_ranks
 
     from kdkit.engine.evaluate import evaluate
 
@@ -381,15 +359,8 @@ def test_two_gloo_ranks_count_the_same_confusion_matrix_as_one_process(tmp_path)
            "data": {"name": "seg_folder", "root": str(tmp_path / "d"), "image_size": 32, "batch_size": 4,
                     "eval_batch_size": 1},
            "train": {"epochs": 1, "progress": False}}
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    (tmp_path / "w").mkdir()
-    mp.start_processes(_seg_worker, args=(2, port, cfg, str(tmp_path / "ddp"), str(tmp_path / "w")), nprocs=2,
-                       start_method="spawn")
-    ranks = [torch.load(tmp_path / "w" / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    ranks, ddp = train_ranks(cfg, tmp_path)
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
-    ddp = json.loads((tmp_path / "w" / "rank0.json").read_text())
     single = from_config(load_config(base=cfg), run_dir=tmp_path / "single", log=lambda m: None)
     single.distiller.load_state_dict(ranks[0])
     metrics = evaluate(single.distiller.student, single.loaders.test, task=single.task)

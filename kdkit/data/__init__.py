@@ -71,6 +71,22 @@ def _fashion_canvas(cfg: DataConfig) -> Dataset:
     return load_canvas_dataset(cfg)
 
 
+@register_dataset("fashion_canvas_boxes")
+def _fashion_canvas_boxes(cfg: DataConfig) -> Dataset:
+    """Detection: the fashion_canvas canvases with the boxes of their visible garments (10 classes, 10k/2k)."""
+    from .canvas import load_canvas_boxes
+
+    return load_canvas_boxes(cfg)
+
+
+@register_dataset("coco_folder")
+def _coco_folder(cfg: DataConfig) -> Dataset:
+    """Detection, your own data in the COCO format: data.root with train.json, test.json and the images."""
+    from .coco import load_coco_folder
+
+    return load_coco_folder(cfg)
+
+
 @register_dataset("seg_folder")
 def _seg_folder(cfg: DataConfig) -> Dataset:
     """Segmentation, your own images and PNG masks: data.root with images/ and masks/ (or a VOC tree)."""

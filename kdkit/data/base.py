@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
 from .. import batch as batch_protocol
+from ..errors import DatasetError
 
 
 @dataclass
@@ -73,6 +75,27 @@ def channel_stats(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]
     """Per-channel mean and std of images (uint8, or floats in [0, 1]), on the [0, 1] scale."""
     x = images.transpose(0, 1).reshape(images.shape[1], -1).double() / (255.0 if images.dtype == torch.uint8 else 1.0)
     return tuple(x.mean(1).tolist()), tuple(x.std(1).clamp_min(1e-6).tolist())
+
+
+def root_folder(root: str | None, name: str, holds: str) -> Path:
+    """``data.root`` as an existing folder, or a DatasetError saying what dataset ``name`` needs there."""
+    if root is None:
+        raise DatasetError(f"{name} needs data.root: the folder of {holds}")
+    path = Path(root).expanduser()
+    if not path.is_dir():
+        raise DatasetError(f"data.root {path} is not a folder")
+    return path
+
+
+def colour_mode(paths: Iterable[Path]) -> str:
+    """``"L"`` when every image file is greyscale, else ``"RGB"`` (what a folder's images are read as)."""
+    from PIL import Image
+
+    for path in paths:
+        with Image.open(path) as im:
+            if im.mode not in ("L", "1", "I;16"):
+                return "RGB"
+    return "L"
 
 
 def as_labels(values) -> Tensor:

@@ -68,6 +68,29 @@ def random_scale(x: Tensor, scales: Tensor, mask: bool = False) -> Tensor:
     return torch.where(shifted == 0, IGNORE, shifted.long() - 1)
 
 
+def move_boxes(y: Tensor, p: dict[str, Tensor], size: tuple[int, int], padding: int, flip: bool) -> Tensor:
+    """Detection targets ``[B, M, 5]`` (class, x1, y1, x2, y2) moved as :func:`random_scale`,
+    :func:`random_crop` and :func:`random_flip` move their images (in that order, with the same parameters
+    ``p``); boxes clipped to the image, and a box left empty marked as padding (-1)."""
+    h, w = size
+    cls, box = y[..., :1], y[..., 1:].clone()
+    real = cls >= 0
+    if "scales" in p:
+        s = p["scales"].to(y.device, y.dtype)[:, None, None]
+        centre = box.new_tensor([w / 2, h / 2, w / 2, h / 2])
+        box = (box - centre) * s + centre
+    if "offsets" in p and padding > 0:
+        off = p["offsets"].to(y.device, y.dtype)  # [2, B]: rows, columns
+        shift = torch.stack([padding - off[1], padding - off[0]], 1)  # [B, 2]: x, y
+        box = box + shift.repeat(1, 2)[:, None, :]
+    if flip and "flips" in p:
+        flipped = torch.stack([w - box[..., 2], box[..., 1], w - box[..., 0], box[..., 3]], -1)
+        box = torch.where(p["flips"].to(y.device)[:, None, None], flipped, box)
+    box = torch.minimum(box.clamp_min(0), box.new_tensor([w, h, w, h]))
+    keep = real & ((box[..., 2:3] - box[..., 0:1]) > 0) & ((box[..., 3:4] - box[..., 1:2]) > 0)
+    return torch.where(keep, torch.cat([cls, box], -1), torch.full_like(y, -1.0))
+
+
 def cutout(x: Tensor, size: int, centers: Tensor) -> Tensor:
     """Cutout (DeVries & Taylor, "Improved Regularization of Convolutional Neural Networks with Cutout",
     2017): zero a ``size`` x ``size`` square centred at ``centers`` ``[2, B]`` (clipped at the borders) in
@@ -127,7 +150,9 @@ class BatchLoader:
         self.data, self.batch_size, self.shuffle = data, batch_size, shuffle
         self.crop_padding, self.flip, self.cutout, self.num_workers = crop_padding, flip, cutout, num_workers
         self.scale = scale  # random zoom range (segmentation: images and masks move together)
-        self.dense = data.labels.dim() > 1  # masks [N, H, W]: augmented with their images
+        # masks [N, H, W] (integers) and boxes [N, M, 5] (floats) are augmented with their images
+        self.boxes = data.labels.dim() == 3 and data.labels.is_floating_point()
+        self.dense = data.labels.dim() > 1 and not self.boxes
         self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
         self.channels_last = channels_last
@@ -146,8 +171,9 @@ class BatchLoader:
         if views > 1 and not self.augments:
             raise ConfigError(f"data.views={views}: several views of a batch need training augmentation (data.augment "
                               "on, with a dataset that crops or flips, or data.cutout)")
-        if views > 1 and self.dense:
-            raise ConfigError("data.views: several views of a batch are for classification; masks follow one view")
+        if views > 1 and (self.dense or self.boxes):
+            raise ConfigError("data.views: several views of a batch are for classification; masks and boxes follow "
+                              "one view")
         if views > 1 and self.replay_views:
             raise ConfigError("data.views and data.replay_views cannot be combined: replayed views are one fixed "
                               "input per sample and epoch")
@@ -316,7 +342,10 @@ class BatchLoader:
 
     def _target(self, y: Tensor, p: dict[str, Tensor] | None) -> Tensor:
         """Stored labels -> the task's targets: class ids as they are; masks ``[B, H, W]`` as int64, moved by
-        the same crop, flip and zoom as their images (pixels from outside the image: ``IGNORE``)."""
+        the same crop, flip and zoom as their images (pixels from outside the image: ``IGNORE``); boxes moved
+        with them (:func:`move_boxes`)."""
+        if self.boxes:
+            return y if p is None else move_boxes(y, p, self.data_size, self.crop_padding, self.flip)
         if not self.dense:
             return y
         y = y.long()

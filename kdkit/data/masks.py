@@ -25,7 +25,7 @@ import torch
 from ..config import DataConfig
 from ..errors import DatasetError
 from ..tasks.segmentation import IGNORE
-from .base import Dataset, ImageSet, channel_stats
+from .base import Dataset, ImageSet, channel_stats, colour_mode, root_folder
 from .folder import EXTENSIONS
 
 
@@ -112,20 +112,9 @@ def _classes(root: Path, masks: list[torch.Tensor]) -> list[str]:
 
 
 def load_mask_folder(cfg: DataConfig) -> Dataset:
-    from PIL import Image
-
-    if cfg.root is None:
-        raise DatasetError("seg_folder needs data.root: the folder of images and masks")
-    root = Path(cfg.root).expanduser()
-    if not root.is_dir():
-        raise DatasetError(f"data.root {root} is not a folder")
+    root = root_folder(cfg.root, "seg_folder", "images and masks")
     split = _layout(root)
-    every = [p for pairs in split.values() for p, _ in pairs]
-    def is_grey(path: Path) -> bool:
-        with Image.open(path) as im:
-            return im.mode in ("L", "1", "I;16")
-
-    mode = "L" if all(is_grey(p) for p in every) else "RGB"
+    mode = colour_mode(p for pairs in split.values() for p, _ in pairs)
     (xtr, ytr), (xte, yte) = (_read(split[s], cfg.image_size, mode) for s in ("train", "test"))
     classes = _classes(root, [ytr, yte])
     mean, std = channel_stats(xtr)

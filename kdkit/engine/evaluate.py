@@ -26,18 +26,31 @@ def evaluate(model: torch.nn.Module, loader, teachers: Sequence[torch.nn.Module]
     task = task or create_task()
     was_training = model.training
     model.eval()
-    counts = None
+    counts, records, seen = None, [], 0
+    rank, world = (dist_info.rank, dist_info.world_size) if dist_info is not None and dist_info.enabled else (0, 1)
     device = next((p.device for p in model.parameters()), None)
     for batch in loader:
-        x, y, _ = task.split_batch(batch)
+        x, y, idx = task.split_batch(batch)
         if device is not None:  # a plain DataLoader's batches are on the CPU
             x, y = to_device(x, device), to_device(y, device)
+        if seen == 0:
+            task.bind(model, x)
         with autocast():
             output = pick_logits(call(model, x)).float()  # a plain model may return a tuple or dict
             t_output = torch.stack([call(t, x).float() for t in teachers]).mean(0) if teachers else None
-        batch_counts = task.eval_counts(output, y, t_output)
-        counts = batch_counts if counts is None else counts + batch_counts
+        if task.gathered:  # images keyed by sample index; a plain loader's by its rank's strided share
+            keys = idx if idx is not None else (seen + torch.arange(len(output))) * world + rank
+            records.append(task.eval_records(output, y, keys))
+        else:
+            batch_counts = task.eval_counts(output, y, t_output)
+            counts = batch_counts if counts is None else counts + batch_counts
+        seen += len(output)
     model.train(was_training)
+    if task.gathered:
+        rows = torch.cat(records) if records else task.empty_records().to(device or "cpu")
+        if dist_info is not None:
+            rows, = distributed.gather_batches(rows)
+        return task.metrics(rows, with_teacher=bool(teachers))
     if counts is None:
         counts = task.empty_counts()
     if dist_info is not None:

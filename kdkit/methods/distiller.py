@@ -85,6 +85,8 @@ class Distiller(nn.Module):
             example = (input_shape if tensors(input_shape) else  # an example batch: probe moves it
                        self.task.example_input(tuple(input_shape), _device(student)))
             nets = self.networks()
+            for net in nets.values():  # a task that needs the networks' layout (detection) takes it here
+                self.task.bind(unwrap(net), example)
             infos = {name: probe(net, example) for name, net in nets.items()}
             for name, info in infos.items():
                 model = type(unwrap(nets[name])).__name__

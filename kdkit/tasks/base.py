@@ -25,6 +25,9 @@ class Task:
     primary: ClassVar[str] = ""  # the validation metric best.pt is chosen on
     higher_is_better: ClassVar[bool] = True
     counts: ClassVar[tuple[str, ...]] = ()  # names of the summed evaluation counts
+    # evaluation gives records (rows concatenated over batches and gathered over ranks: eval_records),
+    # not summable counts (eval_counts); metrics then receives the records tensor
+    gathered: ClassVar[bool] = False
 
     def split_batch(self, batch: Any) -> tuple[Any, Any, Tensor | None]:
         """``(inputs, targets, sample indices)`` of a loader's batch (:mod:`kdkit.batch`: kdkit's
@@ -42,6 +45,19 @@ class Task:
     def eval_counts(self, output: Tensor, target: Any, teacher_output: Tensor | None) -> Tensor:
         """Counts of one batch, in the order of ``counts`` (float64; summed over batches and ranks)."""
         raise NotImplementedError
+
+    def eval_records(self, output: Tensor, target: Any, keys: Tensor) -> Tensor:
+        """Rows of one batch (a ``gathered`` task): float64 ``[n, D]``; ``keys`` ``[B]`` number the images
+        uniquely over the whole evaluation set and every rank (sample indices)."""
+        raise NotImplementedError
+
+    def empty_records(self) -> Tensor:
+        """The records of no batch at all (``[0, D]``)."""
+        raise NotImplementedError
+
+    def bind(self, network, inputs: Any) -> None:
+        """Learn what the task needs of a network before its outputs are used (detection: the points'
+        layout); called for every network of a run and before an evaluation. Nothing by default."""
 
     def empty_counts(self) -> Tensor:
         """The counts of no batch at all (an empty evaluation set)."""
