@@ -100,13 +100,37 @@ def onnx_session(path: str | Path, threads: int | None = None):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
+class _Session(nn.Module):
+    """An ONNX Runtime session as a module (for :func:`~kdkit.engine.evaluate.evaluate`)."""
+
+    def __init__(self, session):
+        super().__init__()
+        self.session = session
+
+    def forward(self, x):
+        return torch.from_numpy(self.session.run(None, batch_protocol.onnx_feed(x))[0])
+
+
 @torch.no_grad()
-def onnx_parity(model: nn.Module, path: str | Path, loader) -> dict[str, float]:
+def onnx_parity(model: nn.Module, path: str | Path, loader, task=None) -> dict[str, float]:
     """The ONNX file against the PyTorch model on every batch of ``loader``: the largest absolute logit
     difference, top-1 agreement (%), and each one's top-1 accuracy (%), per prediction: per image, or per
-    pixel for segmentation masks (their ignored pixels left out of the accuracies)."""
+    pixel for segmentation masks (their ignored pixels left out of the accuracies). For a task whose
+    evaluation gathers records (detection: argmax agreement means nothing there), each one's primary metric
+    instead: ``metric`` names it, ``torch_<metric>`` and ``onnx_<metric>``."""
     session = onnx_session(path)
     model = model.cpu().eval()
+    if task is not None and task.gathered:
+        from .engine.evaluate import evaluate
+
+        diff, images = 0.0, 0
+        for x, _, _ in loader:
+            x = batch_protocol.to_device(x, "cpu")
+            o = torch.from_numpy(session.run(None, batch_protocol.onnx_feed(x))[0]).float()
+            diff, images = max(diff, float((batch_protocol.call(model, x).float() - o).abs().max())), images + len(o)
+        p = task.primary
+        return {"max_abs_diff": diff, "metric": p, f"torch_{p}": evaluate(model, loader, task=task)[p],
+                f"onnx_{p}": evaluate(_Session(session), loader, task=task)[p], "images": images}
     diff, agree, hit_t, hit_o, n, m, images = 0.0, 0, 0, 0, 0, 0, 0
     for x, y, _ in loader:
         x, y = batch_protocol.to_device(x, "cpu"), y.cpu()
@@ -198,7 +222,7 @@ def profile(checkpoint: str | Path, net: str | None = None, batches: tuple[int, 
         if onnx:
             path = export_onnx(model, shape, Path(tmp) / "m.onnx")
             result["onnx_bytes"] = path.stat().st_size
-            result["onnx"] = onnx_parity(model, path, loaders.test)
+            result["onnx"] = onnx_parity(model, path, loaders.test, task)
             session = onnx_session(path, threads)
         for b in batches:
             x = timing_input(shape, b)
@@ -223,7 +247,17 @@ def export_network(source: str | Path, net: str | None, fmt: str, out: str | Pat
                                             batch_protocol.example(loaders.input_shape, 1))})
         return {"out": str(out)}
     export_onnx(model, loaders.input_shape, out)
-    return {"out": str(out), **onnx_parity(model, out, loaders.test)}
+    return {"out": str(out), **onnx_parity(model, out, loaders.test, create_task(cfg.task))}
+
+
+def parity_text(check: dict[str, Any]) -> str:
+    """What :func:`onnx_parity` found, in words."""
+    if "metric" in check:
+        m = check["metric"]
+        return (f"{m} {check['onnx_' + m]:.2f} vs {check['torch_' + m]:.2f}, max |output diff| "
+                f"{check['max_abs_diff']:.2e}")
+    return (f"accuracy {check['onnx_top1']:.2f} vs {check['torch_top1']:.2f}, top-1 agreement "
+            f"{check['top1_agreement']:.2f}%, max |logit diff| {check['max_abs_diff']:.2e}")
 
 
 def format_profile(p: dict[str, Any]) -> str:
@@ -233,9 +267,7 @@ def format_profile(p: dict[str, Any]) -> str:
              f"weights {p['weights_bytes'] / 1024:.0f} KiB"
              + (f", ONNX {p['onnx_bytes'] / 1024:.0f} KiB" if "onnx_bytes" in p else ""),
              f"test {metric} {p['test_' + metric]:.2f}"
-             + (f" (ONNX Runtime: accuracy {p['onnx']['onnx_top1']:.2f} vs {p['onnx']['torch_top1']:.2f}, top-1 "
-                f"agreement {p['onnx']['top1_agreement']:.2f}%, max |logit diff| {p['onnx']['max_abs_diff']:.2e})"
-                if "onnx" in p else ""),
+             + (f" (ONNX Runtime: {parity_text(p['onnx'])})" if "onnx" in p else ""),
              f"CPU latency, {p['threads']} thread(s), median / p90 ms:"]
     for b, row in p["latency"].items():
         timings = "; ".join(f"{k} {v['median_ms']:.3f} / {v['p90_ms']:.3f}" for k, v in row.items())

@@ -346,3 +346,42 @@ def test_two_gloo_ranks_give_the_same_map_as_one_process(tmp_path):
     single.distiller.load_state_dict(ranks[0])
     metrics = evaluate(single.distiller.student, single.loaders.test, task=single.task)
     assert metrics["map"] == ddp["test/map"] and metrics["ap50"] == ddp["test/ap50"] and metrics["map"] > 0
+
+
+@pytest.fixture(scope="module")
+def det_runs(tmp_path_factory):
+    """A gfl_w16 teacher and a gfl_w8 student distilled from it by logit matching (no detection method
+    needed: mse on the whole output), on a small COCO folder."""
+    tmp = tmp_path_factory.mktemp("det")
+    write_coco(tmp / "d")
+    fast = {"data": {"batch_size": 4}, "optim": {"lr": 0.05}, "train": {"epochs": 6}}
+    from_config(load_config(base=_det_cfg(tmp / "t", tmp / "d", model="gfl_w16", **fast)), log=lambda m: None).fit()
+    teacher = {"name": "gfl_w16", "checkpoint": str(tmp / "t/run/checkpoint.pt")}
+    method = {"name": "logit_mse", "weight": 0.1}
+    from_config(load_config(base=_det_cfg(tmp / "runs", tmp / "d", teacher=teacher, method=method, **fast)),
+                log=lambda m: None).fit()
+    return tmp
+
+
+def test_report_shows_map_and_the_box_grid(det_runs, tmp_path):
+    from PIL import Image
+
+    from kdkit.report import collect, write_report
+
+    written = write_report(collect([det_runs / "runs"]), tmp_path / "report")
+    md = written["report.md"].read_text()
+    assert "test map (final)" in md and "boxes.png" in md and "top1" not in md
+    with Image.open(written["boxes.png"]) as im:
+        assert im.size[0] > 4 * 100  # four columns: image, ground truth, teacher, student
+
+
+def test_export_onnx_gives_the_same_map_and_profile_reports_it(det_runs, tmp_path):
+    from kdkit.export import export_network, format_profile, profile
+
+    ckpt = det_runs / "t/run/checkpoint.pt"  # the teacher: trained on the boxes, it finds some
+    check = export_network(ckpt, None, "onnx", tmp_path / "m.onnx")
+    assert check["metric"] == "map" and check["max_abs_diff"] < 1e-3 and check["images"] == 8
+    assert check["onnx_map"] == pytest.approx(check["torch_map"], abs=0.5) and check["torch_map"] > 0
+    p = profile(ckpt, batches=(1,), runs=2, onnx=False)
+    assert p["test_metric"] == "map" and p["test_map"] == pytest.approx(check["torch_map"]) and p["macs"] > 0
+    assert "test map" in format_profile(p)

@@ -73,7 +73,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     import tempfile
 
     from ..build import export_branch
-    from ..export import export_network
+    from ..export import export_network, parity_text
 
     out = Path(args.out)
     fmt = args.format or {".onnx": "onnx", ".safetensors": "safetensors"}.get(out.suffix, "kdkit")
@@ -91,9 +91,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if fmt == "safetensors":
         print(f"written: {out}")
         return 0
-    print(f"written: {out} (ONNX Runtime against PyTorch on {check['images']} test images: max |logit diff| "
-          f"{check['max_abs_diff']:.2e}, top-1 agreement {check['top1_agreement']:.2f}%, top1 "
-          f"{check['onnx_top1']:.2f} vs {check['torch_top1']:.2f})")
+    print(f"written: {out} (ONNX Runtime against PyTorch on {check['images']} test images: {parity_text(check)})")
     return 0
 
 

@@ -78,15 +78,17 @@ def plots(report: Report) -> dict[str, bytes]:
                        "top1": c.get("top1") or math.nan, "top1_std": c.get("top1_std")} for c in report.costs]
             out["accuracy_latency.png"] = accuracy_latency_png(points, f"{key[:-3].replace('_', ' ')} (ms)",
                                                                "accuracy against latency")
-    seg = next((r for r in runs if r.primary == "miou" and r.final), None)
-    if seg is not None:  # one finished segmentation run's test pictures
-        from ..errors import KdkitError
-        from .masks import mask_grid_png
+    from .pictures import box_grid_png, mask_grid_png
 
-        try:
-            out["masks.png"] = mask_grid_png(seg.path)
-        except (KdkitError, OSError) as e:
-            report.skipped.append((str(seg.path), f"no picture grid: {e}"))
+    for primary, name, grid in (("miou", "masks.png", mask_grid_png), ("map", "boxes.png", box_grid_png)):
+        dense = next((r for r in runs if r.primary == primary and r.final), None)
+        if dense is not None:  # one finished dense run's test pictures
+            from ..errors import KdkitError
+
+            try:
+                out[name] = grid(dense.path)
+            except (KdkitError, OSError) as e:
+                report.skipped.append((str(dense.path), f"no picture grid: {e}"))
     if report.sweeps:
         from .sweeps import history_png
 
@@ -202,7 +204,8 @@ def write_report(report: Report, out: str | Path) -> dict[str, Path]:
     captions = {"curves.png": "Learning curves", "loss_terms.png": "Every named loss term (first run of each recipe)",
                 "accuracy_latency.png": "Accuracy against latency",
                 "sweep_history.png": "Optimisation history of each sweep",
-                "masks.png": "Test images: ground truth and predicted masks (a segmentation run)"}
+                "masks.png": "Test images: ground truth and predicted masks (a segmentation run)",
+                "boxes.png": "Test images: ground-truth and detected boxes (a detection run)"}
     for name, data in figures.items():
         md += [f"## {captions[name]}", "", f"![{captions[name]}]({name})", ""]
         page += [f"<h2>{captions[name]}</h2>",
