@@ -94,6 +94,7 @@ class Distiller(nn.Module):
             object.__setattr__(self, "infos", infos)  # what the probing pass found, by network
             for m in methods:
                 m.num_samples, m.infos, m.teacher_names = num_samples, infos, list(self.teacher_names)
+                object.__setattr__(m, "task", self.task)  # the run's task (detection methods read its layout)
                 object.__setattr__(m, "networks", self.networks(trainable_only=True))  # not submodules of m
                 try:
                     m.setup(infos[STUDENT], infos[m.cfg.teacher or self.teacher_names[0]] if teachers else None)

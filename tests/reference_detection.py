@@ -1,0 +1,67 @@
+"""The detection distillation formulas of the reference code, written out again for agreement tests:
+MMRazor's ``FGDLoss`` (``fgd_loss.py``) and MMDetection's LD head with its ``KnowledgeDistillationKLDivLoss``.
+Plain re-derivations of those codes' arithmetic (their loops, index conventions and reductions), used by
+tests only."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def fgd(s: Tensor, t: Tensor, boxes: list[Tensor], image_hw: tuple[int, int], temp: float, alpha: float,
+        beta: float, gamma: float, lambda_: float, relation) -> Tensor:
+    """MMRazor's FGD on one map pair; ``boxes`` per image ``[n, 4]`` in input pixels; ``relation`` a
+    :class:`kdkit.losses.detection_kd.GlobalContext` whose parameters play conv_mask_s/t and
+    channel_add_conv_s/t."""
+    n, c, h, w = s.shape
+
+    def attention(x):
+        v = x.abs()
+        sp = (h * w * F.softmax((v.mean(1, keepdim=True) / temp).view(n, -1), dim=1)).view(n, h, w)
+        ch = c * F.softmax(v.mean(2).mean(2) / temp, dim=1)
+        return sp, ch
+
+    sp_t, ch_t = attention(t)
+    sp_s, ch_s = attention(s)
+    fg = torch.zeros_like(sp_t)
+    bg = torch.ones_like(sp_t)
+    for i in range(n):
+        b = boxes[i]
+        x1 = [math.floor(v / image_hw[1] * w) for v in b[:, 0].tolist()]
+        x2 = [math.ceil(v / image_hw[1] * w) for v in b[:, 2].tolist()]
+        y1 = [math.floor(v / image_hw[0] * h) for v in b[:, 1].tolist()]
+        y2 = [math.ceil(v / image_hw[0] * h) for v in b[:, 3].tolist()]
+        for j in range(len(b)):
+            area = 1.0 / ((y2[j] + 1 - y1[j]) * (x2[j] + 1 - x1[j]))
+            region = fg[i][y1[j]:y2[j] + 1, x1[j]:x2[j] + 1]
+            fg[i][y1[j]:y2[j] + 1, x1[j]:x2[j] + 1] = torch.clamp(region, min=area)
+        bg[i] = torch.where(fg[i] > 0, 0.0, 1.0)
+        if bg[i].sum():
+            bg[i] /= bg[i].sum()
+    st, ct = sp_t.unsqueeze(1).sqrt(), ch_t[:, :, None, None].sqrt()
+    ft, fs = t * st * ct, s * st * ct
+    loss_fg = ((fs * fg.unsqueeze(1).sqrt() - ft * fg.unsqueeze(1).sqrt()) ** 2).sum() / n
+    loss_bg = ((fs * bg.unsqueeze(1).sqrt() - ft * bg.unsqueeze(1).sqrt()) ** 2).sum() / n
+    loss_mask = (ch_s - ch_t).abs().sum() / n + (sp_s - sp_t).abs().sum() / n
+
+    def pool_and_add(x, mask_conv, add):
+        m = F.softmax(mask_conv(x).view(n, 1, h * w), dim=2).unsqueeze(-1)
+        context = torch.matmul(x.view(n, c, h * w).unsqueeze(1), m).view(n, c, 1, 1)
+        return x + add(context)
+
+    out_s = pool_and_add(s, relation.mask_s, relation.add_s)
+    out_t = pool_and_add(t, relation.mask_t, relation.add_t)
+    loss_rela = ((out_s - out_t) ** 2).sum() / n
+    return alpha * loss_fg + beta * loss_bg + gamma * loss_mask + lambda_ * loss_rela
+
+
+def ld(pred_corners: Tensor, soft_corners: Tensor, weight: Tensor, T: float = 10.0, loss_weight: float = 0.25):
+    """MMDetection's LD term of one level: KnowledgeDistillationKLDivLoss (``kl_div(...).mean(1) * T^2``)
+    with ``weight`` and ``avg_factor=4``, times ``loss_weight``."""
+    target = F.softmax(soft_corners / T, dim=1).detach()
+    kd = F.kl_div(F.log_softmax(pred_corners / T, dim=1), target, reduction="none").mean(1) * (T * T)
+    return loss_weight * (kd * weight).sum() / 4.0
