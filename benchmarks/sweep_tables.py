@@ -77,7 +77,7 @@ def train_once(recipe: dict[str, Any], run_dir: Path, read_only: bool = False) -
 
 
 def write_table(args: argparse.Namespace, name: str, table: str, text: list[str], rows: list[dict[str, Any]],
-                pending: list[str]) -> None:
+                pending: list[str], command: str | None = None, base: dict[str, float] | None = None) -> None:
     """``<docs>/<name>.md`` from ``text`` (the methods still to run listed below it) and ``<name>.json``
     from ``rows``; then the table's part of docs/methods.md (:func:`tuned_section`)."""
     if pending:
@@ -87,7 +87,8 @@ def write_table(args: argparse.Namespace, name: str, table: str, text: list[str]
     (docs / f"{name}.md").write_text("\n".join(text) + "\n")
     (docs / f"{name}.json").write_text(json.dumps({"args": vars(args), "rows": rows, "pending": pending},
                                                   indent=1, default=str))
-    tuned_section(Path(args.methods_doc), table, rows, pending, f"docs/results/{name}.md")
+    tuned_section(Path(args.methods_doc), table, rows, pending, f"docs/results/{name}.md",
+                  command or f"benchmarks/sweep_tables.py --table {table}", base or {"lr": 0.1, "weight_decay": 5e-4})
 
 
 def regime(args: argparse.Namespace, out: Path, say: Any) -> list[str]:
@@ -104,16 +105,18 @@ def regime(args: argparse.Namespace, out: Path, say: Any) -> list[str]:
     return lines + [""]
 
 
-def tuned_section(doc: Path, table: str, rows: list[dict[str, Any]], pending: list[str], source: str) -> None:
+def tuned_section(doc: Path, table: str, rows: list[dict[str, Any]], pending: list[str], source: str, command: str,
+                  base: dict[str, float]) -> None:
     """Rewrite the table's part of docs/methods.md between its markers: each method's searched settings,
-    the default (the paper's, as kdkit ships it) beside the value the sweep chose here."""
+    the default (the paper's, as kdkit ships it; vanilla's: the base recipe's ``base``) beside the value the
+    sweep chose here."""
     from kdkit.methods import METHODS
 
     start, end = f"<!-- tuned:{table}:start -->", f"<!-- tuned:{table}:end -->"
     text = doc.read_text() if doc.is_file() else ""
     if start not in text or end not in text:
         return
-    lines = [start, "", f"From `{source}` (written by `benchmarks/sweep_tables.py --table {table}`):", "",
+    lines = [start, "", f"From `{source}` (written by `{command}`):", "",
              "| method | setting | default (paper; vanilla: the base recipe) | chosen here | vs vanilla on test |",
              "|---|---|---:|---:|---:|"]
     for r in rows:
@@ -122,7 +125,7 @@ def tuned_section(doc: Path, table: str, rows: list[dict[str, Any]], pending: li
                  and r["method"] != "vanilla" else "-")
         for key, value in r["params"].items():
             short = key.rsplit(".", 1)[-1]
-            default = fields[short].default if short in fields else {"lr": 0.1, "weight_decay": 5e-4}.get(short, "-")
+            default = fields[short].default if short in fields else base.get(short, "-")
             shown = f"{value:.3g}" if isinstance(value, float) else str(value)
             lines.append(f"| `{r['method']}` | {short} | {default} | {shown} | {delta} |")
     if pending:

@@ -1,7 +1,7 @@
 """Write the per-method recipes in configs/ from each method's defaults (run after changing a default).
 
     python scripts/make_recipes.py            # rewrite configs/cifar100/**, configs/fashion_mnist/<method>.yaml
-                                              # and configs/fashion_canvas/*.yaml
+                                              # and configs/fashion_canvas{,_boxes}/*.yaml
     python scripts/make_recipes.py --check    # exit 1 if the files on disk differ from what would be written
 
 CIFAR-100 follows the CRD benchmark protocol (Tian et al. 2020): 240 epochs, batch 64, SGD momentum 0.9,
@@ -128,32 +128,39 @@ def fashion_mnist() -> dict[Path, str]:
     return files
 
 
-def fashion_canvas() -> dict[Path, str]:
-    """Segmentation on the fashion_canvas set: a unet_w32 teacher, a unet_w8 student from scratch, and the
-    student with each segmentation method at its defaults; 10 epochs, sized for a laptop CPU."""
+def canvas_recipes(task: str, data: str, teacher: str, student: str, lr: float) -> dict[Path, str]:
+    """A dense task on the canvases (segmentation: fashion_canvas; detection: fashion_canvas_boxes): a
+    teacher, a student from scratch, and the student with each of the task's methods at its defaults; 10
+    epochs, sized for a laptop CPU."""
     files = {}
-    common = {"task": "segmentation", "data": {"name": "fashion_canvas", "batch_size": 32},
-              "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5.0e-4},
+    common = {"data": {"name": data, "batch_size": 32},
+              "optim": {"name": "sgd", "lr": lr, "momentum": 0.9, "weight_decay": 5.0e-4},
               "schedule": {"name": "cosine", "warmup_epochs": 0.5}}
-    for name, model in (("teacher", "unet_w32"), ("scratch", "unet_w8")):
-        rec = {"task": "segmentation", "model": model, "method": "vanilla", **{k: v for k, v in common.items()
-                                                                               if k != "task"},
-               "train": {"epochs": 10, "seed": 0, "run_name": f"fashion_canvas-{name}"}}
-        files[ROOT / "fashion_canvas" / f"{name}.yaml"] = dump(
-            rec, f"fashion_canvas segmentation, {model} {'teacher' if name == 'teacher' else 'student from scratch'}.\n"
-                 f"kdkit train configs/fashion_canvas/{name}.yaml")
-    for m in list_methods(task="segmentation"):
+    for name, model in (("teacher", teacher), ("scratch", student)):
+        rec = {"task": task, "model": model, "method": "vanilla", **common,
+               "train": {"epochs": 10, "seed": 0, "run_name": f"{data}-{name}"}}
+        files[ROOT / data / f"{name}.yaml"] = dump(
+            rec, f"{data} {task}, {model} {'teacher' if name == 'teacher' else 'student from scratch'}.\n"
+                 f"kdkit train configs/{data}/{name}.yaml")
+    for m in list_methods(task=task):
         if m == "vanilla":
             continue
-        rec = {"task": "segmentation", "model": "unet_w8",
-               "teacher": {"name": "unet_w32", "checkpoint": "runs/fashion_canvas-teacher/checkpoint.pt"},
-               "method": method_block(m), **{k: v for k, v in common.items() if k != "task"},
-               "train": {"epochs": 10, "seed": 0, "run_name": f"fashion_canvas-{m}"}}
-        files[ROOT / "fashion_canvas" / f"{m}.yaml"] = dump(
-            rec, f"{m} on fashion_canvas segmentation, unet_w32 -> unet_w8, sized for a laptop CPU.\n"
-                 "First: kdkit train configs/fashion_canvas/teacher.yaml\n"
-                 f"kdkit distill configs/fashion_canvas/{m}.yaml")
+        rec = {"task": task, "model": student,
+               "teacher": {"name": teacher, "checkpoint": f"runs/{data}-teacher/checkpoint.pt"},
+               "method": method_block(m), **common, "train": {"epochs": 10, "seed": 0, "run_name": f"{data}-{m}"}}
+        files[ROOT / data / f"{m}.yaml"] = dump(
+            rec, f"{m} on {data} {task}, {teacher} -> {student}, sized for a laptop CPU.\n"
+                 f"First: kdkit train configs/{data}/teacher.yaml\n"
+                 f"kdkit distill configs/{data}/{m}.yaml")
     return files
+
+
+def fashion_canvas() -> dict[Path, str]:
+    return canvas_recipes("segmentation", "fashion_canvas", "unet_w32", "unet_w8", 0.05)
+
+
+def fashion_canvas_boxes() -> dict[Path, str]:
+    return canvas_recipes("detection", "fashion_canvas_boxes", "gfl_w32", "gfl_w8", 0.02)
 
 
 def online_model(m: str, model: str) -> dict:
@@ -209,7 +216,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--check", action="store_true")
     args = ap.parse_args()
-    files = {**cifar100(), **fashion_mnist(), **online(), **fashion_canvas()}
+    files = {**cifar100(), **fashion_mnist(), **online(), **fashion_canvas(), **fashion_canvas_boxes()}
     stale = [p for p, text in files.items() if not p.exists() or p.read_text() != text]
     if args.check:
         for p in stale:

@@ -20,5 +20,5 @@ class Vanilla(Method):
     family = "baseline"
     paper = "-"
     Config = VanillaConfig
-    tasks = ("classification", "segmentation")
+    tasks = ("classification", "segmentation", "detection")
     needs_teacher = False

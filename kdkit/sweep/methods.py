@@ -48,6 +48,12 @@ SPACES: dict[str, dict[str, tuple[str, Any, Any]]] = {
     "skd_pair": {"weight": ("log", 0.1, 10)},
     "skd_holistic": {"weight": ("log", 0.01, 1)},
     "cwd": {"weight": ("log", 0.5, 50), "tau": ("log", 1, 8)},
+    # detection
+    "fgfi": {"weight": ("log", 0.001, 1)},
+    "chen_od": {"weight": ("log", 0.1, 10), "temperature": ("log", 1, 8)},
+    "fgd": {"weight": ("log", 1, 1000), "temperature": ("log", 0.25, 2)},
+    "ld": {"weight": ("log", 0.025, 2.5), "temperature": ("log", 2, 20)},
+    "det_kd": {"weight": ("log", 0.1, 10), "temperature": ("log", 1, 8)},
     # online: the cohort's mutual term
     "dml": {"temperature": ("log", 1, 8), "weight": ("log", 0.25, 4)},
     "dcm": {"temperature": ("log", 1, 8), "weight": ("log", 0.25, 4)},
