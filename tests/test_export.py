@@ -71,7 +71,7 @@ def test_export_one_branch_as_onnx(tmp_path, capsys):
     code, out, err = _run(tmp_path, capsys, "export", str(tmp_path / "r" / "checkpoint.pt"), "--branch", "1",
                           "--out", str(tmp_path / "b.onnx"))
     assert code == 0, err
-    onnx_top1 = float(out.split("top1 ")[1].split(" vs")[0])
+    onnx_top1 = float(out.split("accuracy ")[1].split(" vs")[0])
     assert onnx_top1 == pytest.approx(result["test/branch1/top1"], abs=0.01)
 
 
