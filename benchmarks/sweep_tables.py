@@ -64,14 +64,15 @@ def base_recipe(args: argparse.Namespace, epochs: int, teacher: Path | None) -> 
 
 
 def train_once(recipe: dict[str, Any], run_dir: Path, read_only: bool = False) -> list[dict[str, Any]]:
-    """Train ``recipe`` in ``run_dir`` (resumed if it was started); its metrics lines. ``read_only``: the
-    run must have finished already."""
-    if read_only:
-        rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()] \
-            if (run_dir / "metrics.jsonl").is_file() else []
-        if not rows or not rows[-1].get("final"):
-            raise SystemExit(f"--write-only: {run_dir} has not finished yet")
+    """Train ``recipe`` in ``run_dir`` (resumed if it was started); its metrics lines. A finished run is only
+    read (no lock taken: the two tables read the same regime runs at once). ``read_only``: the run must have
+    finished already."""
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()] \
+        if (run_dir / "metrics.jsonl").is_file() else []
+    if rows and rows[-1].get("final"):
         return rows
+    if read_only:
+        raise SystemExit(f"--write-only: {run_dir} has not finished yet")
     trainer_in(run_dir, recipe, log=lambda m: None).fit()
     return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
 
