@@ -385,3 +385,39 @@ def test_export_onnx_gives_the_same_map_and_profile_reports_it(det_runs, tmp_pat
     p = profile(ckpt, batches=(1,), runs=2, onnx=False)
     assert p["test_metric"] == "map" and p["test_map"] == pytest.approx(check["torch_map"]) and p["macs"] > 0
     assert "test map" in format_profile(p)
+
+
+class _OneLevel(torch.nn.Module):
+    """A user's detector, nothing of kdkit inside: one level of stride 8, 4 + 1 bins per side."""
+
+    strides, reg_max = (8,), 4
+
+    def __init__(self, num_classes=2, in_channels=1):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Conv2d(in_channels, 8, 3, 2, 1), torch.nn.ReLU(),
+                                        torch.nn.Conv2d(8, 8, 3, 2, 1), torch.nn.ReLU(),
+                                        torch.nn.Conv2d(8, 8, 3, 2, 1), torch.nn.ReLU())
+        self.head = torch.nn.Conv2d(8, num_classes + 4 * 5, 1)
+
+    def forward(self, x):
+        return self.head(self.body(x)).flatten(2).transpose(1, 2)
+
+
+def test_a_users_detector_that_keeps_the_contract_trains(tmp_path):
+    from kdkit import register_model
+    from kdkit.models import MODELS
+
+    if "one_level_detector" not in MODELS:
+        register_model("one_level_detector")(lambda num_classes=2, in_channels=1: _OneLevel(num_classes, in_channels))
+    write_coco(tmp_path / "d")
+    result = from_config(load_config(base=_det_cfg(tmp_path, tmp_path / "d", model="one_level_detector")),
+                         log=lambda m: None).fit()
+    assert 0.0 <= result["test/map"] <= 100.0 and result["train/loss"] == result["train/loss"]
+
+
+def test_teacher_cache_is_refused(det_runs, tmp_path):
+    teacher = {"name": "gfl_w16", "checkpoint": str(det_runs / "t/run/checkpoint.pt")}
+    cfg = _det_cfg(tmp_path, det_runs / "d", teacher=teacher, method="ld", data={"augment": False},
+                   train={"teacher_cache": {"store": "memory"}})
+    with pytest.raises(ConfigError, match="detection outputs are dense per point"):
+        from_config(load_config(base=cfg), log=lambda m: None)
