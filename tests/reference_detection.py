@@ -65,3 +65,26 @@ def ld(pred_corners: Tensor, soft_corners: Tensor, weight: Tensor, T: float = 10
     target = F.softmax(soft_corners / T, dim=1).detach()
     kd = F.kl_div(F.log_softmax(pred_corners / T, dim=1), target, reduction="none").mean(1) * (T * T)
     return loss_weight * (kd * weight).sum() / 4.0
+
+
+def fgfi(s_adapted: Tensor, t: Tensor, anchors: Tensor, boxes: list[Tensor], psi: float = 0.5,
+         weight: float = 0.01) -> Tensor:
+    """The FGFI authors' imitation loss (twangnh/Distilling-Object-Detectors: ``anchor_target_layer.py``'s
+    mask, ``trainval_net_sup.py``'s loss) on one map: per image and box, the cells with an anchor whose IoU
+    with the box exceeds ``psi`` times the box's best anchor IoU; the masked squared difference over twice
+    the masked cells. ``anchors``: ``[H*W, 4]``, one per cell (the authors' 9 per cell summed the same
+    way); IoU without the authors' +1 pixel convention (kdkit's boxes are continuous)."""
+    from kdkit.tasks.boxes import box_iou
+
+    n, _, h, w = t.shape
+    masks = []
+    for i in range(n):
+        mask = torch.zeros(h, w, dtype=torch.int64)
+        if len(boxes[i]):
+            iou = box_iou(anchors, boxes[i]).view(h, w, -1)
+            best = iou.view(h * w, -1).max(0)[0]
+            for k in range(len(boxes[i])):
+                mask += (iou[:, :, k] > best[k] * psi).long()
+        masks.append((mask > 0).float().unsqueeze(0))
+    mask = torch.stack(masks)
+    return weight * ((t - s_adapted) ** 2 * mask).sum() / (mask.sum() * 2)

@@ -129,3 +129,25 @@ def test_detection_methods_train_end_to_end(det_teacher, tmp_path, method):
     assert any(name.split("_")[0] in k for k in terms) and 0 <= result["test/map"] <= 100
     after = trainer.distiller.teachers[0].state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("size", [16, 8])
+def test_fgfi_equals_the_authors_loss(size):
+    """On one FPN level (the authors' single map): the same mask and the same normalisation."""
+    from kdkit.tasks.boxes import points
+
+    g = torch.Generator().manual_seed(size)
+    task, targets = _task(), _targets()
+    s = torch.randn(64, 32, size, size, generator=g, requires_grad=True)
+    t = torch.randn(64, 32, size, size, generator=g)
+    m = create_method("fgfi", weight=0.01, psi=0.5, anchor_scale=8.0)
+    m.task, m.student_specs, m.teacher_specs, m.connectors = task, ["f"], ["f"], nn.ModuleList([nn.Identity()])
+    ours = m.cfg.weight * m.losses(_outputs(task, targets, torch.zeros(64, 1), torch.zeros(64, 1), {"f": s},
+                                            {"f": t}))["fgfi"]
+    stride = 64 / size
+    centres = points([(size, size)], (stride,))
+    anchors = torch.cat([centres - 4 * stride, centres + 4 * stride], 1)
+    valid = targets[..., 0] >= 0
+    want = ref.fgfi(s, t, anchors, [targets[i, valid[i], 1:] for i in range(64)], 0.5, 0.01)
+    torch.testing.assert_close(ours, want, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(torch.autograd.grad(ours, s)[0], torch.autograd.grad(want, s)[0], rtol=1e-4, atol=1e-10)
