@@ -88,3 +88,28 @@ def fgfi(s_adapted: Tensor, t: Tensor, anchors: Tensor, boxes: list[Tensor], psi
         masks.append((mask > 0).float().unsqueeze(0))
     mask = torch.stack(masks)
     return weight * ((t - s_adapted) ** 2 * mask).sum() / (mask.sum() * 2)
+
+
+def vlr_region(anchors: Tensor, level_counts: list[int], gt: Tensor, alpha: float = 0.25, topk: int = 9) -> Tensor:
+    """The LD authors' ``get_vlr_region`` for one image (``gt`` ``[M, 4]``, ``anchors`` ``[A, 4]``): ATSS's
+    threshold per box from the ``topk`` anchors per level nearest its centre, the points whose DIoU with a
+    box lies in ``[alpha * thr, thr)``, each weighted by its largest IoU with such a box."""
+    from kdkit.tasks.boxes import box_iou
+
+    iou = box_iou(anchors, gt)
+    ac = (anchors[:, :2] + anchors[:, 2:]) / 2
+    gc = (gt[:, :2] + gt[:, 2:]) / 2
+    dist = (ac[:, None] - gc[None]).pow(2).sum(-1).sqrt()
+    lt = torch.min(anchors[:, None, :2], gt[None, :, :2])
+    rb = torch.max(anchors[:, None, 2:], gt[None, :, 2:])
+    diou = iou - (ac[:, None] - gc[None]).pow(2).sum(-1) / (rb - lt).pow(2).sum(-1)
+    cand, start = [], 0
+    for n in level_counts:
+        cand.append(dist[start:start + n].topk(min(topk, n), dim=0, largest=False)[1] + start)
+        start += n
+    cand = torch.cat(cand)
+    c_iou = iou[cand, torch.arange(len(gt))]
+    thr = c_iou.mean(0) + c_iou.std(0)
+    region = (diou < thr[None]) & (diou >= alpha * thr[None])
+    best = torch.where(region, iou, torch.full_like(iou, -1e8)).max(1)[0]
+    return torch.where(best > -1e8, best, torch.zeros_like(best))

@@ -151,3 +151,40 @@ def test_fgfi_equals_the_authors_loss(size):
     want = ref.fgfi(s, t, anchors, [targets[i, valid[i], 1:] for i in range(64)], 0.5, 0.01)
     torch.testing.assert_close(ours, want, rtol=1e-5, atol=1e-8)
     torch.testing.assert_close(torch.autograd.grad(ours, s)[0], torch.autograd.grad(want, s)[0], rtol=1e-4, atol=1e-10)
+
+
+def test_vlr_region_equals_the_ld_authors():
+    from kdkit.losses.detection import vlr_region
+
+    task, targets = _task(), _targets()
+    pts, strides = task.layout.grid("cpu")
+    counts = [h * w for h, w in task.layout.sizes]
+    anchors = torch.cat([pts - strides[:, None] * 4, pts + strides[:, None] * 4], 1)
+    ours = vlr_region(pts, strides, counts, targets[..., 1:], targets[..., 0] >= 0, 0.25)
+    for i in range(64):
+        keep = targets[i, :, 0] >= 0
+        want = ref.vlr_region(anchors, counts, targets[i, keep, 1:]) if keep.any() else torch.zeros(len(pts))
+        torch.testing.assert_close(ours[i], want, rtol=1e-5, atol=1e-6)
+    assert (ours > 0).sum() > 64  # the region holds points beyond the positives
+
+
+def test_ld_vlr_term_is_the_authors_weighting():
+    """The VLR term: KL at the region's points weighted by their IoU, over 16, times ld's weight."""
+    from kdkit.losses.detection import vlr_region
+
+    g = torch.Generator().manual_seed(1)
+    task, targets = _task(), _targets()
+    s = torch.randn(64, 336, 10 + 68, generator=g, requires_grad=True)
+    t = torch.randn(64, 336, 10 + 68, generator=g) * 2
+    m = create_method("ld")
+    m.task = task
+    terms = m.losses(_outputs(task, targets, s, t))
+    pts, strides = task.layout.grid("cpu")
+    region = vlr_region(pts, strides, [h * w for h, w in task.layout.sizes], targets[..., 1:], targets[..., 0] >= 0)
+    b, a = (region > 0).nonzero(as_tuple=True)
+    w = region[b, a][:, None].expand(-1, 4).reshape(-1)
+    want = ref.ld(s[b, a, 10:].reshape(-1, 17), t[b, a, 10:].reshape(-1, 17), w, 10.0, 0.25) * 4 / 16
+    torch.testing.assert_close(m.cfg.weight * terms["ld/vlr"], want, rtol=1e-5, atol=1e-9)
+    plain = create_method("ld", vlr=0.0)
+    plain.task = task
+    assert set(plain.losses(_outputs(task, targets, s, t))) == {"ld"}  # MMDetection's head: the main region only
