@@ -136,8 +136,9 @@ def rank(cfg: SweepConfig, results: dict[str, dict[str, Any]]) -> list[dict[str,
         diffs = [tests[s] - base[s] for s in tests if s in base]
         mean, std = _mean_std(list(tests.values()))
         dmean, dstd = _mean_std(diffs)
+        counts = {s: states.count(s) for s in sorted(set(states))}  # sorted: the same file from every process
         rows.append({"method": method, "val": best["value"] if best else None,
-                     "params": best["params"] if best else {}, "trials": {s: states.count(s) for s in set(states)},
+                     "params": best["params"] if best else {}, "trials": counts,
                      "test_mean": mean, "test_std": std, "delta_mean": dmean, "delta_std": dstd,
                      "seeds": sorted(tests), "train_s": _trial_seconds(Path(sub.out))})
     rows.sort(key=lambda r: (r["val"] is None, -(r["val"] or 0.0) if not cfg.metric.endswith("loss") else r["val"]))
