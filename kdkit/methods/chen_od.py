@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from ..features import ModelInfo
+from ..losses.detection import expected_distance
 from ..losses.detection_kd import bounded_regression, sigmoid_kd
 from .base import Outputs, register_method
 from .detection_base import DetectionFeatureConfig, DetectionMethod
@@ -58,7 +59,7 @@ class ChenOD(DetectionMethod):
         soft = (sigmoid_kd(s_cls, t_cls, cfg.temperature).sum(-1) * weight).sum() / n_pos
         hint = sum(((s - t) ** 2).mean() for s, t in self.feature_pairs(out))
         if len(b):
-            s_dist, t_dist = self.expected(s_bins[b, a]), self.expected(t_bins[b, a])
+            s_dist, t_dist = expected_distance(s_bins[b, a]), expected_distance(t_bins[b, a])
             bound = bounded_regression(s_dist, t_dist, dist, cfg.margin).mean()
         else:
             bound = s_bins.sum() * 0.0

@@ -7,14 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
 from ..features import ModelInfo
-from ..losses.detection import atss_assign, expected_distance
-from ..tasks.boxes import box_to_distance
-from ..tasks.detection import split_output, targets_valid
+from ..tasks.detection import split_output
 from .base import Method, MethodConfig, Outputs
 
 
@@ -44,30 +41,17 @@ class DetectionMethod(Method):
     # -- the layout and the targets --------------------------------------------------------------------
     def grid(self, device) -> tuple[Tensor, Tensor, list[int]]:
         """Point centres ``[A, 2]``, their strides ``[A]`` and the points per level."""
-        lay = self.task.layout
-        pts, strides = lay.grid(device)
-        return pts, strides, [h * w for h, w in lay.sizes]
+        return (*self.task.layout.grid(device), self.task.layout.level_counts)
 
     def split(self, output: Tensor) -> tuple[Tensor, Tensor]:
         """Class logits ``[B, A, K]`` and box bins ``[B, A, 4, R + 1]``."""
         return split_output(output.float(), self.task.num_classes, self.task.layout.reg_max)
 
     def positives(self, out: Outputs) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The ATSS positives of the batch as the task's loss assigns them: image and point indices, and
-        each one's ground-truth box ``[P, 4]`` and distances to its sides in strides ``[P, 4]``."""
-        labels, boxes, valid = targets_valid(out.targets)
-        pts, strides, counts = self.grid(out.s_logits.device)
-        with torch.no_grad():
-            assigned = atss_assign(pts, strides, counts, boxes, valid)
-        b, a = (assigned >= 0).nonzero(as_tuple=True)
-        gt = boxes[b, assigned[b, a]]
-        r = self.task.layout.reg_max
-        dist = (box_to_distance(pts[a], gt) / strides[a, None]).clamp(0, r - 0.01)
+        """The ATSS positives of the batch as the task's loss assigns them (:meth:`Detection.positives`): image
+        and point indices, and each one's ground-truth box ``[P, 4]`` and distances to its sides in strides."""
+        b, a, _, gt, dist = self.task.positives(out.targets, out.s_logits.device)
         return b, a, gt, dist
-
-    @staticmethod
-    def expected(bins: Tensor) -> Tensor:
-        return expected_distance(bins)
 
     # -- feature pairs -------------------------------------------------------------------------------------
     def pair_features(self, s_info: ModelInfo, t_info: ModelInfo | None) -> None:
@@ -97,7 +81,3 @@ class DetectionMethod(Method):
         """Each pair's (student map through its connector, teacher map)."""
         return [(conv(out.s_feats[s]), out.t_feats[t])
                 for conv, s, t in zip(self.connectors, self.student_specs, self.teacher_specs)]
-
-    def level_of(self, index: int) -> int:
-        """The FPN level a feature pair sits at (its position among the pairs)."""
-        return min(index, len(self.task.layout.strides) - 1)

@@ -22,6 +22,7 @@ records, not summable counts: every rank's are gathered before AP is computed.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -54,15 +55,25 @@ class Layout:
         return [(-(-h // s), -(-w // s)) for s in self.strides]
 
     @property
+    def level_counts(self) -> list[int]:
+        """Points per level."""
+        return [h * w for h, w in self.sizes]
+
+    @property
     def num_points(self) -> int:
-        return sum(h * w for h, w in self.sizes)
+        return sum(self.level_counts)
 
     def grid(self, device) -> tuple[Tensor, Tensor]:
-        """Point centres ``[A, 2]`` and their strides ``[A]``."""
-        pts = points(self.sizes, self.strides, device)
-        strides = torch.cat([torch.full((h * w,), float(s), device=device)
-                             for (h, w), s in zip(self.sizes, self.strides)])
-        return pts, strides
+        """Point centres ``[A, 2]`` and their strides ``[A]`` (made once per layout and device: every step's
+        loss, the methods and the decoding read them; never written to)."""
+        return _grid(self, torch.device(device))
+
+
+@functools.lru_cache(maxsize=16)
+def _grid(lay: Layout, device: torch.device) -> tuple[Tensor, Tensor]:
+    pts = points(lay.sizes, lay.strides, device)
+    strides = torch.cat([torch.full((h * w,), float(s), device=device) for (h, w), s in zip(lay.sizes, lay.strides)])
+    return pts, strides
 
 
 def split_output(output: Tensor, num_classes: int, reg_max: int) -> tuple[Tensor, Tensor]:
@@ -121,34 +132,40 @@ class Detection(Task):
     def loss(self, output: Tensor, target: Tensor) -> Tensor:
         return sum(self.loss_terms(output, target).values())
 
+    def positives(self, target: Tensor, device) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """The ATSS positives of a batch (what the loss trains, and the detection methods distil at): image
+        and point indices ``[P]``, each one's class ``[P]``, ground-truth box ``[P, 4]`` and distances to the
+        box's sides in strides, clamped below ``reg_max`` ``[P, 4]``."""
+        lay = self.layout
+        labels, boxes, valid = targets_valid(target)
+        pts, strides = lay.grid(device)
+        with torch.no_grad():
+            assigned = atss_assign(pts, strides, lay.level_counts, boxes, valid)  # [B, A]
+        b_idx, a_idx = (assigned >= 0).nonzero(as_tuple=True)
+        g_idx = assigned[b_idx, a_idx]
+        gt_box = boxes[b_idx, g_idx]
+        dist = (box_to_distance(pts[a_idx], gt_box) / strides[a_idx, None]).clamp(0, lay.reg_max - 0.01)
+        return b_idx, a_idx, labels[b_idx, g_idx], gt_box, dist
+
     def loss_terms(self, output: Tensor, target: Tensor) -> dict[str, Tensor]:
         """GFL's three terms, weighted: ``qfl``, ``giou`` (x2), ``dfl`` (x1/4)."""
         lay = self._layout(output)
         k, r = self.num_classes, lay.reg_max
         cls, bins = split_output(output.float(), k, r)
-        labels, boxes, valid = targets_valid(target)
-        pts, strides = lay.grid(output.device)
-        level_counts = [h * w for h, w in lay.sizes]
-        with torch.no_grad():
-            assigned = atss_assign(pts, strides, level_counts, boxes, valid)  # [B, A]
-        pos = assigned >= 0
-        b_idx, a_idx = pos.nonzero(as_tuple=True)
-        g_idx = assigned[b_idx, a_idx]
+        b_idx, a_idx, pos_labels, gt_box, dist = self.positives(target, output.device)
         soft = torch.zeros_like(cls)
         n_pos = max(len(b_idx), 1)
         if len(b_idx) == 0:
             zero = bins.sum() * 0.0
             return {"qfl": quality_focal_loss(cls, soft).sum() / n_pos, "giou": zero, "dfl": zero}
-        p, s = pts[a_idx], strides[a_idx]
-        pred_box = distance_to_box(p, expected_distance(bins[b_idx, a_idx]) * s[:, None])
-        gt_box = boxes[b_idx, g_idx]
+        pts, strides = lay.grid(output.device)
+        pred_box = distance_to_box(pts[a_idx], expected_distance(bins[b_idx, a_idx]) * strides[a_idx, None])
         g = giou(pred_box, gt_box)
         with torch.no_grad():
             iou = _iou_pairs(pred_box, gt_box)
-            soft[b_idx, a_idx, labels[b_idx, g_idx]] = iou
+            soft[b_idx, a_idx, pos_labels] = iou
             weight = cls[b_idx, a_idx].sigmoid().max(-1).values
         w_sum = weight.sum().clamp_min(1e-6)
-        dist = (box_to_distance(p, gt_box) / s[:, None]).clamp(0, r - 0.01)
         dfl = distribution_focal_loss(bins[b_idx, a_idx].reshape(-1, r + 1), dist.reshape(-1)).view(-1, 4).mean(1)
         return {"qfl": quality_focal_loss(cls, soft).sum() / n_pos, "giou": 2.0 * ((1 - g) * weight).sum() / w_sum,
                 "dfl": 0.25 * (dfl * weight).sum() / w_sum}
