@@ -1,5 +1,5 @@
+import _signal  # the C module behind `signal`, loaded by Python at start-up: installing the handler costs no import
 import os
-import signal
 import sys
 
 
@@ -8,7 +8,7 @@ def _leave_now(signum, frame):  # Ctrl-C before the command line is even importe
     os._exit(130)
 
 
-signal.signal(signal.SIGINT, _leave_now)
+_signal.signal(_signal.SIGINT, _leave_now)
 
 from .cli import entry  # noqa: E402  (after the handler: an interrupt while importing leaves cleanly)
 
