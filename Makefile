@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# Pinned first, so that no dependency pulls an unpinned CUDA build of torch.
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[test,vision,sweep]'
+	$(PY) -m pip install -q -e '.[test,vision,sweep,text]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -75,8 +75,18 @@ class DataConfig:
     # what a pretrained teacher was trained with (e.g. mean [0.0], std [1.0] for images in [0, 1])
     mean: list[float] | None = None
     std: list[float] | None = None
+    # text datasets (docs/text.md): tokens per text (longer texts are cut, shorter padded), the size of the
+    # WordPiece vocabulary trained on the training split, or a tokenizer of yours (tokenizer.json or its folder)
+    max_length: int = 128
+    vocab_size: int = 8000
+    tokenizer: str | None = None
+    text_column: str = "text"  # text_folder: the columns of train.csv / test.csv (.jsonl: the keys)
+    label_column: str = "label"
 
     def __post_init__(self) -> None:
+        for name, high in (("max_length", 1 << 16), ("vocab_size", 1 << 22)):
+            if not 8 <= getattr(self, name) <= high:
+                raise ValueError(f"{name} must be in [8, {high}], got {getattr(self, name)}")
         for name, high in (("batch_size", 1 << 24), ("eval_batch_size", 1 << 24), ("image_size", 4096)):
             if not 1 <= getattr(self, name) <= high:
                 raise ValueError(f"{name} must be in [1, {high}], got {getattr(self, name)}")

@@ -70,11 +70,14 @@ def export_onnx(model: nn.Module, input_shape: Any, out: str | Path) -> Path:
     else:
         args = tuple(example) if isinstance(example, (tuple, list)) else (example,)
         kwargs, dynamic = None, tuple({0: batch} for _ in args)
-    quiet = logging.getLogger("torch.onnx")  # "torchvision is not installed. Skipping torchvision::nms" ...
-    level = quiet.level
+    # torch.onnx: "torchvision is not installed. Skipping torchvision::nms" ...; onnxscript's constant folding:
+    # "Evaluation failed: ..." for a node it leaves unfolded (a BERT's attention-mask reshape), harmless
+    quiet = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript.optimizer._constant_folding")]
+    levels = [q.level for q in quiet]
     with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quiet.setLevel(logging.ERROR)
+        for q in quiet:
+            q.setLevel(logging.ERROR)
         tmp = Path(folder) / "model.onnx"
         try:
             torch.onnx.export(model, args, str(tmp), kwargs=kwargs, dynamo=True,
@@ -84,7 +87,8 @@ def export_onnx(model: nn.Module, input_shape: Any, out: str | Path) -> Path:
             raise KdkitError(f"the model cannot be exported to ONNX: {type(e).__name__}: "
                              f"{str(e).strip().splitlines()[0][:300]}") from None
         finally:
-            quiet.setLevel(level)
+            for q, level in zip(quiet, levels):
+                q.setLevel(level)
         data = tmp.read_bytes()
     return write_atomic(out, lambda f: f.write(data))
 

@@ -91,7 +91,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     if fmt == "safetensors":
         print(f"written: {out}")
         return 0
-    print(f"written: {out} (ONNX Runtime against PyTorch on {check['images']} test images: {parity_text(check)})")
+    print(f"written: {out} (ONNX Runtime against PyTorch on {check['images']} test samples: {parity_text(check)})")
     return 0
 
 
@@ -111,28 +111,35 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(json.dumps(metrics))
     else:
         print(f"{loaded.spec.name}{'' if net == 'student' else f' ({net})'} on {ds.name} {args.split} "
-              f"({len(loader.data)} images): " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+              f"({len(loader.data)} {ds.noun}): " + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    import torch
+
     from ..features import format_inspect, probe
     from ..models import create_model
 
     try:
         shape = tuple(int(v) for v in args.input_shape.split(","))
     except ValueError:
-        raise ConfigError(f"--input-shape expects C,H,W integers, got '{args.input_shape}'") from None
-    if len(shape) != 3 or min(shape) < 1 or max(shape) > 4096:
-        raise ConfigError(f"--input-shape expects three integers C,H,W in [1, 4096], got '{args.input_shape[:60]}'")
+        raise ConfigError(f"--input-shape expects C,H,W integers (T for token ids), got '{args.input_shape}'") from None
+    if len(shape) not in (1, 3) or min(shape) < 1 or max(shape) > 4096:
+        raise ConfigError("--input-shape expects three integers C,H,W in [1, 4096] (or one, T: token ids of a text "
+                          f"model), got '{args.input_shape[:60]}'")
     if not 1 <= args.num_classes <= 1_000_000:
         raise ConfigError(f"--num-classes must be in [1, 1000000], got {args.num_classes}")
     kwargs = {"input_size": shape[1]} if args.model == "mlp" else {}
-    model = create_model(args.model, num_classes=args.num_classes, in_channels=shape[0], **kwargs)
+    channels = args.vocab_size if len(shape) == 1 else shape[0]
+    model = create_model(args.model, num_classes=args.num_classes, in_channels=channels, **kwargs)
+    spec = shape if len(shape) == 3 else {  # a text model: token ids and their attention mask
+        "input_ids": torch.ones(2, shape[0], dtype=torch.int64), "attention_mask": torch.ones(2, shape[0],
+                                                                                             dtype=torch.int64)}
     try:
-        info = probe(model, shape)
-    except RuntimeError as e:
-        raise ConfigError(f"{args.model} cannot run on input {shape}: {str(e).splitlines()[0]}") from None
+        info = probe(model, spec)
+    except (RuntimeError, TypeError, IndexError) as e:
+        raise ConfigError(f"{args.model} cannot run on input {list(shape)}: {str(e).splitlines()[0]}") from None
     print(format_inspect(model, info))
     return 0
 
@@ -140,10 +147,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     if args.what == "models":
         from ..models import create_model, list_models
+        from ..models.text import TEXT_MODELS
 
         for name in list_models(args.pattern):
-            n = sum(p.numel() for p in create_model(name, num_classes=10, in_channels=3).parameters())
-            print(f"{name:16s} {n / 1e6:7.3f}M params (10 classes)")
+            text = name in TEXT_MODELS  # in_channels: the vocabulary size
+            try:
+                model = create_model(name, num_classes=10, in_channels=8000 if text else 3)
+            except ConfigError as e:  # a library that is not installed
+                print(f"{name:16s} (not available: {e})")
+                continue
+            n = sum(p.numel() for p in model.parameters())
+            print(f"{name:16s} {n / 1e6:7.3f}M params (10 classes{', 8000-token vocabulary' if text else ''})")
     elif args.what == "datasets":
         from ..data import DATASETS
 

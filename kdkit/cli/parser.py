@@ -80,8 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("inspect", help="print every module path of a model with output shape and parameters")
     p.add_argument("model")
-    p.add_argument("--input-shape", default="3,32,32", help="C,H,W (default 3,32,32)")
+    p.add_argument("--input-shape", default="3,32,32", help="C,H,W (default 3,32,32); T for a text model: token ids")
     p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--vocab-size", type=int, default=8000, help="a text model's vocabulary (with --input-shape T)")
 
     p = sub.add_parser("list", help="list models, datasets, methods, transforms or tasks")
     p.add_argument("what", choices=["models", "datasets", "methods", "transforms", "tasks"])

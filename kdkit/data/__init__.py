@@ -95,6 +95,22 @@ def _seg_folder(cfg: DataConfig) -> Dataset:
     return load_mask_folder(cfg)
 
 
+@register_dataset("austen")
+def _austen(cfg: DataConfig) -> Dataset:
+    """Text: which of Jane Austen's six novels a 50-word passage is from (by chapter); r-cran-janeaustenr."""
+    from .text import load_austen
+
+    return load_austen(cfg)
+
+
+@register_dataset("text_folder")
+def _text_folder(cfg: DataConfig) -> Dataset:
+    """Text, your own: data.root with train.csv and test.csv (or .jsonl), a text and a label column."""
+    from .text import load_text_folder
+
+    return load_text_folder(cfg)
+
+
 @register_dataset("folder")
 def _folder(cfg: DataConfig) -> Dataset:
     """Your own images: data.root with one sub-folder per class (optionally under train/ and test/)."""
@@ -128,7 +144,15 @@ def split_train_val(data: ImageSet, val_fraction: float, seed: int) -> tuple[Ima
     n_val = int(round(val_fraction * len(data)))
     if n_val == 0:
         return data, None
-    perm = torch.randperm(len(data), generator=torch.Generator().manual_seed(10_007 + seed))
+    generator = torch.Generator().manual_seed(10_007 + seed)
+    if data.groups is not None:  # whole groups, in a random order, until they hold n_val samples
+        names, group_of = data.groups.unique(return_inverse=True)
+        order = torch.randperm(len(names), generator=generator)
+        sizes = torch.bincount(group_of, minlength=len(names))[order]
+        chosen = order[:int((sizes.cumsum(0) < n_val).sum()) + 1]
+        is_val = torch.isin(group_of, chosen)
+        return data.subset(torch.nonzero(~is_val).flatten()), data.subset(torch.nonzero(is_val).flatten())
+    perm = torch.randperm(len(data), generator=generator)
     return data.subset(perm[n_val:].sort().values), data.subset(perm[:n_val].sort().values)
 
 

@@ -23,22 +23,27 @@ class ImageSet:
     labels: Tensor  # int64 [N] class ids; or masks, uint8 [N, H, W] (segmentation: class ids, 255 = ignore)
     images: Any = None  # a tensor [N, ...], or several inputs: a tuple or dict of them (kdkit.batch)
     reader: Callable[[int], Tensor] | None = None  # index -> uint8 [C, H, W]
+    # int64 [N]: samples of one group (a text's chapter) stay on one side of the validation split
+    groups: Tensor | None = None
 
     def __post_init__(self) -> None:
         if (self.images is None) == (self.reader is None):
             raise ValueError("an ImageSet holds either images or a reader")
         if self.images is not None and batch_protocol.size(self.images) != len(self.labels):
             raise ValueError(f"{batch_protocol.size(self.images)} inputs but {len(self.labels)} labels")
+        if self.groups is not None and len(self.groups) != len(self.labels):
+            raise ValueError(f"{len(self.groups)} groups but {len(self.labels)} labels")
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def subset(self, index: Tensor) -> ImageSet:
+        groups = self.groups[index] if self.groups is not None else None
         if self.images is not None:
-            return ImageSet(self.labels[index], images=batch_protocol.index(self.images, index))
+            return ImageSet(self.labels[index], images=batch_protocol.index(self.images, index), groups=groups)
         idx = index.tolist()
         parent = self.reader
-        return ImageSet(self.labels[index], reader=lambda i: parent(idx[i]))
+        return ImageSet(self.labels[index], reader=lambda i: parent(idx[i]), groups=groups)
 
 
 @dataclass
@@ -58,8 +63,16 @@ class Dataset:
     scale: tuple[float, float] | None = None  # random zoom range for augmentation (segmentation)
     classes: list[str] = field(default_factory=list)
     # "image": [C, H, W] per sample, normalised with mean/std, augmentable; "tensor": any other shape
-    # (in_channels the first dimension, image_size the rest: () for vectors), passed on as stored
+    # (in_channels the first dimension, image_size the rest: () for vectors), passed on as stored; "text":
+    # input_ids and attention_mask [T] (in_channels the vocabulary size, image_size (T,): kdkit.data.text)
     kind: str = "image"
+    # files written beside every run on this dataset (name -> bytes): a text dataset's tokenizer.json
+    files: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def noun(self) -> str:
+        """What one sample is called in messages."""
+        return {"image": "images", "text": "texts"}.get(self.kind, "samples")
 
     @property
     def input_shape(self) -> Any:

@@ -118,8 +118,9 @@ def _check_record(rec: dict[str, Any], spec: ModelSpec, num_classes: int, in_cha
         raise CheckpointError(f"{source} was trained for {rec.get('num_classes')} classes, the dataset has "
                               f"{num_classes}")
     if rec.get("in_channels") != in_channels:
-        raise CheckpointError(f"{source} expects {rec.get('in_channels')} input channels, the dataset has "
-                              f"{in_channels}")
+        raise CheckpointError(f"{source} expects {rec.get('in_channels')} input channels (a text model: tokens in its "
+                              f"vocabulary), the dataset has {in_channels} (a text dataset: its tokenizer's vocabulary;"
+                              " give the teacher's tokenizer as data.tokenizer)")
 
 
 def _load_recorded(model: nn.Module, rec: dict[str, Any], weights: Any, spec: ModelSpec, source: str) -> nn.Module:

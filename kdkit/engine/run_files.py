@@ -164,6 +164,12 @@ def repair_best(run_dir: Path, epoch: int, best_epoch_is_last: bool) -> bool:
     return True
 
 
+def write_files(run_dir: Path, files: dict[str, bytes]) -> None:
+    """``config.yaml`` and the dataset's files (a text dataset's ``tokenizer.json``), each written atomically."""
+    for name, data in files.items():
+        write_atomic(run_dir / name, lambda f, data=data: f.write(data))
+
+
 def holds_run(run_dir: Path) -> bool | None:
     """Whether ``run_dir`` holds a kdkit run: ``True`` (a checkpoint, metrics, TensorBoard events, or a
     ``config.yaml`` that validates as a run config), ``None`` when it holds a ``config.yaml`` that is not

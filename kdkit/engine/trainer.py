@@ -31,9 +31,10 @@ from ..methods.distiller import STUDENT
 from ..transforms import Transform, records
 from . import run_files
 from .balance import BalanceProbe
-from .checkpoint import FORMAT, VERSION, check_resume, inference_record, model_record, save_atomic, write_atomic
+from .checkpoint import FORMAT, VERSION, check_resume, inference_record, model_record, save_atomic
 from .evaluate import evaluate, evaluate_networks
 from .optim import group_lrs, lr_at, make_optimizer  # noqa: F401  (lr_at: part of this module's API)
+from .throughput import Throughput
 from .wrap import wrap
 
 Callback = Callable[["Trainer", int, dict[str, Any]], None]
@@ -71,8 +72,7 @@ class Trainer:
         main = self.dist.is_main
         self.log = (log or (lambda msg: print(msg, file=sys.stderr))) if main else (lambda msg: None)
         if cfg.train.deterministic:
-            torch.backends.cudnn.benchmark = False
-            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
         self.built = built
         self.distiller, self.loaders, self.device = self.built.distiller, self.built.loaders, self.built.device
         self.task = self.distiller.task
@@ -209,8 +209,7 @@ class Trainer:
             was_best = self.best_epoch == self.epoch or no_val and self.epoch == self.total_epochs
             if run_files.repair_best(self.run_dir, self.epoch, was_best):
                 self.log("best.pt restored from checkpoint.pt (the run was stopped between the two writes)")
-        text = dump_yaml(self.cfg).encode()
-        write_atomic(self.run_dir / "config.yaml", lambda f: f.write(text))
+        run_files.write_files(self.run_dir, {"config.yaml": dump_yaml(self.cfg).encode(), **self.loaders.dataset.files})
         self.log(f"run directory: {self.run_dir}")
 
     def _build_cache(self) -> None:
@@ -252,12 +251,13 @@ class Trainer:
         names: list[str] = []
         sums = first_bad = None  # per term: summed value, and the first step at which it was not finite
         every = self.cfg.train.log_every
-        t0 = time.perf_counter()
+        t0, speed = time.perf_counter(), Throughput(self.task)
         lrs = group_lrs(self.cfg, self.optimizer, epoch, 0, steps, stage, self.horizon)
         for i, batch in enumerate(bar):
             x, y, idx = self.task.split_batch(batch)
             lrs = group_lrs(self.cfg, self.optimizer, epoch, i, steps, stage, self.horizon)
             terms, values = self.train_step(x, y, idx, epoch, lrs)
+            speed.add(x)
             if sums is None:
                 names = list(terms)
                 sums = torch.zeros_like(values)
@@ -267,10 +267,11 @@ class Trainer:
             if (i + 1) % every == 0 or i + 1 == steps:
                 means = self._read_sums(names, sums, first_bad, i + 1, epoch)
                 if not bar.disable:  # None on a terminal (tqdm decides), True when off
-                    bar.set_postfix(loss=f"{sum(means.values()):.4f}", lr=f"{lrs[0]:.4g}")
+                    bar.set_postfix(loss=f"{sum(means.values()):.4f}", lr=f"{lrs[0]:.4g}",
+                                    **{k: f"{v:.0f}" for k, v in speed.rates().items()})
         bar.close()
         metrics: dict[str, Any] = {"epoch": epoch + 1, "stage": stage.name, "lr": lrs[0],
-                                   "time/train_s": time.perf_counter() - t0}
+                                   "time/train_s": time.perf_counter() - t0, **speed.metrics()}
         vals = means if sums is not None else {}
         metrics["train/loss"] = sum(vals.values())
         metrics.update({f"train/{k}": v for k, v in vals.items()})

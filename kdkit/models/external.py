@@ -5,6 +5,8 @@
   you registered it under (:func:`kdkit.register_model`), or as ``module:function`` once registered;
 - ``timm:<name>`` — a model of the timm library, built with ``timm.create_model(<name>,
   pretrained=False, num_classes=..., in_chans=...)`` and architecture arguments only;
+- ``hf:<model type>`` — a Hugging Face ``AutoModelForSequenceClassification`` built from a configuration
+  of that type (``hf:bert``), its fields from ``model.kwargs``, with eager attention (:mod:`kdkit.models.text`);
 - ``torchvision:<name>`` — a torchvision classifier, built with ``torchvision.models.get_model(<name>,
   weights=None, num_classes=...)``; for data with other than 3 channels its stem (the first
   convolution taking 3 channels) is rebuilt for the data's channels, as timm's ``in_chans`` does.
@@ -48,7 +50,7 @@ from ..errors import ConfigError, first_line
 from ..registry import suggest
 
 _TRUSTED: set[str] = set()  # modules imported on the user's word in this process
-LIBRARIES = ("timm", "torchvision")  # known model libraries: name prefix -> built by _create_library
+LIBRARIES = ("timm", "torchvision", "hf")  # known model libraries: name prefix -> built by _create_library
 # keyword arguments that load weights or files or reach a hub: a library factory never gets them
 REFUSED_LIBRARY_ARGS = ("pretrained", "weights", "checkpoint", "path", "file", "url", "hub", "cache", "dir",
                         "download", "token", "revision", "remote")
@@ -193,7 +195,8 @@ def _accepts(fn: Callable[..., Any], arg: str) -> bool:
 
 def library_kwargs(name: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     """A known library's keyword arguments, refused when one would load weights or files or reach a hub."""
-    bad = [k for k in kwargs if any(word in k.lower() for word in REFUSED_LIBRARY_ARGS)]
+    bad = [k for k in kwargs if any(word in k.lower() for word in REFUSED_LIBRARY_ARGS)
+           and not k.endswith(("_token_id", "_token_ids"))]  # a transformers config's ids (pad_token_id): numbers
     if bad:
         raise ConfigError(f"model '{name}': argument(s) {', '.join(sorted(bad))} refused: a library model gets "
                           "architecture arguments only; its weights come from the spec's checkpoint (a state dict "
@@ -225,6 +228,10 @@ def adapt_stem(model: nn.Module, in_channels: int, name: str) -> nn.Module:
 def _create_library(name: str, num_classes: int, in_channels: int, kwargs: dict[str, Any]) -> Any:
     library, _, model_name = name.partition(":")
     kwargs = library_kwargs(name, kwargs)
+    if library == "hf":  # in_channels: the vocabulary size (kdkit.models.text)
+        from .hf import from_config_type
+
+        return from_config_type(model_name, num_classes, in_channels, **kwargs)
     lib = _import_library(name)
     if library == "timm":
         try:

@@ -34,6 +34,12 @@ class Task:
         :class:`~kdkit.batch.Batch`, or a user's ``(inputs, targets)`` pair, which has no indices)."""
         return batch_protocol.split(batch)
 
+    unit: ClassVar[str] = ""  # what training speed is counted in besides batches (text: "tokens")
+
+    def units(self, inputs: Any) -> Tensor | None:
+        """How many ``unit`` a batch's inputs hold (a tensor on their device, not read), or None."""
+        return None
+
     def loss(self, output: Tensor, target: Any) -> Tensor:
         raise NotImplementedError
 

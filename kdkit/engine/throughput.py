@@ -1,0 +1,34 @@
+"""What an epoch's progress bar and metrics say of speed in the task's own unit (text: tokens per second,
+padding not counted), counted on the device and read only when the bar is updated."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from torch import Tensor
+
+
+class Throughput:
+    def __init__(self, task) -> None:
+        self.task = task
+        self.count: Tensor | float = 0.0
+        self.t0 = time.perf_counter()
+
+    def add(self, inputs: Any) -> None:
+        n = self.task.units(inputs)
+        if n is not None:
+            self.count = self.count + n
+
+    def rates(self) -> dict[str, float]:
+        """``{"<unit>/s": rate}`` so far (empty when the task counts no unit)."""
+        if not self.task.unit or isinstance(self.count, float):
+            return {}
+        return {f"{self.task.unit}/s": float(self.count) / max(time.perf_counter() - self.t0, 1e-9)}
+
+    def metrics(self) -> dict[str, float]:
+        """``{"time/<unit>_per_s": rate}`` for an epoch's metrics."""
+        return {f"time/{k.removesuffix('/s')}_per_s": v for k, v in self.rates().items()}
+
+
+__all__ = ["Throughput"]
