@@ -108,6 +108,7 @@ class Method(nn.Module):
         self.infos: dict[str, ModelInfo] = {}  # every network's probed layers, set before setup()
         self.teacher_names: list[str] = []  # the run's teachers, in order, set before setup()
         self.networks: dict[str, nn.Module] = {}  # the trainable networks by name, set before setup() (read only)
+        self.teacher_modules: dict[str, nn.Module] = {}  # the teachers by name, set before setup() (read only)
 
     # -- set-up -------------------------------------------------------------------------------------
     def setup(self, s_info: ModelInfo, t_info: ModelInfo | None) -> None:

@@ -96,6 +96,7 @@ class Distiller(nn.Module):
                 m.num_samples, m.infos, m.teacher_names = num_samples, infos, list(self.teacher_names)
                 object.__setattr__(m, "task", self.task)  # the run's task (detection methods read its layout)
                 object.__setattr__(m, "networks", self.networks(trainable_only=True))  # not submodules of m
+                object.__setattr__(m, "teacher_modules", dict(zip(self.teacher_names, teachers)))  # likewise
                 try:
                     m.setup(infos[STUDENT], infos[m.cfg.teacher or self.teacher_names[0]] if teachers else None)
                 except LayerPathError as e:  # say which method's layer it was
