@@ -1,7 +1,7 @@
 """Write the per-method recipes in configs/ from each method's defaults (run after changing a default).
 
-    python scripts/make_recipes.py            # rewrite configs/cifar100/**, configs/fashion_mnist/<method>.yaml
-                                              # and configs/fashion_canvas{,_boxes}/*.yaml
+    python scripts/make_recipes.py            # rewrite configs/cifar100/**, configs/fashion_mnist/<method>.yaml,
+                                              # configs/fashion_canvas{,_boxes}/*.yaml and configs/austen/*.yaml
     python scripts/make_recipes.py --check    # exit 1 if the files on disk differ from what would be written
 
 CIFAR-100 follows the CRD benchmark protocol (Tian et al. 2020): 240 epochs, batch 64, SGD momentum 0.9,
@@ -163,6 +163,39 @@ def fashion_canvas_boxes() -> dict[Path, str]:
     return canvas_recipes("detection", "fashion_canvas_boxes", "gfl_w32", "gfl_w8", 0.02)
 
 
+AUSTEN_TEACHER = {"name": "hf_bert", "kwargs": {"layers": 4, "hidden": 256, "heads": 4}}
+AUSTEN_STUDENT = {"name": "hf_bert", "kwargs": {"layers": 2, "hidden": 128, "heads": 4}}
+
+
+def austen() -> dict[Path, str]:
+    """Text classification on Jane Austen's novels (which novel a 50-word passage is from): a 4-layer,
+    256-wide BERT teacher and a 2-layer, 128-wide student (4 heads each, so that TinyBERT's head-by-head
+    attention loss applies), trained from scratch with AdamW; sized for a laptop CPU."""
+    files = {}
+    common = {"task": "text_classification",
+              "data": {"name": "austen", "batch_size": 32, "max_length": 64, "vocab_size": 8000},
+              "optim": {"name": "adamw", "lr": 1.0e-3, "weight_decay": 0.01},
+              "schedule": {"name": "cosine", "warmup_epochs": 0.5}}
+    for name, model, epochs in (("teacher", AUSTEN_TEACHER, 10), ("scratch", AUSTEN_STUDENT, 8)):
+        rec = {**common, "model": model, "method": "vanilla",
+               "train": {"epochs": epochs, "seed": 0, "run_name": f"austen-{name}"}}
+        files[ROOT / "austen" / f"{name}.yaml"] = dump(
+            rec, f"austen text classification, hf_bert {model['kwargs']['layers']} layers x {model['kwargs']['hidden']} "
+                 f"{'teacher' if name == 'teacher' else 'student from scratch'}.\n"
+                 f"kdkit train configs/austen/{name}.yaml")
+    for m in list_methods(task="text_classification"):
+        if m == "vanilla":
+            continue
+        rec = {**common, "model": AUSTEN_STUDENT,
+               "teacher": {**AUSTEN_TEACHER, "checkpoint": "runs/austen-teacher/checkpoint.pt"},
+               "method": method_block(m), "train": {"epochs": 8, "seed": 0, "run_name": f"austen-{m}"}}
+        files[ROOT / "austen" / f"{m}.yaml"] = dump(
+            rec, f"{m} on austen text classification, hf_bert 4x256 -> 2x128, sized for a laptop CPU.\n"
+                 "First: kdkit train configs/austen/teacher.yaml\n"
+                 f"kdkit distill configs/austen/{m}.yaml")
+    return files
+
+
 def online_model(m: str, model: str) -> dict:
     """The cohort an online method trains: peers of the same architecture, or a branched network."""
     cls = METHODS.get(m)
@@ -216,7 +249,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--check", action="store_true")
     args = ap.parse_args()
-    files = {**cifar100(), **fashion_mnist(), **online(), **fashion_canvas(), **fashion_canvas_boxes()}
+    files = {**cifar100(), **fashion_mnist(), **online(), **fashion_canvas(), **fashion_canvas_boxes(), **austen()}
     stale = [p for p, text in files.items() if not p.exists() or p.read_text() != text]
     if args.check:
         for p in stale:

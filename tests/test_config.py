@@ -79,6 +79,9 @@ def test_every_method_has_recipes():
     for m in list_methods(task="segmentation"):
         if m != "vanilla":
             assert (ROOT / "configs" / "fashion_canvas" / f"{m}.yaml").is_file()
+    for m in list_methods(task="text_classification"):
+        if m != "vanilla":
+            assert (ROOT / "configs" / "austen" / f"{m}.yaml").is_file()
     for m in list_methods(task="classification"):
         if METHODS.get(m).family == "online":  # cohorts without a teacher: the online papers' setting
             for model in ("resnet32", "resnet110"):

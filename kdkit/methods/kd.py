@@ -53,6 +53,7 @@ class KD(Method):
     family = "response"
     paper = "Hinton et al. 2015, Distilling the Knowledge in a Neural Network"
     Config = KDConfig
+    tasks = ("classification", "text_classification")  # logits of a sequence as of an image
 
     def ce_weight(self) -> float:
         return 1.0 - self.cfg.alpha

@@ -20,5 +20,5 @@ class Vanilla(Method):
     family = "baseline"
     paper = "-"
     Config = VanillaConfig
-    tasks = ("classification", "segmentation", "detection")
+    tasks = ("classification", "segmentation", "detection", "text_classification")
     needs_teacher = False

@@ -54,6 +54,12 @@ SPACES: dict[str, dict[str, tuple[str, Any, Any]]] = {
     "fgd": {"weight": ("log", 1, 1000), "temperature": ("log", 0.25, 2)},
     "ld": {"weight": ("log", 0.025, 2.5), "temperature": ("log", 2, 20)},
     "det_kd": {"weight": ("log", 0.1, 10), "temperature": ("log", 1, 8)},
+    # text classification
+    "tinybert": {"hidden_weight": ("log", 0.1, 10), "attention_weight": ("log", 0.1, 10),
+                 "temperature": ("log", 1, 8)},
+    "minilm": {"weight": ("log", 0.1, 10)},
+    "distilbert": {"temperature": ("log", 1, 8), "alpha": ("range", 0.1, 0.95), "cos_weight": ("log", 0.1, 10)},
+    "pkd": {"beta": ("log", 10, 1000), "alpha": ("range", 0.1, 0.9), "temperature": ("log", 1, 20)},
     # online: the cohort's mutual term
     "dml": {"temperature": ("log", 1, 8), "weight": ("log", 0.25, 4)},
     "dcm": {"temperature": ("log", 1, 8), "weight": ("log", 0.25, 4)},
