@@ -179,9 +179,10 @@ def austen() -> dict[Path, str]:
     for name, model, epochs in (("teacher", AUSTEN_TEACHER, 10), ("scratch", AUSTEN_STUDENT, 8)):
         rec = {**common, "model": model, "method": "vanilla",
                "train": {"epochs": epochs, "seed": 0, "run_name": f"austen-{name}"}}
+        size = f"{model['kwargs']['layers']} layers x {model['kwargs']['hidden']}"
+        role = "teacher" if name == "teacher" else "student from scratch"
         files[ROOT / "austen" / f"{name}.yaml"] = dump(
-            rec, f"austen text classification, hf_bert {model['kwargs']['layers']} layers x {model['kwargs']['hidden']} "
-                 f"{'teacher' if name == 'teacher' else 'student from scratch'}.\n"
+            rec, f"austen text classification, hf_bert {size} {role}.\n"
                  f"kdkit train configs/austen/{name}.yaml")
     for m in list_methods(task="text_classification"):
         if m == "vanilla":
