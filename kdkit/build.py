@@ -18,6 +18,7 @@ from .engine.rebuild import build_model, load_network, stored_config
 from .engine.trainer import Built, Callback, Trainer
 from .errors import CheckpointError, ConfigError, KdkitError
 from .methods import Distiller, create_method
+from .models.external import carries_weights
 from .tasks import create_task
 from .transforms import GhostBatchNorm, apply_transforms
 
@@ -71,8 +72,9 @@ def build(cfg: RunConfig, device: torch.device | None = None, rank: int = 0, wor
     teachers = []
     data = inference_record(ds, loaders.input_shape)  # what each teacher's checkpoint must have seen
     for spec in cfg.teacher:
-        if not spec.checkpoint and load_teachers:
-            raise ConfigError(f"teacher '{spec.name}' needs a checkpoint (train one with `kdkit train`)")
+        if not spec.checkpoint and load_teachers and not carries_weights(spec.name):
+            raise ConfigError(f"teacher '{spec.name}' needs a checkpoint (train one with `kdkit train`; a Hugging Face "
+                              "model saved with save_pretrained is named hf:<folder> and needs none)")
         teacher = build_model(spec, ds.num_classes, ds.in_channels, load=load_teachers, data=data)
         teachers.append(apply_transforms(teacher, spec.transforms, loaders.input_shape))
     methods = [create_method(m) for m in cfg.method]

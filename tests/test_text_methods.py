@@ -125,16 +125,21 @@ def test_attention_scores_from_taps_are_the_models_own():
     assert torch.allclose(ours, probs, atol=1e-5)
 
 
-def _run(tmp_path, method, student, teacher_ckpt, epochs=1, **data):
-    base = {"task": "text_classification", "model": student, "method": method,
-            "teacher": {"name": "hf_bert", "kwargs": {"layers": 4, "hidden": 64, "heads": 4, "dropout": 0.0},
-                        "checkpoint": teacher_ckpt},
+def _cfg(tmp_path, method, student, teacher, epochs=1, **data):
+    """A distillation config on the tables in ``tmp_path/d``; ``teacher`` a checkpoint path or a spec."""
+    if isinstance(teacher, str):
+        teacher = {"name": "hf_bert", "kwargs": {"layers": 4, "hidden": 64, "heads": 4, "dropout": 0.0},
+                   "checkpoint": teacher}
+    return {"task": "text_classification", "model": student, "method": method, "teacher": teacher,
             "data": {"name": "text_folder", "root": str(tmp_path / "d"), "max_length": 24, "vocab_size": 80,
                      "batch_size": 16, **data},
             "optim": {"name": "adamw", "lr": 0.003},
             "train": {"epochs": epochs, "progress": False, "out_dir": str(tmp_path / "runs"), "run_name": "s",
                       "existing": "overwrite"}}
-    return from_config(load_config(base=base), log=lambda m: None)
+
+
+def _run(tmp_path, method, student, teacher, epochs=1, **data):
+    return from_config(load_config(base=_cfg(tmp_path, method, student, teacher, epochs, **data)), log=lambda m: None)
 
 
 @pytest.fixture(scope="module")
@@ -206,3 +211,50 @@ def test_text_methods_need_a_transformer(tmp_path, digits_cfg, teacher_ckpt):
     cfg = digits_cfg(tmp_path, method="minilm", teacher={"name": "cnn_small", "checkpoint": teacher_ckpt})
     with pytest.raises(ConfigError, match="minilm needs a transformer"):
         from_config(cfg, log=lambda m: None)
+
+
+def test_a_model_saved_with_save_pretrained_is_a_teacher(teacher, tmp_path):
+    """A teacher brought as a save_pretrained folder (config.json, model.safetensors, tokenizer.json): built
+    from the folder alone, its outputs those of the network saved; pickle weights, remote code and a label
+    count unlike the data's are refused in one line."""
+    import json
+    import shutil
+
+    from kdkit.engine.rebuild import load_network
+
+    shutil.copytree(teacher / "d", tmp_path / "d")
+    net = load_network(teacher / "runs/t/checkpoint.pt").model.eval()
+    folder = tmp_path / "saved"
+    net.save_pretrained(folder, safe_serialization=True)
+    shutil.copy(teacher / "runs/t/tokenizer.json", folder / "tokenizer.json")
+    trainer = _run(tmp_path, "distilbert", SMALL, {"name": f"hf:{folder}"}, tokenizer=str(folder))
+    loaded = trainer.distiller.teachers[0]
+    hf = next(m for m in loaded.modules() if hasattr(m, "config"))
+    assert hf.config._attn_implementation == "eager" and not loaded.training
+    ids = torch.randint(5, loaded.config.vocab_size, (4, 24))
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    with torch.no_grad():
+        mine, theirs = loaded(**batch), net(**batch)  # kdkit's networks give the output object's .logits
+        assert torch.allclose(getattr(mine, "logits", mine), getattr(theirs, "logits", theirs), atol=1e-6)
+    x = next(iter(trainer.loaders.test)).inputs  # and on real passages of the test split
+    with torch.no_grad():
+        mine, theirs = loaded(**x), net(**x)
+        assert torch.allclose(getattr(mine, "logits", mine), getattr(theirs, "logits", theirs), atol=1e-6)
+    assert math.isfinite(trainer.fit()["train/loss"])
+
+    bad = tmp_path / "pickled"
+    bad.mkdir()
+    shutil.copy(folder / "config.json", bad / "config.json")
+    (bad / "pytorch_model.bin").write_bytes(b"not loaded")
+    remote = tmp_path / "remote"
+    shutil.copytree(folder, remote)
+    conf = json.loads((remote / "config.json").read_text())
+    (remote / "config.json").write_text(json.dumps({**conf, "auto_map": {"AutoModel": "evil.Model"}}))
+    labels = tmp_path / "labels"
+    shutil.copytree(folder, labels)
+    (labels / "config.json").write_text(json.dumps({**conf, "num_labels": 5, "id2label": {str(i): str(i) for i in
+                                                                                          range(5)}}))
+    for folder_, message in ((bad, "pytorch_model.bin: pickle files, which kdkit never loads"),
+                             (remote, "maps to remote code"), (labels, "classifies 5 labels, the dataset has 2")):
+        with pytest.raises(ConfigError, match=message):
+            _run(tmp_path, "distilbert", SMALL, {"name": f"hf:{folder_}"}, tokenizer=str(folder))

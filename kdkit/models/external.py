@@ -7,6 +7,7 @@
   pretrained=False, num_classes=..., in_chans=...)`` and architecture arguments only;
 - ``hf:<model type>`` — a Hugging Face ``AutoModelForSequenceClassification`` built from a configuration
   of that type (``hf:bert``), its fields from ``model.kwargs``, with eager attention (:mod:`kdkit.models.text`);
+  ``hf:<folder>`` (``hf:./teacher``) the one ``save_pretrained`` wrote there (safetensors weights only);
 - ``torchvision:<name>`` — a torchvision classifier, built with ``torchvision.models.get_model(<name>,
   weights=None, num_classes=...)``; for data with other than 3 channels its stem (the first
   convolution taking 3 channels) is rebuilt for the data's channels, as timm's ``in_chans`` does.
@@ -58,6 +59,15 @@ REFUSED_LIBRARY_ARGS = ("pretrained", "weights", "checkpoint", "path", "file", "
 
 def is_external(name: str) -> bool:
     return ":" in name
+
+
+def carries_weights(name: str) -> bool:
+    """Whether building ``name`` loads trained weights itself: ``hf:<folder>``, a model saved with
+    ``save_pretrained`` (its weights need no ``checkpoint:``)."""
+    from .hf import is_directory
+
+    library, _, rest = name.partition(":")
+    return library == "hf" and is_directory(rest)
 
 
 def _split(name: str) -> tuple[str, str]:
@@ -229,9 +239,10 @@ def _create_library(name: str, num_classes: int, in_channels: int, kwargs: dict[
     library, _, model_name = name.partition(":")
     kwargs = library_kwargs(name, kwargs)
     if library == "hf":  # in_channels: the vocabulary size (kdkit.models.text)
-        from .hf import from_config_type
+        from .hf import from_config_type, from_directory, is_directory
 
-        return from_config_type(model_name, num_classes, in_channels, **kwargs)
+        build = from_directory if is_directory(model_name) else from_config_type
+        return build(model_name, num_classes, in_channels, **kwargs)
     lib = _import_library(name)
     if library == "timm":
         try:
@@ -265,5 +276,5 @@ def create_external(name: str, num_classes: int, in_channels: int, registered: C
     return model
 
 
-__all__ = ["LIBRARIES", "adapt_stem", "create_external", "is_external", "library_kwargs", "load_plugin", "resolve",
-           "trust_module", "use_names"]
+__all__ = ["LIBRARIES", "adapt_stem", "carries_weights", "create_external", "is_external", "library_kwargs",
+           "load_plugin", "resolve", "trust_module", "use_names"]
