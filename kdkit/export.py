@@ -218,7 +218,7 @@ def profile(checkpoint: str | Path, net: str | None = None, batches: tuple[int, 
         "input_shape": batch_protocol.shapes(batch_protocol.example(shape, 1)),
         "params": sum(p.numel() for p in model.parameters()), "macs": count_macs(model, shape),
         "checkpoint_bytes": Path(checkpoint).stat().st_size, "threads": threads,
-        "latency": {}}
+        "latency": {}, "sample": loaders.dataset.noun.removesuffix("s")}
     task = create_task(cfg.task)
     result["test_metric"] = task.primary
     result[f"test_{task.primary}"] = evaluate(model, loaders.test, task=task)[task.primary]
@@ -270,7 +270,7 @@ def parity_text(check: dict[str, Any]) -> str:
 def format_profile(p: dict[str, Any]) -> str:
     metric = p.get("test_metric", "top1")
     lines = [f"{p['model']} ({p['net']}) from {p['checkpoint']}: {p['params']:,} parameters, {p['macs']:,} MACs "
-             f"per image, checkpoint {p['checkpoint_bytes'] / 1024:.0f} KiB, "
+             f"per {p.get('sample', 'image')}, checkpoint {p['checkpoint_bytes'] / 1024:.0f} KiB, "
              f"weights {p['weights_bytes'] / 1024:.0f} KiB"
              + (f", ONNX {p['onnx_bytes'] / 1024:.0f} KiB" if "onnx_bytes" in p else ""),
              f"test {metric} {p['test_' + metric]:.2f}"

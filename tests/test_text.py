@@ -130,7 +130,7 @@ def test_bad_tables_are_refused_in_one_line(tmp_path, damage, message):
     elif damage == "id_range":
         rows = [{"text": r["text"], "label": i % 2} for i, r in enumerate(rows)]
         test = [{"text": "wave", "label": 7}]
-    _write_tables(tmp_path / "d", "jsonl", rows, test)
+    _write_tables(tmp_path / "d", "csv" if damage == "no_label" else "jsonl", rows, test)
     cfg = tmp_path / "c.yaml"
     cfg.write_text(json.dumps({"task": "text_classification", "model": TINY, "data": {
         "name": "text_folder", "root": str(tmp_path / "d"), "max_length": 8, "vocab_size": 50},
@@ -209,6 +209,10 @@ def test_austen_end_to_end_from_the_cli(tmp_path):
                        capture_output=True, text=True)
     assert p.returncode == 0 and "top-1 agreement 100.00%" in p.stdout, p.stdout + p.stderr[-2000:]
     assert "Evaluation failed" not in p.stderr
+    p = subprocess.run(run + ["report", str(tmp_path / "runs"), "--out", str(tmp_path / "report")],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "| test accuracy (final) |" in (tmp_path / "report/report.md").read_text()
 
 
 def test_hf_model_types_build_from_configurations(tmp_path):
@@ -245,3 +249,18 @@ def test_missing_data_says_how_to_install_it(tmp_path):
 
     with pytest.raises(DatasetError, match="apt-get download r-cran-janeaustenr"):
         load_dataset(DataConfig(name="austen", root=str(tmp_path)))
+
+
+def test_without_the_text_extra_one_line_says_how_to_install_it(tmp_path):
+    """transformers and tokenizers made unimportable: a text model and a text dataset each stop with one line
+    naming the extra."""
+    code = ("import sys; sys.modules['transformers'] = None; sys.modules['tokenizers'] = None\n"
+            "from kdkit.cli import entry; sys.argv = ['kdkit'] + sys.argv[1:]; entry()")
+    cfg = tmp_path / "c.yaml"
+    _write_tables(tmp_path / "d")
+    for model, data in ((TINY, {"name": "digits"}), ("cnn_tiny", {"name": "text_folder", "root": str(tmp_path / "d")})):
+        cfg.write_text(json.dumps({"task": "text_classification" if model == TINY else "classification",
+                                   "model": model, "data": data, "train": {"out_dir": str(tmp_path / "runs")}}))
+        p = subprocess.run([sys.executable, "-c", code, "train", str(cfg)], capture_output=True, text=True)
+        assert p.returncode in (2, 3) and "pip install 'kdkit[text]'" in p.stderr, p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1
