@@ -269,7 +269,11 @@ def _run_trial(cfg: SweepConfig, trial: Any, params: dict[str, Any], run_dir: Pa
         return optuna.trial.TrialState.FAIL, None
     if "value" not in last:  # a finished run resumed: its last epoch's line
         rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-        last["value"] = float([r for r in rows if not r.get("final")][-1][cfg.metric])
+        epochs = [r for r in rows if not r.get("final")]
+        if not epochs or cfg.metric not in epochs[-1]:
+            raise ConfigError(f"{run_dir} holds a finished run that reports no {cfg.metric}: the sweep folder "
+                              f"{cfg.out} holds another sweep's trials; give the sweep another out folder")
+        last["value"] = float(epochs[-1][cfg.metric])
     return optuna.trial.TrialState.COMPLETE, last["value"]
 
 
