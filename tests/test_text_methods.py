@@ -258,3 +258,24 @@ def test_a_model_saved_with_save_pretrained_is_a_teacher(teacher, tmp_path):
                              (remote, "maps to remote code"), (labels, "classifies 5 labels, the dataset has 2")):
         with pytest.raises(ConfigError, match=message):
             _run(tmp_path, "distilbert", SMALL, {"name": f"hf:{folder_}"}, tokenizer=str(folder))
+
+
+def test_two_gloo_ranks_distil_text_as_one_process_counts(teacher, tmp_path):
+    """minilm under 2-rank DDP (gloo): the ranks end identical, and the accuracy and macro-F1 from the
+    confusion matrix summed over the ranks' shards equal one process evaluating rank 0's weights."""
+    import shutil
+
+    from conftest import train_ranks
+
+    from kdkit.engine.evaluate import evaluate
+
+    shutil.copytree(teacher / "d", tmp_path / "d")
+    cfg = _cfg(tmp_path, "minilm", SMALL, str(teacher / "runs/t/checkpoint.pt"), eval_batch_size=3)
+    cfg["train"] = {"epochs": 1, "progress": False}
+    ranks, ddp = train_ranks(cfg, tmp_path)
+    assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+    single = from_config(load_config(base=cfg), run_dir=tmp_path / "single", log=lambda m: None)
+    single.distiller.load_state_dict(ranks[0])
+    metrics = evaluate(single.distiller.student, single.loaders.test, task=single.task)
+    assert metrics["accuracy"] == pytest.approx(ddp["test/accuracy"])
+    assert metrics["macro_f1"] == pytest.approx(ddp["test/macro_f1"])
