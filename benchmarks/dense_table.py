@@ -38,11 +38,11 @@ TASKS: dict[str, dict[str, Any]] = {
     "segmentation": {"data": {"name": "fashion_canvas"}, "teacher": "unet_w16", "student": "unet_w8",
                      "optim": {"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4}, "regime": CANVAS,
                      "metric": "miou", "label": "mIoU", "extra": (), "doc": "fashion_canvas_segmentation",
-                     "title": "fashion_canvas segmentation", "samples": "canvases", "limit": 4000},
+                     "title": "fashion_canvas segmentation", "samples": "canvases", "sample": "canvas", "limit": 4000},
     "detection": {"data": {"name": "fashion_canvas_boxes"}, "teacher": "gfl_w16", "student": "gfl_w8",
                   "optim": {"name": "sgd", "lr": 0.02, "momentum": 0.9, "weight_decay": 5e-4}, "regime": CANVAS,
                   "metric": "map", "label": "mAP", "extra": ("ap50",), "doc": "fashion_canvas_detection",
-                  "title": "fashion_canvas detection", "samples": "canvases", "limit": 4000},
+                  "title": "fashion_canvas detection", "samples": "canvases", "sample": "canvas", "limit": 4000},
     # the recipes of configs/austen (scripts/make_recipes.py): BERTs trained here from scratch
     "text": {"task": "text_classification", "data": {"name": "austen", "max_length": 64, "vocab_size": 8000},
              "teacher": {"name": "hf_bert", "kwargs": {"layers": 4, "hidden": 256, "heads": 4}},
@@ -51,7 +51,7 @@ TASKS: dict[str, dict[str, Any]] = {
              "regime": "batch 32, AdamW lr {lr} weight decay 0.01, cosine with a half-epoch warm-up, 64 tokens, a "
                        "WordPiece vocabulary of 8000 learnt on the training passages",
              "metric": "accuracy", "label": "accuracy", "extra": ("macro_f1",), "doc": "austen_text",
-             "title": "austen text classification", "samples": "passages", "limit": 6000,
+             "title": "austen text classification", "samples": "passages", "sample": "passage", "limit": 6000,
              "teacher_epochs": 10, "epochs": 8},
 }
 
@@ -180,7 +180,7 @@ def main() -> int:
         cost = cost_rows(networks, args.threads, metric)
         doc = Path(args.docs) / f"{name}.md"
         doc.write_text(doc.read_text() + "\n## Size and speed (kdkit profile, CPU)\n\n" + markdown_table(
-            ["network", "params", f"MACs per {task['samples'].rstrip('s').removesuffix('e')}", "ms, batch 1",
+            ["network", "params", f"MACs per {task['sample']}", "ms, batch 1",
              "ms, batch 32", f"test {label}"], cost,
             {1, 2, 3, 4, 5}) + "\n")
     return 0
