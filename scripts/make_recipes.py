@@ -176,8 +176,10 @@ def austen() -> dict[Path, str]:
               "data": {"name": "austen", "batch_size": 32, "max_length": 64, "vocab_size": 8000},
               "optim": {"name": "adamw", "lr": 1.0e-3, "weight_decay": 0.01},
               "schedule": {"name": "cosine", "warmup_epochs": 0.5}}
-    for name, model, epochs in (("teacher", AUSTEN_TEACHER, 10), ("scratch", AUSTEN_STUDENT, 8)):
-        rec = {**common, "model": model, "method": "vanilla",
+    # the teacher at half the learning rate: 4x256 at 1e-3 reached 69.4 test accuracy where 5e-4 reached 73.9
+    # (3 epochs on 4,000 passages; docs/text.md)
+    for name, model, epochs, lr in (("teacher", AUSTEN_TEACHER, 6, 5.0e-4), ("scratch", AUSTEN_STUDENT, 8, 1.0e-3)):
+        rec = {**common, "model": model, "method": "vanilla", "optim": {**common["optim"], "lr": lr},
                "train": {"epochs": epochs, "seed": 0, "run_name": f"austen-{name}"}}
         size = f"{model['kwargs']['layers']} layers x {model['kwargs']['hidden']}"
         role = "teacher" if name == "teacher" else "student from scratch"
