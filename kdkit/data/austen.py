@@ -21,6 +21,7 @@ so that the first N training passages (``data.limit_train``) hold every class.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import re
 import struct
@@ -81,7 +82,15 @@ def find_folder(root: str | None) -> Path:
 
 
 def read_novels(folder: Path) -> dict[str, list[str]]:
-    """Each novel's lines, by the package's variable name."""
+    """Each novel's lines, by the package's variable name (parsed once per process and folder state: a
+    sweep's trials and a test's commands read them again)."""
+    rdb, rdx = folder / "Rdata.rdb", folder / "Rdata.rdx"
+    key = tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in (rdb, rdx))
+    return {name: list(lines) for name, lines in _read_novels(key, folder).items()}
+
+
+@functools.lru_cache(maxsize=2)
+def _read_novels(key: tuple, folder: Path) -> dict[str, tuple[str, ...]]:
     index = _unserialize(_gunzip(folder / "Rdata.rdx"), str(folder / "Rdata.rdx"))
     variables = index.get("variables") if isinstance(index, dict) else None
     missing = [n for n in NOVELS if variables is None or n not in variables]
@@ -103,7 +112,7 @@ def read_novels(folder: Path) -> dict[str, list[str]]:
         if len(data) != size:
             raise DatasetError(f"{folder / 'Rdata.rdb'}: {name} holds {len(data)} bytes, its header says {size}")
         lines = _unserialize(data, f"{folder / 'Rdata.rdb'} ({name})")
-        novels[name] = [str(line) for line in lines]
+        novels[name] = tuple(str(line) for line in lines)
     return novels
 
 

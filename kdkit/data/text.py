@@ -23,6 +23,7 @@ take it as their vocabulary, and a checkpoint's record refuses a tokenizer of an
 from __future__ import annotations
 
 import csv
+import functools
 import heapq
 import json
 from collections.abc import Sequence
@@ -108,6 +109,12 @@ def learn_vocabulary(word_counts: dict[str, int], vocab_size: int) -> list[str]:
     return vocab
 
 
+@functools.lru_cache(maxsize=4)
+def _learnt(word_counts: tuple[tuple[str, int], ...], vocab_size: int) -> tuple[str, ...]:
+    """:func:`learn_vocabulary`, remembered per process (a sweep's trials learn the same vocabulary)."""
+    return tuple(learn_vocabulary(dict(word_counts), vocab_size))
+
+
 def train_wordpiece(texts: Sequence[str], vocab_size: int):
     """A WordPiece tokenizer (lower-cased, BERT's normaliser and pre-tokeniser) whose vocabulary is learnt
     from ``texts`` by :func:`learn_vocabulary`: the same texts give the same tokenizer in every process."""
@@ -119,7 +126,7 @@ def train_wordpiece(texts: Sequence[str], vocab_size: int):
     for text in texts:
         for word, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)):
             counts[word] = counts.get(word, 0) + 1
-    vocab = learn_vocabulary(counts, vocab_size)
+    vocab = list(_learnt(tuple(counts.items()), vocab_size))
     tokenizer = tk.Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]",
                                               max_input_chars_per_word=MAX_WORD_CHARS))
     tokenizer.normalizer, tokenizer.pre_tokenizer, tokenizer.decoder = normalizer, pre, decoders.WordPiece()
