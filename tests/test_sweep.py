@@ -159,3 +159,14 @@ def test_a_terminal_sees_a_live_line_per_trial(tmp_path, monkeypatch):
     for epoch in (1, 2, 3):  # rewritten in place each epoch, then cleared for the finished trial's line
         assert f"\r\033[Ktrial 0: optim.lr={lr:.4g}" in text and f"epoch {epoch}/3, val/top1 " in text
     assert text.endswith("\r\033[K")
+
+
+def test_another_sweeps_finished_trial_in_the_out_folder_is_one_line(tmp_path, teacher_ckpt):
+    """A sweep started in a folder whose trial folders hold another sweep's finished runs (its journal
+    deleted, the folder reused) stops with one line naming the folder, not a KeyError."""
+    run_sweep(_sweep(tmp_path / "s", trials=1, pruner="none"), log=lambda m: None)
+    (tmp_path / "s" / "journal.log").unlink()
+    other = {**BASE, "teacher": {"name": "cnn_small", "checkpoint": teacher_ckpt}, "method": "kd"}
+    with pytest.raises(ConfigError, match="reports no val/agreement: the sweep folder .* holds another sweep's"):
+        run_sweep(_sweep(tmp_path / "s", base=other, trials=1, pruner="none", metric="val/agreement"),
+                  log=lambda m: None)
