@@ -279,3 +279,19 @@ def test_two_gloo_ranks_distil_text_as_one_process_counts(teacher, tmp_path):
     metrics = evaluate(single.distiller.student, single.loaders.test, task=single.task)
     assert metrics["accuracy"] == pytest.approx(ddp["test/accuracy"])
     assert metrics["macro_f1"] == pytest.approx(ddp["test/macro_f1"])
+
+
+def test_a_teacher_trained_with_another_tokenizer_is_refused(teacher, tmp_path):
+    """The teacher's checkpoint records its vocabulary: a student run whose tokenizer has another size is
+    refused in one line that names data.tokenizer, before anything is written."""
+    import shutil
+
+    from kdkit.errors import CheckpointError
+
+    shutil.copytree(teacher / "d", tmp_path / "d")
+    with pytest.raises(CheckpointError, match=r"input channels \(a text model: tokens in its vocabulary\).*"
+                                              r"give the teacher's tokenizer as data.tokenizer"):
+        _run(tmp_path, "kd", SMALL, str(teacher / "runs/t/checkpoint.pt"), vocab_size=40)
+    assert not (tmp_path / "runs").exists()
+    _run(tmp_path, "kd", SMALL, str(teacher / "runs/t/checkpoint.pt"),
+         vocab_size=40, tokenizer=str(teacher / "runs/t/tokenizer.json"))  # the teacher's own: accepted
