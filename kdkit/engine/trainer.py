@@ -89,8 +89,7 @@ class Trainer:
         self.write_files = write_files and main
         self.model = wrap(self.distiller, cfg.train, self.plan, self.dist, self.device)
         self.cache = None
-        self.epoch = 0  # epochs completed
-        self.step = 0
+        self.epoch, self.step = 0, 0  # epochs completed, optimiser steps taken
         self.best: float | None = None  # the best validation value of the task's primary metric
         self.history: list[dict[str, Any]] = []
         self.best_epoch: int | None = None  # the epoch best.pt holds
@@ -364,7 +363,8 @@ class Trainer:
                           if k.startswith("train/") and k != "train/loss")
         val = f"  val {self.task.primary} {top1:.2f}" if top1 is not None else ""
         self.log(f"epoch {metrics['epoch']}/{self.total_epochs}  loss {metrics['train/loss']:.4f} ({terms})"
-                 f"{val}  lr {metrics['lr']:.4g}  {metrics['time/train_s']:.1f}s")
+                 f"{val}  lr {metrics['lr']:.4g}  {metrics['time/train_s']:.1f}s" + "".join(
+                     f"  {v:.0f} {k[5:].replace('_per_s', '/s')}" for k, v in metrics.items() if k.endswith("_per_s")))
         for cb in self.callbacks:
             cb(self, self.epoch, metrics)
 
