@@ -197,12 +197,15 @@ def _labels(values: Sequence[Any], classes: list[str] | None, by_id: bool | None
     if by_id is None:
         by_id = all(_integer(v) for v in values)
     if classes is None:
-        names = sorted({str(v) for v in values})
-        classes = [str(c) for c in range(max(int(v) for v in values) + 1)] if by_id else names
+        classes = ([str(c) for c in range(max(int(v) for v in values) + 1)] if by_id
+                   else sorted({str(v) for v in values}))
     index = {c: i for i, c in enumerate(classes)}
     ids = []
     for i, v in enumerate(values):
-        k = int(v) if by_id and _integer(v) else index.get(str(v), -1) if not by_id else -1
+        if by_id:
+            k = int(v) if _integer(v) else -1
+        else:
+            k = index.get(str(v), -1)
         if not 0 <= k < len(classes):
             shown = ", ".join(classes[:8]) + (" ..." if len(classes) > 8 else "")
             kind = f"ids 0-{len(classes) - 1}" if by_id else shown

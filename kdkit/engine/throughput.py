@@ -12,17 +12,17 @@ from torch import Tensor
 class Throughput:
     def __init__(self, task) -> None:
         self.task = task
-        self.count: Tensor | float = 0.0
+        self.count: Tensor | None = None  # None: the task counts no unit in these inputs
         self.t0 = time.perf_counter()
 
     def add(self, inputs: Any) -> None:
         n = self.task.units(inputs)
         if n is not None:
-            self.count = self.count + n
+            self.count = n if self.count is None else self.count + n
 
     def rates(self) -> dict[str, float]:
         """``{"<unit>/s": rate}`` so far (empty when the task counts no unit)."""
-        if not self.task.unit or isinstance(self.count, float):
+        if self.count is None:
             return {}
         return {f"{self.task.unit}/s": float(self.count) / max(time.perf_counter() - self.t0, 1e-9)}
 

@@ -51,10 +51,7 @@ class DistilBERT(Method):
             raise ConfigError("distilbert needs a teacher")
         s, t = layout(s_info, self.name), layout(t_info, self.name)
         a, b = self.cfg.student_layer or len(s.layers), self.cfg.teacher_layer or len(t.layers)
-        for net, lay, i in (("student", s, a), ("teacher", t, b)):
-            if not 1 <= i <= len(lay.layers):
-                raise ConfigError(f"distilbert: the {net} has layers 1-{len(lay.layers)}, not {i}")
-        self.student_specs, self.teacher_specs = [s.hidden(a)], [t.hidden(b)]
+        self.student_specs, self.teacher_specs = [s.hidden(a, first=1)], [t.hidden(b, first=1)]
         self.project = nn.Linear(s.width, t.width) if s.width != t.width else nn.Identity()
 
     def ce_weight(self) -> float:

@@ -10,7 +10,7 @@ from torch import Tensor
 from ..errors import ConfigError
 from ..losses.text import relation_kl
 from .base import Method, MethodConfig, Outputs, register_method
-from .transformer import head_count, layout, projection
+from .transformer import head_count, layout
 
 
 @dataclass
@@ -59,8 +59,7 @@ class MiniLM(Method):
                 raise ConfigError(f"minilm: {self.heads} relation heads do not divide the {net}'s width {lay.width}: "
                                   "set relation_heads to a common divisor of both widths")
         a, b = self.cfg.student_layer or len(s.layers), self.cfg.teacher_layer or len(t.layers)
-        self.pairs = [(projection(s, a, r, self.name, "the student"), projection(t, b, r, self.name, "the teacher"))
-                      for r in self.cfg.relations]
+        self.pairs = [(s.projection(a, r), t.projection(b, r)) for r in self.cfg.relations]
         self.student_specs = [p for p, _ in self.pairs]
         self.teacher_specs = [p for _, p in self.pairs]
 

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from ..errors import ConfigError
 from ..losses.text import attention_mse, attention_scores, masked_mse, soft_cross_entropy
 from .base import Method, MethodConfig, Outputs, register_method
-from .transformer import check_map, head_count, layout, projection
+from .transformer import check_map, head_count, layout
 
 
 @dataclass
@@ -75,10 +75,8 @@ class TinyBERT(Method):
                 raise ConfigError(f"tinybert matches attention head by head: the student has {self.heads} heads, the "
                                   f"teacher {t_heads} (set attention_weight: 0, or use minilm, whose relation heads "
                                   "work across head counts)")
-            self.attention_pairs = [
-                tuple(projection(lay, i, role, self.name, net) for lay, i, net in ((s, a, "the student"),
-                                                                                    (t, b, "the teacher"))
-                      for role in ("q", "k")) for a, b in pairs if a > 0 and b > 0]
+            self.attention_pairs = [(s.projection(a, "q"), s.projection(a, "k"), t.projection(b, "q"),
+                                     t.projection(b, "k")) for a, b in pairs if a > 0 and b > 0]
         self.student_specs = sorted({p[0] for p in self.hidden_pairs} | {p[i] for p in self.attention_pairs
                                                                           for i in (0, 1)})
         self.teacher_specs = sorted({p[1] for p in self.hidden_pairs} | {p[i] for p in self.attention_pairs
@@ -88,12 +86,11 @@ class TinyBERT(Method):
     def _intermediate(self, out: Outputs) -> dict[str, Tensor]:
         mask, terms = out.inputs["attention_mask"], {}
         sf, tf = out.s_feats, out.t_feats
-        hidden = [masked_mse(self.fit_dense(sf[a]), tf[b].detach(), mask) for a, b, emb in self.hidden_pairs if not emb]
-        emb = [masked_mse(self.fit_dense(sf[a]), tf[b].detach(), mask) for a, b, e in self.hidden_pairs if e]
-        if hidden and self.cfg.hidden_weight:
-            terms["hidden"] = self.cfg.hidden_weight * sum(hidden)
-        if emb and self.cfg.embedding_weight:
-            terms["embedding"] = self.cfg.embedding_weight * sum(emb)
+        for name, weight, embeddings in (("hidden", self.cfg.hidden_weight, False),
+                                         ("embedding", self.cfg.embedding_weight, True)):
+            pairs = [(a, b) for a, b, e in self.hidden_pairs if e == embeddings]
+            if pairs and weight:  # a term at weight 0 is not computed
+                terms[name] = weight * sum(masked_mse(self.fit_dense(sf[a]), tf[b].detach(), mask) for a, b in pairs)
         if self.attention_pairs:
             att = [attention_mse(attention_scores(sf[sq], sf[sk], self.heads),
                                  attention_scores(tf[tq].detach(), tf[tk].detach(), self.heads), mask)

@@ -28,14 +28,32 @@ class Layout:
     layers: list[str]  # layer i + 1's module path at index i
     width: int
     projections: list[dict[str, str]]  # per layer: "q", "k", "v" -> module path
+    method: str  # for messages: the method that reads the layout, and of which network
+    network: str
 
-    def hidden(self, index: int) -> str:
-        """The module path of hidden state ``index`` (0: the embeddings)."""
+    def _check(self, index: int, first: int) -> None:
+        if not first <= index <= len(self.layers):
+            raise ConfigError(f"{self.method}: {self.network} has {'hidden states' if first == 0 else 'layers'} "
+                              f"{first}-{len(self.layers)}, not {index}")
+
+    def hidden(self, index: int, first: int = 0) -> str:
+        """The module path of hidden state ``index`` (0: the embeddings; ``first``: the lowest allowed)."""
+        self._check(index, first)
         if index == 0:
             if self.embeddings is None:
-                raise ConfigError("this network has no module named ...embeddings: hidden state 0 cannot be tapped")
+                raise ConfigError(f"{self.method}: {self.network} has no module named ...embeddings: hidden state 0 "
+                                  "cannot be tapped")
             return self.embeddings
         return self.layers[index - 1]
+
+    def projection(self, index: int, role: str) -> str:
+        """Layer ``index``'s (1-based) ``role`` projection ("q", "k" or "v")."""
+        self._check(index, 1)
+        path = self.projections[index - 1].get(role)
+        if path is None:
+            raise ConfigError(f"{self.method}: no {'/'.join(PROJECTIONS[role])} Linear found in {self.network}'s "
+                              f"layer {self.layers[index - 1]}")
+        return path
 
 
 def layout(info: ModelInfo, method: str) -> Layout:
@@ -62,7 +80,7 @@ def layout(info: ModelInfo, method: str) -> Layout:
             if len(match) == 1:
                 found[role] = match[0]
         projections.append(found)
-    return Layout(embeddings, layers, width, projections)
+    return Layout(embeddings, layers, width, projections, method, info.network or "the network")
 
 
 def head_count(network: nn.Module) -> int:
@@ -75,17 +93,6 @@ def head_count(network: nn.Module) -> int:
             return getattr(config, name)
     raise ConfigError(f"{type(net).__name__} states no attention head count (config.num_attention_heads): give the "
                       "method's heads explicitly")
-
-
-def projection(lay: Layout, index: int, role: str, method: str, network: str) -> str:
-    """Layer ``index``'s (1-based) ``role`` projection ("q", "k" or "v")."""
-    if not 1 <= index <= len(lay.layers):
-        raise ConfigError(f"{method}: {network} has layers 1-{len(lay.layers)}, not {index}")
-    path = lay.projections[index - 1].get(role)
-    if path is None:
-        raise ConfigError(f"{method}: no {'/'.join(PROJECTIONS[role])} Linear found in {network}'s layer "
-                          f"{lay.layers[index - 1]}")
-    return path
 
 
 def uniform_map(student_layers: int, teacher_layers: int) -> list[tuple[int, int]]:
@@ -117,4 +124,4 @@ def check_map(pairs: list[list[int]] | None, s: Layout, t: Layout, method: str,
     return out
 
 
-__all__ = ["Layout", "check_map", "head_count", "layout", "projection", "uniform_map"]
+__all__ = ["Layout", "check_map", "head_count", "layout", "uniform_map"]

@@ -23,6 +23,7 @@ from torch import Tensor
 
 from .base import register_task
 from .classification import Classification
+from .segmentation import confusion_matrix
 
 
 def macro_f1(conf: Tensor) -> float:
@@ -58,7 +59,7 @@ class TextClassification(Classification):
         output = output.float()
         k = output.shape[1]
         pred = output.argmax(1)
-        conf = torch.bincount(target * k + pred, minlength=k * k)[:k * k].float()
+        conf = confusion_matrix(pred, target, k).flatten().float()
         head = torch.stack([
             torch.tensor(float(len(target)), device=output.device),
             (pred == target).sum().float(),
