@@ -19,7 +19,7 @@ from .methods import Stage, method_config, method_name
 from .methods.distiller import teacher_names
 from .models.external import use_names
 from .schema import from_dict, to_dict
-from .tasks import TASKS
+from .tasks import create_task
 from .transforms import Transform, transform_config
 from .yamlio import MAX_YAML_BYTES, MAX_YAML_NODES, apply_overrides, load_yaml, parse_yaml  # noqa: F401  (API)
 
@@ -222,7 +222,7 @@ class RunConfig:
     peers: list[ModelSpec] = field(default_factory=list)  # trainable networks besides the student
     method: list[Any] = field(default_factory=list)  # method configs, validated by the method registry
     stages: list[Stage] = field(default_factory=list)  # default: the methods' preliminary stages, then main
-    task: str = "classification"
+    task: str | dict[str, Any] = "classification"  # a name, or {name: ..., <the task's options>}
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -253,7 +253,7 @@ def parse_config(data: dict[str, Any]) -> RunConfig:
         spec.transforms = [transform_config(t, f"{where}.transforms[{i}]") for i, t in enumerate(spec.transforms)]
     cfg.method = [method_config(m, f"method[{i}]" if len(methods) > 1 else "method")
                   for i, m in enumerate(methods)]
-    TASKS.get(cfg.task)
+    create_task(cfg.task)  # the name and the options checked
     names = network_names(cfg)
     if len(set(names)) != len(names):
         raise ConfigError(f"network names (model, peers[].id, teacher[].id) must be unique, got {names}")

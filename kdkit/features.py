@@ -352,3 +352,11 @@ def logits_output(model: nn.Module, output: str | int | None = None) -> nn.Modul
     model._kdkit_output_hook = model.register_forward_hook(pick)
     model._kdkit_output = output
     return model
+
+
+def default_embedding(info: ModelInfo) -> str:
+    """The penultimate representation: the input of the last ``nn.Linear`` to run (``"fc:input"``)."""
+    linears = [i for i in info.layers.values() if i.type == "Linear"]
+    if not linears:
+        raise ConfigError("no nn.Linear classifier found by probing; give the embedding layer explicitly")
+    return max(linears, key=lambda i: i.order).path + ":input"

@@ -79,6 +79,14 @@ def _fashion_canvas_boxes(cfg: DataConfig) -> Dataset:
     return load_canvas_boxes(cfg)
 
 
+@register_dataset("fashion_edges")
+def _fashion_edges(cfg: DataConfig) -> Dataset:
+    """Image-to-image: each Fashion-MNIST garment (target) from its Canny edge map (input), 60k/10k."""
+    from .edges import load_edges_dataset
+
+    return load_edges_dataset(cfg)
+
+
 @register_dataset("coco_folder")
 def _coco_folder(cfg: DataConfig) -> Dataset:
     """Detection, your own data in the COCO format: data.root with train.json, test.json and the images."""

@@ -23,7 +23,10 @@ def evaluate(model: torch.nn.Module, loader, teachers: Sequence[torch.nn.Module]
     top-5 accuracy in %, mean cross-entropy, and with teachers the % agreement of the prediction with the
     teachers' mean-logit prediction. Distributed: each rank evaluates its shard and the counts are summed
     over ranks. Counts stay on the device until the end."""
+    from .rebuild import load_network
+
     task = task or create_task()
+    task.prepare(load_network)
     was_training = model.training
     model.eval()
     counts, records, seen = None, [], 0

@@ -20,6 +20,7 @@ from . import (  # noqa: F401  (importing a method's module registers it)
     fitnets,
     fsp,
     ft,
+    gan,
     irg,
     kd,
     kdcl,

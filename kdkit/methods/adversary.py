@@ -10,13 +10,14 @@ The contract (``docs/architecture.md``): a method that holds an :class:`Adversar
   ``after_step``: the alternating step, after the student's, on every rank, outside autocast and DDP.
   Under ``torchrun`` the adversary's gradients are averaged over the ranks before its step, so every
   rank's copy stays the same;
-- gets its optimiser state in the checkpoint for free: the update is SGD with momentum and weight decay
-  whose momentum buffers are registered buffers of the adversary, saved and restored with the method's
-  state dict, so a resumed run continues bit for bit.
+- gets its optimiser state in the checkpoint for free: the update is SGD with momentum and weight decay,
+  or Adam (the GANs' choice), whose moment buffers are registered buffers of the adversary, saved and
+  restored with the method's state dict, so a resumed run continues bit for bit.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -24,16 +25,20 @@ from torch import Tensor, nn
 
 
 class Adversary(nn.Module):
-    """``net`` trained by SGD (``lr``, ``momentum``, ``weight_decay``; the same update as
-    ``torch.optim.SGD`` without dampening or Nesterov) on the loss :meth:`update` is given."""
+    """``net`` trained on the loss :meth:`update` is given, by SGD (``lr``, ``momentum``, ``weight_decay``;
+    the update of ``torch.optim.SGD`` without dampening or Nesterov) or, with ``betas``, by Adam (the
+    update of ``torch.optim.Adam``: ``lr``, ``betas``, ``eps`` 1e-8, L2 ``weight_decay``)."""
 
-    def __init__(self, net: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 0.0):
+    def __init__(self, net: nn.Module, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
+                 betas: tuple[float, float] | None = None):
         super().__init__()
         self.net = net
-        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.lr, self.momentum, self.weight_decay, self.betas = lr, momentum, weight_decay, betas
         self.net.requires_grad_(False)
         for i, p in enumerate(self.net.parameters()):
             self.register_buffer(f"momentum{i}", torch.zeros_like(p))
+            if betas is not None:
+                self.register_buffer(f"square{i}", torch.zeros_like(p))
         self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
 
     def forward(self, *args, **kwargs):
@@ -56,6 +61,9 @@ class Adversary(nn.Module):
                 if self.weight_decay:
                     g = g.add(p, alpha=self.weight_decay)
                 buf = getattr(self, f"momentum{i}")
+                if self.betas is not None:
+                    self._adam(p, g, buf, getattr(self, f"square{i}"))
+                    continue
                 if self.momentum:
                     if int(self.steps) == 0:
                         buf.copy_(g)
@@ -65,6 +73,13 @@ class Adversary(nn.Module):
                 p.add_(g, alpha=-self.lr)
             self.steps += 1
         return loss.detach()
+
+    def _adam(self, p: Tensor, g: Tensor, m: Tensor, v: Tensor) -> None:
+        (b1, b2), t = self.betas, int(self.steps) + 1
+        m.lerp_(g, 1 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        denom = (v.sqrt() / math.sqrt(1 - b2 ** t)).add_(1e-8)
+        p.addcdiv_(m, denom, value=-self.lr / (1 - b1 ** t))
 
 
 def _average_over_ranks(grads: list[Tensor]) -> None:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..features import ModelInfo
+from ..features import ModelInfo, default_embedding  # noqa: F401  (methods import it from here)
 from ..registry import Registry
 from ..schema import from_dict
 
@@ -236,14 +236,6 @@ def default_stages(info: ModelInfo, n: int | None = None) -> list[str]:
             raise ConfigError("no spatial feature maps and no nn.Linear classifier found by probing; give the "
                               "layers explicitly (`kdkit inspect` lists them)") from None
     return stages if n is None else stages[-n:]
-
-
-def default_embedding(info: ModelInfo) -> str:
-    """The penultimate representation: the input of the last ``nn.Linear`` to run (``"fc:input"``)."""
-    linears = [i for i in info.layers.values() if i.type == "Linear"]
-    if not linears:
-        raise ConfigError("no nn.Linear classifier found by probing; give the embedding layer explicitly")
-    return max(linears, key=lambda i: i.order).path + ":input"
 
 
 def pair_layers(s_info: ModelInfo, t_info: ModelInfo, s_layers: list[str] | None,

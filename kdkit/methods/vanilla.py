@@ -20,5 +20,5 @@ class Vanilla(Method):
     family = "baseline"
     paper = "-"
     Config = VanillaConfig
-    tasks = ("classification", "segmentation", "detection", "text_classification")
+    tasks = ("classification", "segmentation", "detection", "text_classification", "image_to_image")
     needs_teacher = False

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from . import cifar_resnet, detection, mobilenetv2, segmentation, shufflenet, small, text, vgg, wrn  # noqa: F401, E501  (importing registers the models)
+from . import cifar_resnet, detection, gan, mobilenetv2, segmentation, shufflenet, small, text, vgg, wrn  # noqa: F401, E501  (importing registers the models)
 from .zoo import MODELS, build_network, count_params, create_model, list_models, register_model
 
 __all__ = ["MODELS", "build_network", "count_params", "create_model", "list_models", "register_model"]

@@ -83,9 +83,15 @@ def group_rows(report: Report) -> list[dict[str, Any]]:
     for label, members in groups(report.runs):
         copies = [r.name for r in members if r.copy_of is not None]
         members = [r for r in members if r.copy_of is None]
-        best = [max((e.get(r.metric("val"), float("nan")) for e in r.epochs), default=float("nan")) for r in members]
-        best_epoch = [max(r.epochs, key=lambda e: e.get(r.metric("val"), -1.0)).get("epoch") for r in members
-                      if r.epochs]
+        best, best_epoch = [], []
+        for r in members:  # the best validation epoch: the highest value, or the lowest (an error, an FID)
+            sign = 1.0 if r.higher_is_better else -1.0
+            vals = [(sign * v, e.get("epoch")) for e in r.epochs
+                    if isinstance(v := e.get(r.metric("val")), int | float) and not math.isnan(v)]
+            top = max(vals, key=lambda t: t[0]) if vals else None
+            best.append(sign * top[0] if top else float("nan"))
+            if r.epochs:
+                best_epoch.append(top[1] if top else r.epochs[0].get("epoch"))
         rows.append({"group": label, "runs": [r.name for r in members], "copies": copies,
                      "finished": sum(r.final is not None for r in members),
                      "test_top1": _mean_std([(r.final or {}).get(r.metric("test"), float("nan")) for r in members]),

@@ -1,5 +1,5 @@
 """The picture grids of dense runs: a few test images with their ground truth and the teacher's and the
-student's predictions, as masks (segmentation) or boxes (detection)."""
+student's predictions, as masks (segmentation), boxes (detection) or images (image-to-image)."""
 
 from __future__ import annotations
 
@@ -112,3 +112,18 @@ def box_grid_png(run_dir: Path, n: int = 4) -> bytes:
             label = names[c] if scores is None else f"{names[c]} {float(scores[b]):.2f}"
             ax.text(x1 - 0.5, y1 - 1, label, fontsize=5, color=colours[c], va="bottom")
     return _grid(ds, x, ["image", "ground truth", *found], draw)
+
+
+@torch.no_grad()
+def image_grid_png(run_dir: Path, n: int = 6) -> bytes:
+    """PNG of ``n`` test inputs of the image-to-image run in ``run_dir``: the input, the target, the teacher's
+    image (when its checkpoint is still there) and the student's."""
+    nets, x, y, ds, task = _pictures(run_dir, n)
+    made = {name: ((pick_logits(call(net, x)).float() + 1) / 2).clamp(0, 1) for name, net in nets.items()}
+    shown = [(task.target_image(y) + 1) / 2, *made.values()]
+
+    def draw(ax, i, j, image):
+        picture = shown[j - 1][i]
+        ax.imshow(picture[0].numpy() if picture.shape[0] == 1 else picture.permute(1, 2, 0).numpy(),
+                  cmap="gray" if picture.shape[0] == 1 else None, vmin=0, vmax=1)
+    return _grid(ds, x, ["input", "target", *made], draw)

@@ -77,12 +77,27 @@ class Run:
         return "" if net == "student" else f"{net}/"
 
     @property
-    def primary(self) -> str:
-        """The metric of the run's task that best.pt is chosen on (``top1``, ``miou``)."""
-        from ..tasks import TASKS
+    def task(self):
+        """The run's task (classification when its config names none, or one this kdkit does not know)."""
+        from ..errors import KdkitError
+        from ..tasks import create_task
 
-        task = self.config.get("task", "classification")
-        return TASKS.get(task).primary if isinstance(task, str) and task in TASKS else "top1"
+        spec = self.config.get("task")
+        if spec is None and "task.name" in self.config:  # a flattened {name: ..., options}
+            spec = {k[5:]: v for k, v in self.config.items() if k.startswith("task.")}
+        try:
+            return create_task(spec or "classification")
+        except (KdkitError, TypeError):
+            return create_task("classification")
+
+    @property
+    def primary(self) -> str:
+        """The metric of the run's task that best.pt is chosen on (``top1``, ``miou``, ``fid_fmnist``)."""
+        return self.task.primary
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.task.higher_is_better
 
     def metric(self, split: str, name: str | None = None) -> str:
         return f"{split}/{self.deployed}{name or self.primary}"

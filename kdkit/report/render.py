@@ -78,10 +78,11 @@ def plots(report: Report) -> dict[str, bytes]:
                        "top1": c.get("top1") or math.nan, "top1_std": c.get("top1_std")} for c in report.costs]
             out["accuracy_latency.png"] = accuracy_latency_png(points, f"{key[:-3].replace('_', ' ')} (ms)",
                                                                "accuracy against latency")
-    from .pictures import box_grid_png, mask_grid_png
+    from .pictures import box_grid_png, image_grid_png, mask_grid_png
 
-    for primary, name, grid in (("miou", "masks.png", mask_grid_png), ("map", "boxes.png", box_grid_png)):
-        dense = next((r for r in runs if r.primary == primary and r.final), None)
+    for primaries, name, grid in ((("miou",), "masks.png", mask_grid_png), (("map",), "boxes.png", box_grid_png),
+                                  (("l1", "fid_"), "images.png", image_grid_png)):
+        dense = next((r for r in runs if r.primary.startswith(primaries) and r.final), None)
         if dense is not None:  # one finished dense run's test pictures
             from ..errors import KdkitError
 
@@ -205,7 +206,8 @@ def write_report(report: Report, out: str | Path) -> dict[str, Path]:
                 "accuracy_latency.png": "Accuracy against latency",
                 "sweep_history.png": "Optimisation history of each sweep",
                 "masks.png": "Test images: ground truth and predicted masks (a segmentation run)",
-                "boxes.png": "Test images: ground-truth and detected boxes (a detection run)"}
+                "boxes.png": "Test images: ground-truth and detected boxes (a detection run)",
+                "images.png": "Test inputs: target and generated images (an image-to-image run)"}
     for name, data in figures.items():
         md += [f"## {captions[name]}", "", f"![{captions[name]}]({name})", ""]
         page += [f"<h2>{captions[name]}</h2>",

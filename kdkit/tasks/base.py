@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from .. import batch as batch_protocol
+from ..errors import ConfigError
 from ..registry import Registry
 
 
@@ -65,6 +66,11 @@ class Task:
         """Learn what the task needs of a network before its outputs are used (detection: the points'
         layout); called for every network of a run and before an evaluation. Nothing by default."""
 
+    def prepare(self, load_network) -> None:
+        """Called before an evaluation with kdkit's checkpoint loader (:func:`kdkit.engine.rebuild.load_network`:
+        a task cannot import the engine), for a task whose metric runs a network of its own (image-to-image:
+        the feature network of FID). Nothing by default."""
+
     def empty_counts(self) -> Tensor:
         """The counts of no batch at all (an empty evaluation set)."""
         return torch.zeros(len(self.counts), dtype=torch.float64)
@@ -112,5 +118,26 @@ def register_task(cls: type[Task]) -> type[Task]:
     return cls
 
 
-def create_task(name: str = "classification") -> Task:
-    return TASKS.get(name)()
+def task_spec(spec: Any) -> tuple[str, dict[str, Any]]:
+    """A config's ``task``: a name (``segmentation``) or a mapping with ``name`` and the task's options
+    (``{name: image_to_image, feature_network: ...}``), as ``(name, options)``."""
+    if isinstance(spec, str):
+        return spec, {}
+    if isinstance(spec, dict) and isinstance(spec.get("name"), str):
+        return spec["name"], {k: v for k, v in spec.items() if k != "name"}
+    raise ConfigError(f"task: a task name or a mapping with 'name' and its options, got {spec!r}"[:300])
+
+
+def create_task(spec: Any = "classification") -> Task:
+    """The task a config names (:func:`task_spec`), built with its options."""
+    name, options = task_spec(spec)
+    cls = TASKS.get(name)
+    if options:
+        import inspect
+
+        allowed = list(inspect.signature(cls).parameters)
+        unknown = sorted(set(options) - set(allowed))
+        if unknown:
+            raise ConfigError(f"task {name}: unknown option(s) {', '.join(unknown)}; it takes "
+                              f"{', '.join(allowed) or 'none'}")
+    return cls(**options)
