@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# Pinned first, so that no dependency pulls an unpinned CUDA build of torch.
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e '.[test,vision,sweep,text]'
+	$(PY) -m pip install -q -e '.[test,vision,sweep,text,gan]'
 	touch $(STAMP)
 
 setup: $(STAMP)
