@@ -80,8 +80,7 @@ def feature_sha(run_dir: Path) -> str | None:
     ckpt = run_dir / "best.pt"
     if not ckpt.is_file():
         return None
-    record = load_checkpoint(ckpt).get("model", {})
-    record = record.get("student", record)
+    record = load_checkpoint(ckpt).get("model", {})  # the student's model record
     return (record.get("feature_network") or {}).get("sha256")
 
 

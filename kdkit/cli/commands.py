@@ -147,17 +147,20 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def cmd_list(args: argparse.Namespace) -> int:
     if args.what == "models":
         from ..models import create_model, list_models
+        from ..models.gan import GENERATORS
         from ..models.text import TEXT_MODELS
 
         for name in list_models(args.pattern):
             text = name in TEXT_MODELS  # in_channels: the vocabulary size
+            image = name in GENERATORS  # num_classes: the output image's channels
             try:
-                model = create_model(name, num_classes=10, in_channels=8000 if text else 3)
+                model = create_model(name, num_classes=3 if image else 10, in_channels=8000 if text else 3)
             except ConfigError as e:  # a library that is not installed
                 print(f"{name:16s} (not available: {e})")
                 continue
             n = sum(p.numel() for p in model.parameters())
-            print(f"{name:16s} {n / 1e6:7.3f}M params (10 classes{', 8000-token vocabulary' if text else ''})")
+            what = "RGB to RGB" if image else f"10 classes{', 8000-token vocabulary' if text else ''}"
+            print(f"{name:16s} {n / 1e6:7.3f}M params ({what})")
     elif args.what == "datasets":
         from ..data import DATASETS
 
