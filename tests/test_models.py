@@ -43,6 +43,10 @@ def test_every_model_forward_shapes(name):
     if name.startswith("gfl"):  # detection: per point, 7 class logits and 4 x 17 box bins
         points = sum((-(-hw // s)) ** 2 for s in m.strides)
         assert out.shape == (2, points, 7 + 4 * 17)
+    elif name == "resnet_generator":  # image-to-image: an image of num_classes channels in [-1, 1]
+        assert out.shape == (2, 7, hw, hw) and out.abs().max() <= 1
+    elif name == "patchgan":  # a discriminator: one score per 4x4 patch grid cell (32 -> 16 -> 8 -> 4 -> 3 -> 2)
+        assert out.shape == (2, 1, 2, 2)
     else:
         assert out.shape == ((2, 7, hw, hw) if dense else (2, 7))
     out.sum().backward()
