@@ -49,8 +49,9 @@ def recipe(args: argparse.Namespace, ngf: int, method: str, seed: int, epochs: i
         "train": {"epochs": epochs, "seed": seed, "progress": False, "threads": args.threads, "device": args.device,
                   "balance_factor": 1000.0},
     }
-    if teacher is not None:
+    if teacher is not None:  # the discriminator starts from the teacher's too (GAN Compression's restore_D_path)
         r["teacher"] = {**generator(TEACHER_NGF), "checkpoint": str(teacher)}
+        r["method"]["discriminator_checkpoint"] = str(teacher)
     return r
 
 
@@ -183,7 +184,8 @@ def write(args, out: Path, classifier, teacher_rows, runs, pending, seeds) -> No
             f"decay for the generator and for the PatchGAN discriminator (ndf {DISCRIMINATOR['ndf']}, "
             f"{DISCRIMINATOR['n_layers']} stride-2 layers), hinge loss, L1 x 100; gan_compression adds GAN "
             "Compression's distillation of the encoder's output and every third block through 1x1 convolutions "
-            "(weight 1). best.pt: the lowest validation FID-FMNIST; the numbers are its test metrics.", "",
+            "(weight 1), its discriminator starting from the teacher's. best.pt: the lowest validation FID-FMNIST; "
+            "the numbers are its test metrics.", "",
             "FID-FMNIST and KID-FMNIST (x 10^3, 100 subsets of 1000) are FID and KID computed by torchmetrics in "
             "the 128-d penultimate feature space of a cnn_medium Fashion-MNIST classifier "
             f"(configs/fashion_edges/fid_classifier.yaml, {acc:.2f}% test top-1; SHA-256 "

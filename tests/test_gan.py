@@ -245,16 +245,48 @@ def test_bad_networks_are_refused_before_training(tmp_path, fashion_root):
     assert not (tmp_path / "run").exists()
 
 
-def test_gan_compression_killed_and_resumed_is_bit_identical(tmp_path, fashion_root):
+@pytest.fixture(scope="module")
+def gan_teacher(tmp_path_factory, fashion_root):
+    """A resnet_generator ngf 8 trained one epoch with gan: the checkpoint holds its discriminator too."""
+    out = tmp_path_factory.mktemp("teacher")
+    from_config(load_config(base=_cfg(out, fashion_root, model={"name": "resnet_generator", "kwargs": {
+        "ngf": 8, "n_blocks": 3}})), log=lambda m: None).fit()
+    return str(out / "run/checkpoint.pt")
+
+
+def test_the_discriminator_starts_from_the_teachers(tmp_path, fashion_root, gan_teacher):
+    """discriminator_checkpoint (GAN Compression's restore_D_path): the teacher run's discriminator weights;
+    one of another shape, or a run without one, is refused in one line before training."""
+    from kdkit.engine.checkpoint import load_checkpoint
+    from kdkit.errors import CheckpointError
+
+    teacher = {"name": "resnet_generator", "kwargs": {"ngf": 8, "n_blocks": 3}, "checkpoint": gan_teacher}
+    method = {"name": "gan_compression", "discriminator_kwargs": {"ndf": 8, "n_layers": 2},
+              "discriminator_checkpoint": gan_teacher}
+    trainer = from_config(load_config(base=_cfg(tmp_path, fashion_root, teacher=teacher, method=method)),
+                          log=lambda m: None)
+    saved = {k[len("methods.0.discriminator.net."):]: v for k, v in load_checkpoint(gan_teacher)["distiller"].items()
+             if k.startswith("methods.0.discriminator.net.")}
+    ours = trainer.distiller.methods[0].discriminator.net.state_dict()
+    assert saved and ours.keys() == saved.keys() and all(torch.equal(ours[k], saved[k]) for k in saved)
+    wider = {**method, "discriminator_kwargs": {"ndf": 16, "n_layers": 2}}
+    with pytest.raises(CheckpointError, match="does not fit patchgan") as e:
+        from_config(load_config(base=_cfg(tmp_path, fashion_root, teacher=teacher, method=wider)), log=lambda m: None)
+    assert "\n" not in str(e.value)
+    plain = tmp_path / "plain"
+    from_config(load_config(base=_cfg(plain, fashion_root, method="vanilla")), log=lambda m: None).fit()
+    no_d = {**method, "discriminator_checkpoint": str(plain / "run/checkpoint.pt")}
+    with pytest.raises(ConfigError, match="holds no discriminator"):
+        from_config(load_config(base=_cfg(tmp_path, fashion_root, teacher=teacher, method=no_d)), log=lambda m: None)
+
+
+def test_gan_compression_killed_and_resumed_is_bit_identical(tmp_path, fashion_root, gan_teacher):
     """The generator's and the discriminator's alternating updates (each its own Adam) resume bit for bit."""
     from conftest import killed_and_resumed
 
     from kdkit.engine.checkpoint import load_checkpoint
 
-    from_config(load_config(base=_cfg(tmp_path / "t", fashion_root, model={"name": "resnet_generator", "kwargs": {
-        "ngf": 8, "n_blocks": 3}})), log=lambda m: None).fit()
-    teacher = {"name": "resnet_generator", "kwargs": {"ngf": 8, "n_blocks": 3},
-               "checkpoint": str(tmp_path / "t/run/checkpoint.pt")}
+    teacher = {"name": "resnet_generator", "kwargs": {"ngf": 8, "n_blocks": 3}, "checkpoint": gan_teacher}
     cfg = _cfg(tmp_path, fashion_root, teacher=teacher, train={"epochs": 2},
                method={"name": "gan_compression", "discriminator_kwargs": {"ndf": 8, "n_layers": 2}})
     del cfg["train"]["out_dir"], cfg["train"]["run_name"]

@@ -44,6 +44,9 @@ class GanConfig(MethodConfig):
     conditional: bool = True  # the discriminator sees the input beside the image (pix2pix's conditional GAN)
     discriminator: str = "patchgan"  # a zoo name, built with in_channels and discriminator_kwargs
     discriminator_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. {ndf: 64, n_layers: 2}
+    # a kdkit checkpoint of a run with a gan or gan_compression method (the teacher's): the discriminator starts
+    # from its weights, as GAN Compression's restore_D_path (its Adam moments start at zero)
+    discriminator_checkpoint: str | None = None
     lr: float = 2e-4  # the discriminator's Adam (pix2pix and GAN Compression: lr 2e-4, betas 0.5, 0.999)
     beta1: float = 0.5
     beta2: float = 0.999
@@ -98,6 +101,8 @@ class Gan(Method):
             net = build_network(self.cfg.discriminator, num_classes=1, **kwargs)
         except TypeError as e:
             raise ConfigError(f"method {self.name}: discriminator {self.cfg.discriminator}: {e}") from None
+        if self.cfg.discriminator_checkpoint:
+            self._restore(net, self.cfg.discriminator_checkpoint)
         try:
             with torch.no_grad():
                 scores = net(torch.zeros(2, channels, *shape[1:]))
@@ -112,6 +117,35 @@ class Gan(Method):
         self.discriminator = Adversary(net, self.cfg.lr, weight_decay=0.0, betas=(self.cfg.beta1, self.cfg.beta2))
         self._kept: tuple[Tensor, Tensor] | None = None
         self.last_discriminator_loss: Tensor | None = None
+
+    def _restore(self, net: nn.Module, path: str) -> None:
+        """Load into ``net`` the discriminator of the first gan-like method saved in the checkpoint ``path``."""
+        import re
+
+        from ..errors import CheckpointError
+
+        try:  # read here (the methods sit below the engine's checkpoint reader): tensors only, never code
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # a missing file, a zip or pickle error, a refused global
+            raise CheckpointError(f"method {self.name}: discriminator_checkpoint {path} cannot be read as a kdkit "
+                                  f"checkpoint: {str(e).splitlines()[0][:200]}") from None
+        state = ckpt.get("distiller") if isinstance(ckpt, dict) else None
+        state = state if isinstance(state, dict) else {}
+        found: dict[str, dict[str, Tensor]] = {}
+        for key, value in state.items():
+            m = re.fullmatch(r"methods\.(\d+)\.discriminator\.net\.(.+)", key)
+            if m:
+                found.setdefault(m.group(1), {})[m.group(2)] = value
+        if not found:
+            raise ConfigError(f"method {self.name}: discriminator_checkpoint {path} holds no discriminator (a run "
+                              "trained with gan or gan_compression has one)")
+        weights = found[min(found, key=int)]
+        try:
+            net.load_state_dict(weights)
+        except RuntimeError as e:
+            first = str(e).splitlines()[-1].strip()[:200]
+            raise CheckpointError(f"method {self.name}: the discriminator in {path} does not fit "
+                                  f"{self.cfg.discriminator} {self.cfg.discriminator_kwargs}: {first}") from None
 
     def _pair(self, inputs: Tensor, image: Tensor) -> Tensor:
         return torch.cat([inputs.to(image.dtype), image], 1) if self.cfg.conditional else image
