@@ -217,3 +217,32 @@ def hcl(f_s: Tensor, f_t: Tensor) -> Tensor:
         loss = loss + weight * F.mse_loss(F.adaptive_avg_pool2d(f_s, size), F.adaptive_avg_pool2d(f_t, size))
         total += weight
     return loss / total
+
+
+def hkd_combined(f_t: Tensor, f_s: Tensor, eps: float = 1e-6) -> Tensor:
+    """Heterogeneous KD, one layer pair: passalis/pkth ``nn/pkt_transfer.py`` ``prob_loss`` with
+    ``kernel_parameters = {'student': 'combined', 'teacher': 'combined', 'loss': 'combined'}`` (their
+    exp2_proposed.py), ``teacher_d = student_d = 1``, on flattened features."""
+
+    def pairwise_distances(a: Tensor) -> Tensor:
+        aa = torch.sum(a ** 2, dim=1)
+        bb = torch.sum(a ** 2, dim=1)
+        aa = aa.expand(bb.size(0), aa.size(0)).t()
+        bb = bb.expand(aa.size(0), bb.size(0))
+        dists = aa + bb - 2 * torch.mm(a, a.transpose(0, 1))
+        return torch.sqrt(torch.clamp(dists, min=0) + eps)
+
+    def cosine_pairwise_similarities(features: Tensor) -> Tensor:
+        norm = torch.sqrt(torch.sum(features ** 2, dim=1, keepdim=True))
+        features = features / (norm + eps)
+        features = torch.where(features != features, torch.zeros_like(features), features)
+        return (torch.mm(features, features.transpose(0, 1)) + 1.0) / 2.0
+
+    t, s = f_t.reshape(f_t.shape[0], -1), f_s.reshape(f_s.shape[0], -1)
+    t2, s2 = 1.0 / (1 + pairwise_distances(t)), 1.0 / (1 + pairwise_distances(s))
+    t1, s1 = cosine_pairwise_similarities(t), cosine_pairwise_similarities(s)
+    t1, s1 = t1 / torch.sum(t1, dim=1, keepdim=True), s1 / torch.sum(s1, dim=1, keepdim=True)
+    t2, s2 = t2 / torch.sum(t2, dim=1, keepdim=True), s2 / torch.sum(s2, dim=1, keepdim=True)
+    loss1 = (t1 - s1) * (torch.log(t1) - torch.log(s1))
+    loss2 = (t2 - s2) * (torch.log(t2) - torch.log(s2))
+    return torch.mean(loss1) + torch.mean(loss2)

@@ -15,6 +15,7 @@ from kdkit.features import FeatureTap
 from kdkit.losses import (
     dkd_loss,
     hierarchical_context_loss,
+    hkd_loss,
     irg_edge,
     kd_loss,
     pkt_loss,
@@ -111,6 +112,20 @@ def test_sp_and_pkt_agree_with_reference(b):
     f_s, f_t = torch.randn(b, 64, 8, 8, generator=g), torch.randn(b, 256, 8, 8, generator=g)
     _assert_agree(similarity_preserving, ref.similarity, f_s, f_t, rtol=1e-5)
     _assert_agree(pkt_loss, ref.pkt, f_s.mean((2, 3)), f_t.mean((2, 3)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("b", [64, 128])
+def test_hkd_agrees_with_the_authors_prob_loss(b):
+    """HKD's combined kernels and Jeffreys loss against passalis/pkth's prob_loss, on CIFAR-sized maps
+    (flattened, as their get_features does) and penultimate embeddings, ReLU'd and signed."""
+    g = torch.Generator().manual_seed(b)
+    f_s, f_t = torch.randn(b, 16, 16, 16, generator=g), torch.randn(b, 32, 16, 16, generator=g)
+    for s, t in ((f_s, f_t), (f_s.relu(), f_t.relu()), (f_s.mean((2, 3)), f_t.flatten(1)[:, :64])):
+        theirs = lambda a, z: ref.hkd_combined(z, a)  # noqa: E731  (teacher first)
+        # float32: the values; float64: values and gradients (in float32 the gradient of distances between
+        # 4096-d vectors is mostly rounding of |a|^2 + |b|^2 - 2ab, different in any two codes)
+        torch.testing.assert_close(hkd_loss(s, t), theirs(s, t), rtol=1e-4, atol=0.0)
+        _assert_agree(hkd_loss, theirs, s.double(), t.double(), rtol=1e-9)
 
 
 @pytest.mark.parametrize("b", [64, 256])

@@ -79,6 +79,31 @@ def pkt_loss(f_s: Tensor, f_t: Tensor, eps: float = 1e-7) -> Tensor:
     return (pt * torch.log((pt + eps) / (ps + eps))).mean()
 
 
+def hkd_loss(f_s: Tensor, f_t: Tensor, eps: float = 1e-6) -> Tensor:
+    """One layer pair of heterogeneous KD (Passalis et al., "Heterogeneous Knowledge Distillation using
+    Information Flow Modeling", CVPR 2020): each model's flattened features ``[B, D]`` give two kernels over
+    the batch, the cosine similarity mapped to [0, 1] (``(cos + 1) / 2``) and the Student-t kernel
+    ``1 / (1 + ||x_i - x_j||)``, each turned into conditional probabilities by dividing every row by its
+    sum; the loss is the sum over the two kernels of the mean over all pairs of the Jeffreys divergence
+    ``(p_t - p_s) (log p_t - log p_s)``. Distances and norms carry the authors' ``eps`` (``sqrt(d^2 + eps)``,
+    ``x / (||x|| + eps)``); checked against their ``prob_loss`` with the ``combined`` kernel and loss."""
+
+    def kernels(f: Tensor) -> tuple[Tensor, Tensor]:
+        f = f.reshape(f.shape[0], -1)
+        f = f if f.dtype == torch.float64 else f.float()  # half precision promoted; float64 kept (tests)
+        sq = f.square().sum(1)
+        dist = (sq[:, None] + sq[None, :] - 2 * f @ f.t()).clamp_min(0).add(eps).sqrt()
+        unit = torch.nan_to_num(f / (f.norm(dim=1, keepdim=True) + eps))
+        cos = (unit @ unit.t() + 1) / 2
+        student_t = 1 / (1 + dist)
+        return cos / cos.sum(1, keepdim=True), student_t / student_t.sum(1, keepdim=True)
+
+    total = 0.0
+    for ps, pt in zip(kernels(f_s), kernels(f_t.detach())):
+        total = total + ((pt - ps) * (pt.log() - ps.log())).mean()
+    return total  # a tensor: two terms were added
+
+
 def rbf_taylor_correlation(e: Tensor, gamma: float = 0.4, order: int = 2) -> Tensor:
     """Correlation matrix ``[B, B]`` of L2-normalised embeddings under a Gaussian RBF kernel
     ``exp(-gamma ||x - y||^2)``, approximated by its order-P Taylor expansion (Peng et al. 2019,

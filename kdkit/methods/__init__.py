@@ -21,6 +21,7 @@ from . import (  # noqa: F401  (importing a method's module registers it)
     fsp,
     ft,
     gan,
+    hkd,
     irg,
     kd,
     kdcl,

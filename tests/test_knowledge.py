@@ -1,0 +1,50 @@
+"""The rest of the notes' methods (issue 31): heterogeneous KD by information-flow modelling so far."""
+
+import pytest
+import torch
+
+from kdkit import create_method, create_model
+from kdkit.errors import ConfigError
+from kdkit.methods import Distiller
+
+
+def _hkd(**kw):
+    torch.manual_seed(0)
+    student, teacher = create_model("cnn_tiny", num_classes=10, in_channels=1), create_model(
+        "cnn_medium", num_classes=10, in_channels=1)
+    method = create_method("hkd", **kw)
+    return Distiller(student, [method], [teacher], input_shape=(1, 28, 28)), method
+
+
+def test_hkd_pairs_every_stage_then_the_penultimate_features():
+    _, m = _hkd()
+    assert m.student_specs == ["stage1", "stage2", "stage3", "fc:input"] == m.teacher_specs
+    assert m.weights(0) == [100.0, 100.0, 100.0, 1.0]
+    assert m.weights(2) == pytest.approx([49.0, 49.0, 49.0, 1.0])  # 100 * 0.7^2
+    _, m = _hkd(student_layers=["stage3"], teacher_layers=["stage3"])
+    assert m.student_specs == ["stage3"] and m.weights(5) == [1.0]  # given pairs: the last weighs final_weight
+    _, m = _hkd(with_embedding=False)
+    assert m.student_specs[-1] == "stage3"
+
+
+def test_hkd_trains_the_student_on_a_batch_of_64():
+    d, m = _hkd()
+    opt = torch.optim.SGD(d.student.parameters(), lr=0.05, momentum=0.9)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(64, 1, 28, 28, generator=g), torch.randint(0, 10, (64,), generator=g)
+    losses = []
+    for _ in range(8):
+        terms = d(x, y, epoch=3)
+        loss = sum(terms.values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(terms["hkd"].detach()))
+    assert losses[-1] < losses[0] and set(terms) == {"ce", "hkd"}
+
+
+def test_hkd_bad_settings_are_refused():
+    with pytest.raises(ConfigError, match="decay must be in"):
+        create_method("hkd", decay=0.0)
+    with pytest.raises(ConfigError, match="init_weight"):
+        create_method("hkd", init_weight=-1.0)
