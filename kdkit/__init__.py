@@ -10,8 +10,10 @@ torch: the command line answers Ctrl-C and ``--help`` from its first instant.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+# No import at module level: `python -m kdkit` and the `kdkit` script import this package before the command
+# line installs its Ctrl-C handler, so this file runs in that window and must take no time (typing alone took
+# about a millisecond). TYPE_CHECKING = False is the constant type checkers read as typing.TYPE_CHECKING.
+TYPE_CHECKING = False
 
 __version__ = "0.1.0"
 
@@ -35,6 +37,8 @@ __all__ = ["__version__", *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:
+    import importlib
+
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'kdkit' has no attribute '{name}'")
@@ -48,6 +52,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from typing import Any
+
     from .build import from_config, resume  # noqa: F401
     from .config import RunConfig, load_config, parse_config  # noqa: F401
     from .data import list_datasets, load_dataset  # noqa: F401

@@ -365,14 +365,16 @@ def test_ctrl_c_in_the_first_instant(tmp_path, delay):
     # the signal may come before kdkit's first line runs: before Python has started (killed, no output at all)
     # or, on a loaded machine, during Python's own start-up (site, runpy), which ends in its KeyboardInterrupt
     # (killed by the signal, or exit 1 with "Fatal Python error: init_import_site") with no frame in kdkit
-    # or in kdkit/__main__.py's own lines before its handler is installed (a few microseconds)
+    # or in kdkit/__main__.py's own lines before its handler is installed (a few microseconds), or in the
+    # package's __init__.py, which `python -m kdkit` runs before __main__.py (it imports nothing: microseconds)
     package = str(Path(kdkit.__file__).resolve().parent)
-    main = Path(package) / "__main__.py"
+    main, init = Path(package) / "__main__.py", Path(package) / "__init__.py"
     handler_line = next(i for i, line in enumerate(main.read_text().splitlines(), 1) if "signal(" in line)
     frames = [line for line in err.splitlines() if line.strip().startswith("File ")]
     kdkit_frames = [f for f in frames if package in f]
-    before_handler = (len(kdkit_frames) == 1 and str(main) in kdkit_frames[0]
-                      and int(re.search(r"line (\d+)", kdkit_frames[0]).group(1)) <= handler_line)
+    before_handler = len(kdkit_frames) == 1 and (
+        str(init) in kdkit_frames[0] and "in <module>" in kdkit_frames[0]
+        or str(main) in kdkit_frames[0] and int(re.search(r"line (\d+)", kdkit_frames[0]).group(1)) <= handler_line)
     in_python_start_up = "\nKeyboardInterrupt" in err and frames and (not kdkit_frames or before_handler)
     before_kdkit = (p.returncode == -signal.SIGINT and err == ""
                     or p.returncode in (-signal.SIGINT, 1) and in_python_start_up)
