@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sweep_tables import train_once
+from dense_table import cost_rows
+from sweep_tables import run_rows, train_once
 
 from kdkit.sweep.compare import markdown_table
 
@@ -115,7 +116,7 @@ def main() -> int:
         runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
         pending = []
         for item in todo:
-            rows = train_once_rows(out / names[item])
+            rows = run_rows(out / names[item])
             if not final(rows):
                 pending.append(names[item])
                 continue
@@ -125,7 +126,7 @@ def main() -> int:
 
     for width, ngf, method, seed in ([] if args.write_only else todo):
         run_dir = out / names[(width, ngf, method, seed)]
-        if not final(train_once_rows(run_dir)):
+        if not final(run_rows(run_dir)):
             say(f"{run_dir.name}: {args.epochs} epochs")
             train_once(recipe(args, ngf, method, seed, args.epochs, features,
                               teacher if method == "gan_compression" else None), run_dir)
@@ -136,11 +137,6 @@ def main() -> int:
         costs(args, out)
     say(f"done in {(time.time() - t0) / 3600:.2f} h")
     return 0
-
-
-def train_once_rows(run_dir: Path) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
 
 
 def write(args, out: Path, classifier, teacher_rows, runs, pending, seeds) -> None:
@@ -205,20 +201,13 @@ def write(args, out: Path, classifier, teacher_rows, runs, pending, seeds) -> No
 
 
 def costs(args, out: Path) -> None:
-    from kdkit.export import profile
-
     nets = {f"teacher ngf {TEACHER_NGF}": out / "teacher" / "best.pt"}
     nets.update({f"student ngf {ngf} ({w} width)": out / f"ngf{ngf}-gan-s0" / "best.pt" for w, ngf in WIDTHS.items()})
-    rows = []
-    for label, ckpt in nets.items():
-        p = profile(ckpt, batches=(1, 32), runs=20, threads=args.threads)
-        lat = p["latency"]
-        rows.append([label, f"{p['params']:,}", f"{p['macs'] / 1e6:.1f} M", f"{lat['1']['eager']['median_ms']:.2f}",
-                     f"{lat['32']['eager']['median_ms']:.1f}"])
+    rows = cost_rows(nets, args.threads, "fid_fmnist")  # dense_table's: kdkit profile of each checkpoint
     doc = Path(args.docs) / "fashion_gan_compression.md"
     doc.write_text(doc.read_text() + "\n## Size and speed (kdkit profile, CPU, one thread)\n\n" + markdown_table(
-        ["network", "params", "MACs per image", "ms, batch 1", "ms, batch 32"], rows, {1, 2, 3, 4}) + "\n")
-
+        ["network", "params", "MACs per image", "ms, batch 1", "ms, batch 32", "test FID-FMNIST"], rows,
+        {1, 2, 3, 4, 5}) + "\n")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -63,18 +63,23 @@ def base_recipe(args: argparse.Namespace, epochs: int, teacher: Path | None) -> 
     return recipe
 
 
+def run_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """The metrics lines of the run in ``run_dir`` so far (none when it has not written any)."""
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.is_file() else []
+
+
 def train_once(recipe: dict[str, Any], run_dir: Path, read_only: bool = False) -> list[dict[str, Any]]:
     """Train ``recipe`` in ``run_dir`` (resumed if it was started); its metrics lines. A finished run is only
     read (no lock taken: the two tables read the same regime runs at once). ``read_only``: the run must have
     finished already."""
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()] \
-        if (run_dir / "metrics.jsonl").is_file() else []
+    rows = run_rows(run_dir)
     if rows and rows[-1].get("final"):
         return rows
     if read_only:
         raise SystemExit(f"--write-only: {run_dir} has not finished yet")
     trainer_in(run_dir, recipe, log=lambda m: None).fit()
-    return [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return run_rows(run_dir)
 
 
 def write_table(args: argparse.Namespace, name: str, table: str, text: list[str], rows: list[dict[str, Any]],

@@ -151,13 +151,12 @@ class Gan(Method):
         return torch.cat([inputs.to(image.dtype), image], 1) if self.cfg.conditional else image
 
     def losses(self, out: Outputs) -> dict[str, Tensor]:
-        fake = out.s_logits.float()
+        fake, condition = out.s_logits.float(), out.inputs.float()
         real = self.task.target_image(out.targets)
-        self._kept = (self._pair(out.inputs.detach().float(), fake.detach()),
-                      self._pair(out.inputs.detach().float(), real))
+        self._kept = (self._pair(condition, fake).detach(), self._pair(condition, real).detach())
         if self.cfg.lambda_gan == 0:
             return {}
-        scores = self.discriminator(self._pair(out.inputs.float(), fake))
+        scores = self.discriminator(self._pair(condition, fake))
         return {"gan": self.cfg.lambda_gan * gan_loss(scores, True, self.cfg.gan_mode, for_discriminator=False)}
 
     def after_step(self) -> None:
@@ -195,8 +194,8 @@ class GanCompression(Gan):
     convolution from the student's width to the teacher's (drawn from N(0, 0.02), trained with the
     student), ``S_i``/``T_i`` the student's and the teacher's maps (their ``resnet_distiller.py``
     ``calc_distill_loss``). Defaults are theirs: lambda_recon 100, lambda_distill 1, lambda_gan 1, hinge
-    loss, Adam 2e-4 (0.5, 0.999) for the discriminator, layers ``down2`` and every third block. Their
-    discriminator may start from the teacher's; this one starts fresh."""
+    loss, Adam 2e-4 (0.5, 0.999) for the discriminator, layers ``down2`` and every third block. Like theirs,
+    the discriminator can start from the teacher's: ``discriminator_checkpoint``."""
 
     name = "gan_compression"
     family = "feature"

@@ -89,7 +89,6 @@ class PatchGAN(nn.Sequential):
             c = w
         layers.append(nn.Conv2d(c, 1, 4, 1, 1))
         super().__init__(*layers)
-        self.in_channels = in_channels
         _init_gan(self)
 
 

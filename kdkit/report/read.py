@@ -12,6 +12,7 @@ import math
 import os
 import unicodedata
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +77,7 @@ class Run:
         net = (self.final or {}).get("deployed", "student")
         return "" if net == "student" else f"{net}/"
 
-    @property
+    @cached_property
     def task(self):
         """The run's task (classification when its config names none, or one this kdkit does not know)."""
         from ..errors import KdkitError

@@ -93,8 +93,10 @@ class Task:
 
     # -- checkpoints ----------------------------------------------------------------------------------
     def record(self, dataset) -> dict[str, Any]:
-        """What a model record says of the network's input and output (checked when it is loaded)."""
-        return {"in_channels": dataset.in_channels}
+        """What a model record says of the network's input and output (checked when it is loaded): the
+        dataset's class count (for image-to-image, the target's channels) and input channels, which
+        rebuilding a network needs."""
+        return {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels}
 
     def network_record(self, network) -> dict[str, Any]:
         """What a checkpoint's model record adds about one trained network's output (beyond :meth:`record`)."""

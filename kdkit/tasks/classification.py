@@ -61,9 +61,6 @@ class Classification(Task):
         out = rest[:, None].expand(len(rest), meta["num_classes"]).clone()
         return out.scatter(1, indices, values)
 
-    def record(self, dataset) -> dict[str, Any]:
-        return {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels}
-
     def check_output(self, shape: tuple[int, ...] | None, dataset, network: str) -> None:
         if shape != (dataset.num_classes,):
             got = "no tensor" if shape is None else f"outputs of shape {list(shape)} per image"

@@ -228,7 +228,7 @@ class Detection(Task):
     # -- checks and records -------------------------------------------------------------------------------
     def record(self, dataset) -> dict[str, Any]:
         self.num_classes = dataset.num_classes
-        return {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels}
+        return super().record(dataset)
 
     def network_record(self, network) -> dict[str, Any]:
         strides, reg_max = getattr(network, "strides", None), getattr(network, "reg_max", None)

@@ -97,9 +97,6 @@ class ImageToImage(Task):
                                                                          self.kid_subset_size)
         return out
 
-    def record(self, dataset) -> dict[str, Any]:
-        return {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels}
-
     def network_record(self, network) -> dict[str, Any]:
         """The feature network the run's FID and KID were measured through (path and SHA-256)."""
         if self.features is None:

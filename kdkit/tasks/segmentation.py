@@ -100,7 +100,7 @@ class Segmentation(Task):
 
     def record(self, dataset) -> dict[str, Any]:
         self.num_classes = dataset.num_classes
-        return {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels}
+        return super().record(dataset)
 
     def network_record(self, network) -> dict[str, Any]:
         """The output stride (the encoder's downsampling before the logits are upsampled), when the network

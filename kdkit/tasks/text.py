@@ -84,7 +84,7 @@ class TextClassification(Classification):
 
     def record(self, dataset) -> dict[str, Any]:
         self.num_classes = dataset.num_classes
-        return {"num_classes": dataset.num_classes, "in_channels": dataset.in_channels}
+        return super().record(dataset)
 
     def check_output(self, shape: tuple[int, ...] | None, dataset, network: str) -> None:
         self.num_classes = dataset.num_classes
