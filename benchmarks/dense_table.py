@@ -13,7 +13,8 @@ recipe): each method's weights chosen on the validation metric (mIoU, mAP) by a 
 trial count as vanilla's learning rate and weight decay, then the best configuration over 3 seeds on test
 (mean ± std, and the difference to vanilla paired by seed). The cost of each network (parameters, MACs,
 CPU latency) comes from ``kdkit profile``. Resumable: finished trials and runs are kept in ``--out``; run
-the same command again and it goes on.
+the same command again and it goes on. On another machine too: the finished methods' result files are kept
+in ``<docs>/<table's name>/`` (benchmarks/sweep_tables.py says how).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sweep_tables import train_once, write_table
+from sweep_tables import ledger_restore, train_once, write_table
 
 from kdkit.sweep import parse_sweep
 from kdkit.sweep.compare import RANKING_NUMERIC, markdown_table, ranking_table
@@ -129,8 +130,9 @@ def main() -> int:
              "seeds": [int(s) for s in args.seeds.split(",")], "out": str(out / "methods"), "name": args.task,
              "method_settings": {}}
     cfg = parse_sweep(sweep, "dense_table")
-    command = "python benchmarks/dense_table.py " + " ".join(a for a in sys.argv[1:] if a != "--write-only")
     name = task["doc"]
+    ledger_restore(Path(args.docs) / name, out / "methods")
+    command = "python benchmarks/dense_table.py " + " ".join(a for a in sys.argv[1:] if a != "--write-only")
 
     def write(rows: list[dict[str, Any]], pending: list[str]) -> None:
         spent = sum(r["train_s"] for r in rows)
@@ -167,7 +169,7 @@ def main() -> int:
         text += markdown_table(head, cells, numeric).splitlines()
         text += ["", f"Not better than the student from scratch on test: {', '.join(losers) if losers else 'none'}."]
         write_table(args, name, args.task, text, rows, pending, f"benchmarks/dense_table.py --task {args.task}",
-                    {"lr": task["optim"]["lr"], "weight_decay": task["optim"]["weight_decay"]})
+                    {"lr": task["optim"]["lr"], "weight_decay": task["optim"]["weight_decay"]}, out / "methods")
         hours = (time.time() - t0) / 3600
         say(f"wrote {Path(args.docs) / name}.md ({len(rows)} methods, {len(pending)} to go; {hours:.2f} h)")
 
@@ -177,9 +179,14 @@ def main() -> int:
         write(*read_methods(cfg))
     else:
         run_methods(cfg, log=say, after=write)
-        vanilla = json.loads((out / "methods" / "vanilla" / "final.json").read_text())["runs"][0]["run"]
+        vanilla = Path(json.loads((out / "methods" / "vanilla" / "final.json").read_text())["runs"][0]["run"])
+        if not (vanilla / "checkpoint.pt").is_file():  # finished on another machine: trained again from best.yaml
+            from kdkit.yamlio import load_yaml
+
+            vanilla = out / "vanilla-seed0"
+            train_once(load_yaml(out / "methods" / "vanilla" / "best.yaml"), vanilla)
         networks = {f"teacher {_name(args.teacher)}": teacher,
-                    f"student {_name(args.student)} (from scratch, seed 0)": Path(vanilla) / "checkpoint.pt"}
+                    f"student {_name(args.student)} (from scratch, seed 0)": vanilla / "checkpoint.pt"}
         cost = cost_rows(networks, args.threads, metric)
         doc = Path(args.docs) / f"{name}.md"
         doc.write_text(doc.read_text() + "\n## Size and speed (kdkit profile, CPU)\n\n" + markdown_table(

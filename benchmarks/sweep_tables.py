@@ -13,6 +13,12 @@ Resumable: the runs, journals and teacher live in ``--out`` (default /work/kdkit
 outside the work tree); run the same command again and finished trials and final runs are kept, the
 interrupted trial resumes from its checkpoint. The table is rewritten after each method, with the methods
 still to run listed. For a GPU, ``benchmarks/sweep_tables_gpu.sh``.
+
+Resumable on another machine too: each finished method's small result files (``final.json``,
+``sweep.json``, ``best.yaml``) are kept beside the table, in ``<docs>/<table's name>/`` (committed with it),
+and copied into ``--out`` when it lacks them; ``final.json`` holds a digest of the method's sweep and of
+the teacher's weights, so a method is taken as finished only where the teacher trained here again has the
+same weights (kdkit.sweep.compare.fingerprint). The teacher and the regime runs are trained again there.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Any
 from kdkit.build import trainer_in
 from kdkit.sweep import parse_sweep
 from kdkit.sweep.compare import RANKING_NUMERIC, markdown_table, ranking_table
+from kdkit.sweep.methods import resolve_methods
 
 # the papers' CIFAR-100 gains over the student, resnet32x4 -> resnet8x4 (student 72.50): CRD paper
 # (Tian et al. 2020) Table 1 for KD .. CRD; DKD (Zhao et al. 2022), DIST (Huang et al. 2022), ReviewKD
@@ -82,10 +89,38 @@ def train_once(recipe: dict[str, Any], run_dir: Path, read_only: bool = False) -
     return run_rows(run_dir)
 
 
+LEDGER_FILES = ("final.json", "sweep.json", "best.yaml")
+
+
+def ledger_restore(ledger: Path, out: Path) -> int:
+    """Copy the finished methods' result files kept in ``ledger`` into ``out`` where it lacks them; how many."""
+    n = 0
+    for path in sorted(ledger.rglob("*")) if ledger.is_dir() else []:
+        target = out / path.relative_to(ledger)
+        if path.name in LEDGER_FILES and not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
+            n += 1
+    return n
+
+
+def ledger_save(out: Path, ledger: Path) -> None:
+    """Keep the result files of every method under ``out`` that has finished (has ``final.json``) in ``ledger``."""
+    for final in sorted(out.rglob("final.json")):
+        for name in LEDGER_FILES:
+            src = final.parent / name
+            if src.is_file():
+                target = ledger / src.relative_to(out)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(src.read_bytes())
+
+
 def write_table(args: argparse.Namespace, name: str, table: str, text: list[str], rows: list[dict[str, Any]],
-                pending: list[str], command: str | None = None, base: dict[str, float] | None = None) -> None:
+                pending: list[str], command: str | None = None, base: dict[str, float] | None = None,
+                sweep_out: Path | None = None) -> None:
     """``<docs>/<name>.md`` from ``text`` (the methods still to run listed below it) and ``<name>.json``
-    from ``rows``; then the table's part of docs/methods.md (:func:`tuned_section`)."""
+    from ``rows``; then the table's part of docs/methods.md (:func:`tuned_section`); the finished methods'
+    result files under ``sweep_out`` kept in ``<docs>/<name>/`` (:func:`ledger_save`)."""
     if pending:
         text = [*text, "", f"Not run yet (the table is being built; rerun the command): {', '.join(pending)}."]
     docs = Path(args.docs)
@@ -93,6 +128,8 @@ def write_table(args: argparse.Namespace, name: str, table: str, text: list[str]
     (docs / f"{name}.md").write_text("\n".join(text) + "\n")
     (docs / f"{name}.json").write_text(json.dumps({"args": vars(args), "rows": rows, "pending": pending},
                                                   indent=1, default=str))
+    if sweep_out is not None:
+        ledger_save(sweep_out, docs / name)
     tuned_section(Path(args.methods_doc), table, rows, pending, f"docs/results/{name}.md",
                   command or f"benchmarks/sweep_tables.py --table {table}", base or {"lr": 0.1, "weight_decay": 5e-4})
 
@@ -109,6 +146,37 @@ def regime(args: argparse.Namespace, out: Path, say: Any) -> list[str]:
         lines.append(f"- {epochs} epochs: " + " ".join(f"{v:.1f}" for v in curve)
                      + f"; last fifth {min(tail):.2f} to {max(tail):.2f} (spread {max(tail) - min(tail):.2f})")
     return lines + [""]
+
+
+def carried_rows(args: argparse.Namespace, name: str, sweep: dict[str, Any], say: Any) -> list[dict[str, Any]]:
+    """The committed table's rows that have no result files kept (measured before they were kept, on a
+    machine whose runs are gone), carried into this table only where vanilla, measured again here, gives
+    the committed vanilla row exactly (its best trial, parameters and test mean and std): the same regime,
+    so their paired differences to vanilla stand. Marked ``carried`` in the table's JSON."""
+    path = Path(args.docs) / f"{name}.json"
+    if not path.is_file():
+        return []
+    old = json.loads(path.read_text())
+    same = ("table", "dataset", "teacher", "student", "epochs", "limit_train", "teacher_epochs", "trials", "seeds",
+            "threads")
+    if any(old["args"].get(k) != getattr(args, k) for k in same):
+        return []
+    kept = {p.parent.name for p in (Path(args.docs) / name).rglob("final.json")}
+    wanted = set(resolve_methods(sweep["methods"]))
+    rows = [r for r in old["rows"] if r["method"] in wanted and r["method"] not in kept and r["method"] != "vanilla"]
+    if args.write_only or not rows:
+        return [r for r in rows if r.get("carried")]
+    from kdkit.sweep.compare import run_methods
+
+    fresh = next(r for r in run_methods(parse_sweep({**sweep, "methods": ["vanilla"]}, "vanilla"), log=say)
+                 if r["method"] == "vanilla")
+    committed = next((r for r in old["rows"] if r["method"] == "vanilla"), {})
+    fields = ("val", "params", "test_mean", "test_std")
+    if any(fresh[k] != committed.get(k) for k in fields):
+        say("vanilla measured here differs from the committed table's: its other rows are measured again")
+        return []
+    say(f"vanilla reproduced the committed row exactly: carried over {', '.join(r['method'] for r in rows)}")
+    return [{**r, "carried": True} for r in rows]
 
 
 def tuned_section(doc: Path, table: str, rows: list[dict[str, Any]], pending: list[str], source: str, command: str,
@@ -182,10 +250,14 @@ def main() -> int:
              "seeds": [int(s) for s in args.seeds.split(",")], "out": str(out / args.table), "name": args.table}
     if args.table == "offline":
         sweep["method_settings"] = {}
+    ledger_restore(Path(args.docs) / name, out / args.table)
+    carried = carried_rows(args, name, sweep, say)
+    sweep["methods"] = [m for m in resolve_methods(sweep["methods"]) if m not in {r["method"] for r in carried}]
     cfg = parse_sweep(sweep, f"sweep_tables --table {args.table}")
     command = "python benchmarks/sweep_tables.py " + " ".join(a for a in sys.argv[1:] if a != "--write-only")
 
     def write(rows: list[dict[str, Any]], pending: list[str]) -> None:
+        rows = sorted(rows + carried, key=lambda r: (r["val"] is None, -(r["val"] or 0.0)))
         spent = sum(r["train_s"] for r in rows)
         pair = f"{args.teacher} -> {args.student}" if teacher else f"online schemes, {args.student}"
         text = [f"# {args.dataset}, {pair}: each method's weights chosen by a sweep on validation", "",
@@ -214,7 +286,12 @@ def main() -> int:
         losers = [r["method"] for r in rows if r["method"] != "vanilla" and r["delta_mean"] is not None
                   and r["delta_mean"] < 0]
         text += ["", f"Below vanilla on test: {', '.join(losers) if losers else 'none'}."]
-        write_table(args, name, args.table, text, rows, pending)
+        if carried:
+            text += ["", f"Carried over from an earlier session: {', '.join(r['method'] for r in carried)} (measured "
+                     "before each method's result files were kept beside the table; their runs are gone). Vanilla, "
+                     "measured again here, reproduced that session's vanilla row exactly, so their differences to it "
+                     "stand."]
+        write_table(args, name, args.table, text, rows, pending, sweep_out=out / args.table)
         say(f"wrote {Path(args.docs) / name}.md ({len(rows)} methods, {len(pending)} to go)")
 
     from kdkit.sweep.compare import read_methods, run_methods

@@ -115,3 +115,48 @@ def test_a_method_that_needs_a_teacher_without_one_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="learns from a teacher"):
         method_configs(cfg)
     assert not Path(tmp_path / "x").exists()
+
+
+def test_a_finished_method_carried_as_its_result_files_is_not_searched_again(tmp_path, teacher):
+    """final.json holds a digest of the method's sweep and of the teacher's weights: its small result files
+    copied to another folder (no journal, no runs), beside a copy of the teacher, are the finished method;
+    other teacher weights or another seed list make it a new search."""
+    import shutil
+
+    import torch
+
+    from kdkit.sweep.compare import read_methods, run_methods
+
+    def cfg(out, ckpt, seeds=(0,)):
+        return parse_sweep({"base": {**_base(ckpt), "teacher": {"name": "cnn_small", "checkpoint": str(ckpt)}},
+                            "methods": ["kd"], "trials": 1, "pruner": "none", "seeds": list(seeds),
+                            "out": str(out), "name": "cmp"}, "test")
+
+    first = run_methods(cfg(tmp_path / "a", teacher), log=lambda m: None)
+    moved = tmp_path / "elsewhere"
+    for path in (tmp_path / "a").rglob("*"):
+        if path.name in ("final.json", "sweep.json", "best.yaml"):
+            (moved / path.relative_to(tmp_path / "a")).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, moved / path.relative_to(tmp_path / "a"))
+    shutil.copy(teacher, tmp_path / "teacher.pt")
+    said = []
+    again = run_methods(cfg(moved, tmp_path / "teacher.pt"), log=said.append)
+    assert not list(moved.rglob("checkpoint.pt")) and not list(moved.rglob("journal.log"))
+    assert [r["method"] for r in again] == [r["method"] for r in first] == ["vanilla", "kd"]
+    for a, b in zip(first, again):
+        assert (a["val"], a["params"], a["test_mean"], a["delta_mean"], a["train_s"]) == (
+            b["val"], b["params"], b["test_mean"], b["delta_mean"], b["train_s"])
+        assert a["train_s"] > 0
+    assert sum("finished already" in m for m in said) == 2
+    assert read_methods(cfg(moved, tmp_path / "teacher.pt"))[0] == again
+    ckpt = torch.load(teacher, weights_only=True)  # other teacher weights: kd is searched again, vanilla is not
+    name = next(iter(ckpt["student"]))
+    ckpt["student"][name] = ckpt["student"][name] + 1.0
+    torch.save(ckpt, tmp_path / "teacher.pt")
+    said.clear()
+    run_methods(cfg(moved, tmp_path / "teacher.pt"), log=said.append)
+    assert [m for m in said if "finished already" in m] == [m for m in said if "cmp-vanilla" in m and "finished" in m]
+    assert any(m.startswith("== kd: 1 trials") for m in said) and list((moved / "kd").rglob("checkpoint.pt"))
+    said.clear()
+    run_methods(cfg(moved, tmp_path / "teacher.pt", seeds=(0, 1)), log=said.append)  # another seed list
+    assert not any("finished already" in m for m in said)

@@ -35,3 +35,33 @@ def test_the_sweep_table_command_end_to_end(tmp_path):
     again = (tmp_path / "docs" / "digits_sweep.md").read_text()
     strip = lambda t: [x for x in t.splitlines() if not x.startswith("Cost:")]  # noqa: E731
     assert strip(again) == strip(before) and kd["test_mean"] is not None
+    # another machine: the runs are gone, the table and its kept result files are there. The teacher is trained
+    # again (the same weights), each finished method is read from its files, nothing is searched again
+    ledger = tmp_path / "docs" / "digits_sweep"
+    assert sorted(p.relative_to(ledger).as_posix() for p in ledger.rglob("*.json")) == [
+        "kd/final.json", "kd/sweep.json", "vanilla/final.json", "vanilla/sweep.json"]
+    moved = [*args[:args.index("--out") + 1], str(tmp_path / "runs2"), *args[args.index("--out") + 2:]]
+    subprocess.run(moved, check=True, capture_output=True, cwd=tmp_path)
+    assert not list((tmp_path / "runs2" / "offline").rglob("checkpoint.pt"))
+    assert strip((tmp_path / "docs" / "digits_sweep.md").read_text()) == [
+        x.replace(str(tmp_path / "runs"), str(tmp_path / "runs2")) for x in strip(before)]
+    # a row of the committed table without its files (measured before they were kept) is carried over when
+    # vanilla measured here gives the committed vanilla row exactly, and measured again when it does not
+    import shutil
+
+    shutil.rmtree(ledger / "kd")
+    moved3 = [*args[:args.index("--out") + 1], str(tmp_path / "runs3"), *args[args.index("--out") + 2:]]
+    table = tmp_path / "docs" / "digits_sweep.json"
+    carry = subprocess.run(moved3, capture_output=True, cwd=tmp_path, text=True)
+    assert carry.returncode == 0, carry.stderr
+    assert "carried over kd" in carry.stderr and "Carried over from an earlier session: kd" in (
+        tmp_path / "docs" / "digits_sweep.md").read_text()
+    assert next(r for r in json.loads(table.read_text())["rows"] if r["method"] == "kd")["carried"] is True
+    assert not (tmp_path / "runs3" / "offline" / "kd").exists()
+    data = json.loads(table.read_text())
+    next(r for r in data["rows"] if r["method"] == "vanilla")["test_mean"] += 0.01
+    table.write_text(json.dumps(data))
+    again = subprocess.run(moved3, capture_output=True, cwd=tmp_path, text=True)
+    assert again.returncode == 0 and "measured again" in again.stderr
+    assert list((tmp_path / "runs3" / "offline" / "kd").rglob("checkpoint.pt"))
+    assert "Carried over" not in (tmp_path / "docs" / "digits_sweep.md").read_text()

@@ -3,6 +3,8 @@ search per method over a teacher/student pair, ranked on validation, then each b
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import statistics
 from pathlib import Path
@@ -38,9 +40,48 @@ def final_runs(cfg: SweepConfig, best: dict[str, Any], log: Any = print) -> list
         row = {"seed": seed, "run": str(run_dir), **{k: v for k, v in final.items() if k.startswith("test/")}}
         rows.append(row)
         log(f"{cfg.name}: final run, seed {seed}: {primary} {row.get(primary, float('nan')):.4g}")
-    data = json.dumps({"name": cfg.name, "best": best, "runs": rows}, indent=1, default=str).encode()
+    data = json.dumps({"name": cfg.name, "fingerprint": fingerprint(cfg), "train_s": _trial_seconds(out),
+                       "best": best, "runs": rows}, indent=1, default=str).encode()
     write_atomic(out / "final.json", lambda f: f.write(data))
     return rows
+
+
+def fingerprint(cfg: SweepConfig) -> str:
+    """A digest of what decides a sweep's result: its base recipe, space, budget, sampler, pruner, metric,
+    seeds, and the teacher's weights (not the path of its checkpoint: a teacher trained again to the same
+    weights, elsewhere, gives the same digest). ``final.json`` carries it; a method whose ``final.json``
+    matches is finished (:func:`run_methods` does not search it again, even without its journal and runs:
+    a table carried to another machine as its small result files goes on from there)."""
+    base = json.loads(json.dumps(cfg.base, default=str))
+    teacher = base.get("teacher")
+    ckpt = teacher.get("checkpoint") if isinstance(teacher, dict) else None
+    if ckpt and "://" not in str(ckpt) and Path(ckpt).is_file():
+        from ..engine.checkpoint import load_checkpoint
+
+        loaded = load_checkpoint(ckpt)
+        h = hashlib.sha256(json.dumps(loaded["model"], sort_keys=True, default=str).encode())
+        for name in sorted(loaded["student"]):
+            h.update(name.encode())
+            h.update(loaded["student"][name].detach().cpu().contiguous().numpy().tobytes())
+        teacher["checkpoint"] = f"weights:{h.hexdigest()}"
+    spec = {"base": base, "space": [dataclasses.asdict(p) for p in cfg.space], "trials": cfg.trials,
+            "sampler": cfg.sampler, "pruner": cfg.pruner, "pruner_warmup": cfg.pruner_warmup, "metric": cfg.metric,
+            "seed": cfg.seed, "seeds": cfg.seeds}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _finished(sub: SweepConfig, check: bool = True, log: Any = print) -> dict[str, Any] | None:
+    """A method's result from its ``final.json`` and ``sweep.json`` (None when it has not finished, or,
+    with ``check``, when its fingerprint is not this sweep's)."""
+    final, summary = Path(sub.out) / "final.json", Path(sub.out) / "sweep.json"
+    if not (final.is_file() and summary.is_file()):
+        return None
+    data = json.loads(final.read_text())
+    if check and data.get("fingerprint") != fingerprint(sub):
+        return None
+    if check:
+        log(f"== {sub.name}: finished already ({final} matches this sweep)")
+    return {"sub": sub, "best": data["best"], "final": data["runs"], "train_s": data.get("train_s")}
 
 
 def method_configs(cfg: SweepConfig) -> dict[str, SweepConfig]:
@@ -71,19 +112,13 @@ def run_methods(cfg: SweepConfig, log: Any = print, storage: str | None = None, 
     """Every method's search (the same trial count each), then each best over the final seeds on test;
     ``methods.json`` and ``methods.md`` in the sweep folder rank them, rewritten after each method (with
     the methods still to run listed), and ``after(rows, pending)`` is called then. Resumable: finished
-    trials and final runs are kept."""
+    trials and final runs are kept, and a method whose ``final.json`` has this sweep's :func:`fingerprint`
+    is read, not searched."""
     subs = method_configs(cfg)
     results: dict[str, dict[str, Any]] = {}
     rows: list[dict[str, Any]] = []
     for i, (method, sub) in enumerate(subs.items()):
-        log(f"== {method}: {sub.trials} trials over {', '.join(p.key for p in sub.space)}")
-        try:
-            best = search(sub, log=log, storage=storage, workers=workers)
-            best["final"] = final_runs(sub, best, log)
-        except NoTrialFinished as e:  # every trial diverged or was pruned: ranked last, the others go on
-            log(f"{method}: {e}")
-            best = None
-        results[method] = {"sub": sub, "best": best, "final": (best or {}).get("final", [])}
+        results[method] = _finished(sub, log=log) or _search_method(method, sub, log, storage, workers)
         rows = rank(cfg, results)
         pending = list(subs)[i + 1:]
         write_ranking(cfg, rows, pending)
@@ -92,15 +127,25 @@ def run_methods(cfg: SweepConfig, log: Any = print, storage: str | None = None, 
     return rows
 
 
+def _search_method(method: str, sub: SweepConfig, log: Any, storage: str | None, workers: int) -> dict[str, Any]:
+    log(f"== {method}: {sub.trials} trials over {', '.join(p.key for p in sub.space)}")
+    try:
+        best = search(sub, log=log, storage=storage, workers=workers)
+        best["final"] = final_runs(sub, best, log)
+    except NoTrialFinished as e:  # every trial diverged or was pruned: ranked last, the others go on
+        log(f"{method}: {e}")
+        best = None
+    return {"sub": sub, "best": best, "final": (best or {}).get("final", [])}
+
+
 def read_methods(cfg: SweepConfig) -> tuple[list[dict[str, Any]], list[str]]:
     """The ranking from what the method searches have written so far (nothing is trained): methods with a
     ``final.json`` are ranked, the others are pending."""
     results, pending = {}, []
     for method, sub in method_configs(cfg).items():
-        final = Path(sub.out) / "final.json"
-        if final.is_file():
-            data = json.loads(final.read_text())
-            results[method] = {"sub": sub, "best": data["best"], "final": data["runs"]}
+        done = _finished(sub, check=False)
+        if done is not None:
+            results[method] = done
         else:
             pending.append(method)
     return rank(cfg, results), pending
@@ -140,7 +185,7 @@ def rank(cfg: SweepConfig, results: dict[str, dict[str, Any]]) -> list[dict[str,
         rows.append({"method": method, "val": best["value"] if best else None,
                      "params": best["params"] if best else {}, "trials": counts,
                      "test_mean": mean, "test_std": std, "delta_mean": dmean, "delta_std": dstd,
-                     "seeds": sorted(tests), "train_s": _trial_seconds(Path(sub.out))})
+                     "seeds": sorted(tests), "train_s": res.get("train_s") or _trial_seconds(Path(sub.out))})
     rows.sort(key=lambda r: (r["val"] is None, -(r["val"] or 0.0) if not cfg.metric.endswith("loss") else r["val"]))
     return rows
 
