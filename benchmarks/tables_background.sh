@@ -21,6 +21,10 @@ if pgrep -f "benchmarks/(sweep_tables|segmentation_table|dense_table|gan_table).
   echo "table jobs are running already (pgrep -af benchmarks/); stop them first" >&2
   exit 2
 fi
+# the same arithmetic on every x86 machine (AVX2 and AVX-512 alike): PyTorch's own kernels, oneDNN's and
+# MKL's pinned to their AVX2 code paths, so that a teacher trained again on another machine has the same
+# weights and the finished methods kept beside a table carry over (kdkit.sweep.compare.fingerprint)
+export ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_CBWR=AVX2
 rm -rf "$COPY" && git clone -q "$SRC" "$COPY"
 mkdir -p "$RUNS/sweep_tables" "$RUNS/segmentation" "$RUNS/detection" "$RUNS/text" "$RUNS/gan"
 cd "$COPY"

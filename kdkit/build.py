@@ -78,6 +78,9 @@ def build(cfg: RunConfig, device: torch.device | None = None, rank: int = 0, wor
         teacher = build_model(spec, ds.num_classes, ds.in_channels, load=load_teachers, data=data)
         teachers.append(apply_transforms(teacher, spec.transforms, loaders.input_shape))
     methods = [create_method(m) for m in cfg.method]
+    mean, std = getattr(loaders.train, "mean", None), getattr(loaders.train, "std", None)
+    for m in methods:
+        m.input_norm = (mean, std) if mean is not None and std is not None else None
     if teachers and not any(m.needs_teacher for m in methods):
         raise ConfigError(f"a teacher is set but method(s) {', '.join(m.name for m in methods)} do not use one")
     try:

@@ -46,6 +46,9 @@ def evaluate(model: torch.nn.Module, loader, teachers: Sequence[torch.nn.Module]
             records.append(task.eval_records(output, y, keys))
         else:
             batch_counts = task.eval_counts(output, y, t_output)
+            attacked = task.attack_counts(model, x, y, getattr(loader, "mean", None), getattr(loader, "std", None))
+            if attacked is not None:
+                batch_counts = torch.cat([batch_counts, attacked.to(batch_counts.device)])
             counts = batch_counts if counts is None else counts + batch_counts
         seen += len(output)
     model.train(was_training)

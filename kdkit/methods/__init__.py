@@ -2,6 +2,8 @@
 
 from . import (  # noqa: F401  (importing a method's module registers it)
     ab,
+    adversarial_kd,
+    ard,
     at,
     at_grad,
     cc,

@@ -109,6 +109,9 @@ class Method(nn.Module):
         self.teacher_names: list[str] = []  # the run's teachers, in order, set before setup()
         self.networks: dict[str, nn.Module] = {}  # the trainable networks by name, set before setup() (read only)
         self.teacher_modules: dict[str, nn.Module] = {}  # the teachers by name, set before setup() (read only)
+        # the training loader's normalisation (mean, std), [1, C, 1, 1] on its device, set by build (None when the
+        # inputs are not normalised images): what pixel units are in the inputs' space (ARD's PGD ball)
+        self.input_norm: tuple[Tensor, Tensor] | None = None
 
     # -- set-up -------------------------------------------------------------------------------------
     def setup(self, s_info: ModelInfo, t_info: ModelInfo | None) -> None:

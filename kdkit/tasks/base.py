@@ -71,6 +71,12 @@ class Task:
         a task cannot import the engine), for a task whose metric runs a network of its own (image-to-image:
         the feature network of FID). Nothing by default."""
 
+    def attack_counts(self, model, inputs: Any, target: Any, mean: Tensor | None, std: Tensor | None) -> Tensor | None:
+        """Counts of ``model`` under an attack that the task's options ask for, appended to
+        :meth:`eval_counts`' (the classification task's ``robust``: PGD accuracy); called in eval mode, the
+        loader's normalisation ``mean``/``std`` given (None for a plain loader). None by default."""
+        return None
+
     def empty_counts(self) -> Tensor:
         """The counts of no batch at all (an empty evaluation set)."""
         return torch.zeros(len(self.counts), dtype=torch.float64)

@@ -48,6 +48,9 @@ class TextClassification(Classification):
     primary = "accuracy"
     counts = ("n", "correct", "loss", "agreement")  # then the K x K confusion matrix, row-major
     num_classes: int | None = None  # known once a dataset was seen (record, check_output)
+
+    def __init__(self) -> None:  # token ids: no PGD option
+        super().__init__()
     unit = "tokens"
 
     def units(self, inputs: Any) -> Tensor | None:
