@@ -43,6 +43,11 @@ WEIGHT_SOURCE = {"dkd": "mdistiller's configs/cifar100/dkd/", "reviewkd": "the R
                  "ft": "RepDistiller (the CRD benchmark's FactorTransfer)"}
 
 
+# evaluation options a method's recipe needs: ARD's robust accuracy under its own attack (the authors' 8/255,
+# 2/255, 10 steps), reported beside clean accuracy
+TASK = {"ard": {"name": "classification", "robust": {"epsilon": 8 / 255, "step_size": 2 / 255, "steps": 10}}}
+
+
 def method_block(name: str, **overrides) -> dict:
     """The method's scalar defaults (layer choices left to probing), with overrides."""
     cfg = METHODS.get(name).Config()
@@ -90,7 +95,7 @@ def cifar100() -> dict[Path, str]:
                 continue  # online(): cohorts of the same architecture, the online papers' protocol
             if m == "netaug" and student == "shufflenetv2":
                 continue  # a channel shuffle does not widen as a prefix: netaug refuses it
-            rec = {"model": student}
+            rec = {"model": student, **({"task": TASK[m]} if m in TASK else {})}
             if METHODS.get(m).needs_teacher or m == "netaug":
                 rec["teacher"] = {"name": teacher, "checkpoint": f"runs/cifar100-{teacher}/checkpoint.pt"}
             pair_weights = PAIR_WEIGHTS.get((teacher, student), {}).get(m, {})
@@ -113,7 +118,7 @@ def fashion_mnist() -> dict[Path, str]:
         if m == "vanilla" or METHODS.get(m).family == "online":
             continue  # configs/fashion_mnist/scratch.yaml; online(): no teacher
         block = recipe_method(m, stage1_epochs=1, warmup_epochs=1)
-        rec = {"model": "cnn_tiny",
+        rec = {"model": "cnn_tiny", **({"task": TASK[m]} if m in TASK else {}),
                "teacher": {"name": "cnn_medium", "checkpoint": "runs/fashion_mnist-teacher/checkpoint.pt"},
                "method": block, "data": {"name": "fashion_mnist", "batch_size": 128},
                "optim": {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5.0e-4},

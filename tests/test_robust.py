@@ -189,3 +189,17 @@ def test_train_with_ard_and_robust_accuracy_from_the_command_line(tmp_path):
     final = rows[-1]
     assert final["test/robust_top1"] < final["test/top1"] and rows[0]["val/robust_top1"] < rows[0]["val/top1"]
     assert final["test/top1"] > 20
+    # kdkit eval: the robust figure of any checkpoint, under an attack named on the command line
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert cli(["eval", str(tmp_path / "s" / "checkpoint.pt"), "--json", "--pgd-epsilon", "0.03",
+                    "--pgd-steps", "2"]) == 0
+    metrics = json.loads(out.getvalue())
+    assert metrics["top1"] == pytest.approx(final["test/top1"]) and metrics["robust_top1"] < metrics["top1"]
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert cli(["eval", str(tmp_path / "s" / "checkpoint.pt"), "--pgd-epsilon", "-0.01"]) == 2
+    assert "PGD epsilon must be >= 0" in err.getvalue() and err.getvalue().count("\n") == 1

@@ -99,14 +99,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ..build import pick_device
     from ..engine.evaluate import evaluate
     from ..engine.rebuild import network_and_data
-    from ..tasks import create_task
+    from ..tasks import create_task, task_spec
 
+    task = None
+    if args.pgd_epsilon is not None:  # checked (a negative radius refused) before anything is loaded
+        step = args.pgd_step_size if args.pgd_step_size is not None else args.pgd_epsilon / 4 or 1 / 255
+        task = {"robust": {"epsilon": args.pgd_epsilon, "step_size": step, "steps": args.pgd_steps}}
+        create_task({"name": "classification", **task})
     loaded, loaders = network_and_data(args.checkpoint, args.net, pick_device(args.device), args.data_root)
     net, ds = args.net or "student", loaders.dataset
     loader = loaders.test if args.split == "test" else loaders.val
     if loader is None:
         raise ConfigError("this run has no validation split (data.val_fraction was 0)")
-    metrics = evaluate(loaded.model, loader, task=create_task(loaded.cfg.task))
+    if task is not None:
+        name, options = task_spec(loaded.cfg.task)
+        task = create_task({"name": name, **options, **task})
+    metrics = evaluate(loaded.model, loader, task=create_task(loaded.cfg.task) if task is None else task)
     if args.json:
         print(json.dumps(metrics))
     else:

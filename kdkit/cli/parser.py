@@ -44,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", help="where the dataset files are (default: the lookup order in docs)")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--pgd-epsilon", type=float, default=None, help="also report robust_top1, the accuracy under an "
+                   "L-inf PGD attack of this radius (pixel units of [0, 1] images, e.g. 0.0314 for 8/255)")
+    p.add_argument("--pgd-steps", type=int, default=10, help="with --pgd-epsilon (default 10)")
+    p.add_argument("--pgd-step-size", type=float, default=None, help="with --pgd-epsilon (default epsilon / 4)")
 
     p = sub.add_parser("export", help="write a trained network as ONNX (checked against PyTorch with ONNX "
                        "Runtime), safetensors weights, or (with --branch) one branch of a branched network as a "
