@@ -246,3 +246,27 @@ def hkd_combined(f_t: Tensor, f_s: Tensor, eps: float = 1e-6) -> Tensor:
     loss1 = (t1 - s1) * (torch.log(t1) - torch.log(s1))
     loss2 = (t2 - s2) * (torch.log(t2) - torch.log(s2))
     return torch.mean(loss1) + torch.mean(loss2)
+
+
+def ard_attack_and_loss(student, teacher, pixels: Tensor, targets: Tensor, epsilon: float, step_size: float,
+                        steps: int, temperature: float, alpha: float, start: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Adversarially robust distillation: goldblum/AdversariallyRobustDistillation ``main.py``, ``AttackPGD``
+    on [0, 1] pixels (a uniform start in the ball, here ``start`` in [-1, 1) times epsilon or none; summed
+    cross-entropy on the labels; signed steps; clipped to the ball and to [0, 1]) and the training loss
+    ``alpha * T^2 * nn.KLDivLoss()(log_softmax(S(x') / T), softmax(T(x) / T)) + (1 - alpha) * CE(S(x), y)``
+    (KLDivLoss's default mean: over batch and classes). ``student``/``teacher`` take pixels. Returns the
+    attacked pixels and the loss."""
+    x = pixels.detach()
+    if start is not None:
+        x = x + start * epsilon
+    for _ in range(steps):
+        x.requires_grad_()
+        with torch.enable_grad():
+            loss = F.cross_entropy(student(x), targets, reduction="sum")
+        grad = torch.autograd.grad(loss, [x])[0]
+        x = x.detach() + step_size * torch.sign(grad.detach())
+        x = torch.min(torch.max(x, pixels - epsilon), pixels + epsilon)
+        x = torch.clamp(x, 0.0, 1.0)
+    p_t, log_p_s = F.softmax(teacher(pixels) / temperature, dim=1), F.log_softmax(student(x) / temperature, dim=1)
+    kl = (p_t * (p_t.log() - log_p_s)).mean()  # nn.KLDivLoss()'s default, 'mean': over batch and classes
+    return x, alpha * temperature * temperature * kl + (1.0 - alpha) * F.cross_entropy(student(pixels), targets)

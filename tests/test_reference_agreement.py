@@ -277,3 +277,38 @@ def test_cifar100_ft_recipes_run_ft_as_the_crd_benchmark_did():
     for path in paths:
         method = yaml.safe_load(path.read_text())["method"]
         assert (method["factor"], method["beta"]) == ("spatial", 200.0), path
+
+
+@pytest.mark.parametrize("b", [64, 128])
+def test_ard_agrees_with_the_authors_attack_and_loss_up_to_their_class_mean(b):
+    """kdkit's PGD works on normalised inputs with the ball scaled by 1/std; theirs on [0, 1] pixels: the
+    same attacked images in pixel units (float64, the same start), and ARD's loss is theirs with the KL's
+    class mean undone (x K on the soft term)."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    mean, std = torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1), torch.tensor([0.2, 0.25, 0.3]).view(1, 3, 1, 1)
+    student, teacher = create_model("cnn_tiny", num_classes=10, in_channels=3), create_model(
+        "cnn_small", num_classes=10, in_channels=3)
+    method = create_method("ard", temperature=4.0, alpha=0.6, steps=5)
+    d = Distiller(student, [method], [teacher], input_shape=(3, 32, 32)).double()
+    method.input_norm = (mean.double(), std.double())
+    g = torch.Generator().manual_seed(b)
+    pixels, y = torch.rand(b, 3, 32, 32, generator=g, dtype=torch.float64), torch.randint(0, 10, (b,), generator=g)
+    x = (pixels - mean) / std
+    torch.manual_seed(b)  # kdkit's random start, drawn again for theirs: u in [0, 1) -> (2u - 1) * epsilon
+    start = torch.rand(x.shape).double() * 2 - 1
+    torch.manual_seed(b)
+    adv = method.attack.perturb(lambda v: d.student(v), x, y, mean.double(), std.double())
+    on_pixels = lambda net: (lambda p: net((p - mean) / std))  # noqa: E731
+    theirs_adv, theirs = ref.ard_attack_and_loss(on_pixels(d.student), on_pixels(d.teachers[0]), pixels, y, 8 / 255,
+                                                 2 / 255, 5, 4.0, 0.6, start=start)
+    torch.testing.assert_close(adv * std + mean, theirs_adv, rtol=0, atol=1e-12)
+    torch.manual_seed(b)
+    terms = d(x, y, epoch=0)
+    with torch.no_grad():
+        ce = F.cross_entropy(d.student(x), y)
+        soft = (theirs - 0.4 * ce) * 10  # their class mean undone on the soft term
+    # the soft term is computed in float32 (kd_loss, as for every logit method): float32's precision
+    torch.testing.assert_close(terms["ard"].detach().double(), soft, rtol=1e-5, atol=0)
+    torch.testing.assert_close(terms["ce"].detach().double(), 0.4 * ce, rtol=1e-5, atol=0)

@@ -48,8 +48,7 @@ class PGD:
         adv = x
         if self.random_start and self.epsilon > 0:
             noise = torch.rand(x.shape, generator=generator, device=generator.device if generator else x.device)
-            adv = x + (noise.to(x.device, x.dtype) * 2 - 1) * eps
-            adv = self._project(adv, x, eps, lower, upper)
+            adv = x + (noise.to(x.device, x.dtype) * 2 - 1) * eps  # not clipped to the image range (as ARD's code)
         for _ in range(self.steps):
             adv = adv.detach().requires_grad_(True)
             with torch.enable_grad():
