@@ -249,7 +249,8 @@ def hkd_combined(f_t: Tensor, f_s: Tensor, eps: float = 1e-6) -> Tensor:
 
 
 def ard_attack_and_loss(student, teacher, pixels: Tensor, targets: Tensor, epsilon: float, step_size: float,
-                        steps: int, temperature: float, alpha: float, start: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                        steps: int, temperature: float, alpha: float,
+                        start: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Adversarially robust distillation: goldblum/AdversariallyRobustDistillation ``main.py``, ``AttackPGD``
     on [0, 1] pixels (a uniform start in the ball, here ``start`` in [-1, 1) times epsilon or none; summed
     cross-entropy on the labels; signed steps; clipped to the ball and to [0, 1]) and the training loss
@@ -270,3 +271,33 @@ def ard_attack_and_loss(student, teacher, pixels: Tensor, targets: Tensor, epsil
     p_t, log_p_s = F.softmax(teacher(pixels) / temperature, dim=1), F.log_softmax(student(x) / temperature, dim=1)
     kl = (p_t * (p_t.log() - log_p_s)).mean()  # nn.KLDivLoss()'s default, 'mean': over batch and classes
     return x, alpha * temperature * temperature * kl + (1.0 - alpha) * F.cross_entropy(student(pixels), targets)
+
+
+def mhgd_attention(k: Tensor, q: Tensor, w_sender: Tensor, w_receiver: Tensor, bn_sender, bn_receiver, d: int,
+                   heads: int) -> Tensor:
+    """MHGD's ``Attention_head(K, Q, D, num_head)`` (sseung0703/KD_methods_with_TF ``nets/Relation.py``):
+    fully connected layers without bias (the network's arg scope) to ``D * num_head``, batch norm, reshape
+    to ``[B, D, num_head]``, transposes ``[2, 0, 1]`` and ``[2, 1, 0]``, matmul -> ``[num_head, B, B]``.
+    ``w_*``: ``[out, in]`` weights; ``bn_*``: callables."""
+    b = k.shape[0]
+    x_sender = bn_sender(k @ w_sender.T).reshape(b, d, heads)
+    x_receiver = bn_receiver(q @ w_receiver.T).reshape(b, d, heads)
+    return torch.matmul(x_sender.permute(2, 0, 1), x_receiver.permute(2, 1, 0))
+
+
+def mhgd_estimator(x: Tensor, g: Tensor, w0: Tensor, bn0, w1: Tensor, b1: Tensor, heads: int) -> Tensor:
+    """MHGD's ``Estimator`` without ``drop_head`` (evaluation): softmax of G over its last axis, reshape to
+    ``[num_head * B, B]``, ``X`` through fc0 (no bias) + batch norm + ReLU, ``G @ X`` reshaped to
+    ``[num_head, B, D]``, transposed to ``[B, D * num_head]``, fc1 (with bias), L2-normalised."""
+    b = g.shape[1]
+    g = torch.softmax(g, -1).reshape(heads * b, b)
+    x = torch.relu(bn0(x @ w0.T))
+    x = torch.matmul(g, x).reshape(heads, b, -1)
+    x = x.permute(1, 0, 2).reshape(b, -1) @ w1.T + b1
+    return F.normalize(x, dim=-1)
+
+
+def mhgd_kld(x: Tensor, y: Tensor) -> Tensor:
+    """MHGD's ``kld_loss(X, Y)``: ``reduce_sum(softmax(X) * (log_softmax(X) - log_softmax(Y)))`` over every
+    axis (heads, senders, receivers); called with the student's tanh'd graph first."""
+    return torch.sum(torch.softmax(x, -1) * (torch.log_softmax(x, -1) - torch.log_softmax(y, -1)))

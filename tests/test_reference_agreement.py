@@ -13,6 +13,7 @@ import yaml
 from kdkit import create_method, create_model
 from kdkit.features import FeatureTap
 from kdkit.losses import (
+    attention_graph_kl,
     dkd_loss,
     hierarchical_context_loss,
     hkd_loss,
@@ -312,3 +313,36 @@ def test_ard_agrees_with_the_authors_attack_and_loss_up_to_their_class_mean(b):
     # the soft term is computed in float32 (kd_loss, as for every logit method): float32's precision
     torch.testing.assert_close(terms["ard"].detach().double(), soft, rtol=1e-5, atol=0)
     torch.testing.assert_close(terms["ce"].detach().double(), 0.4 * ce, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("b", [64, 128])
+def test_mhgd_attention_estimator_and_graph_loss_agree_with_the_authors_tensorflow(b):
+    """MHGD's attention head, estimator and graph KL written out from the authors' TensorFlow, on the same
+    weights and 7x7-pooled singular vectors (49-d) of batch 64/128: the same graphs and estimates; kdkit's
+    loss is theirs averaged over the batch instead of summed."""
+    import torch.nn.functional as F
+
+    from kdkit.methods.mhgd import AttentionHead, Estimator
+
+    torch.manual_seed(b)
+    d, heads = 49, 8
+    att, est = AttentionHead(d, d, d, heads).eval(), Estimator(d, d, heads).eval()
+    for bn in (att.sender[1], att.receiver[1], est.embed[1]):  # trained statistics, not the initial ones
+        bn.running_mean.normal_(0, 0.1)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.normal_(0, 0.1)
+    g = torch.Generator().manual_seed(b)
+    unit = lambda: F.normalize(torch.randn(b, d, generator=g, dtype=torch.float64), dim=1)  # noqa: E731
+    now_t, prev_t, now_s, prev_s = unit(), unit(), unit(), unit()
+    att, est = att.double(), est.double()
+    theirs_g = ref.mhgd_attention(now_t, prev_t, att.sender[0].weight, att.receiver[0].weight, att.sender[1],
+                                  att.receiver[1], d, heads)
+    with torch.no_grad():
+        torch.testing.assert_close(att(now_t, prev_t), theirs_g, rtol=1e-12, atol=1e-12)
+        theirs_est = ref.mhgd_estimator(prev_t, theirs_g, est.embed[0].weight, est.embed[1], est.out.weight,
+                                        est.out.bias, heads)
+        torch.testing.assert_close(est(prev_t, theirs_g), theirs_est, rtol=1e-12, atol=1e-12)
+        g_s = att(now_s, prev_s)
+        theirs = ref.mhgd_kld(torch.tanh(g_s), torch.tanh(theirs_g))
+        torch.testing.assert_close(attention_graph_kl(g_s, theirs_g) * b, theirs, rtol=1e-12, atol=0)

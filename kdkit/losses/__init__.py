@@ -19,6 +19,7 @@ from .features import (
 )
 from .logits import dist_loss, dkd_loss, kd_loss, logit_mse, soft_targets
 from .relations import (
+    attention_graph_kl,
     correlation_congruence,
     hkd_loss,
     irg_edge,
@@ -31,7 +32,8 @@ from .relations import (
 )
 
 __all__ = [
-    "ab_loss", "attention_map", "attention_transfer", "correlation_congruence", "dist_loss", "dkd_loss",
+    "ab_loss", "attention_graph_kl", "attention_map", "attention_transfer", "correlation_congruence", "dist_loss",
+    "dkd_loss",
     "factor_transfer", "fsp_matrix", "hint_loss", "input_gradient_attention", "kd_loss", "logit_mse",
     "hkd_loss", "match_spatial", "nst_mmd", "pkt_loss", "rbf_taylor_correlation", "rkd_angle", "rkd_distance",
     "similarity_preserving", "soft_targets", "vid_loss", "info_nce", "irg_edge", "irg_transformation",

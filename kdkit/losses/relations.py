@@ -150,3 +150,11 @@ def irg_transformation(s_from: Tensor, s_to: Tensor, t_from: Tensor, t_to: Tenso
         return (F.normalize(a, dim=1) - F.normalize(b, dim=1)).pow(2).sum(1)
 
     return F.mse_loss(moves(s_from, s_to), moves(t_from.detach(), t_to.detach()))
+
+
+def attention_graph_kl(g_s: Tensor, g_t: Tensor) -> Tensor:
+    """MHGD's graph loss (Lee & Song 2019): ``sum_h mean_i KL(softmax(tanh G_S[h, i]) || softmax(tanh
+    G_T[h, i]))`` over attention logits ``[heads, B, B]`` (the KL from the student's distribution, as the
+    authors' ``kld_loss(G_S, G_T)``; they sum over the batch too)."""
+    log_s, log_t = torch.tanh(g_s).log_softmax(-1), torch.tanh(g_t).log_softmax(-1)
+    return (log_s.exp() * (log_s - log_t)).sum(-1).mean(-1).sum()

@@ -30,6 +30,7 @@ from . import (  # noqa: F401  (importing a method's module registers it)
     kdsvd,
     ld,
     logit_mse,
+    mhgd,
     minilm,
     netaug,
     nst,

@@ -43,6 +43,7 @@ SPACES: dict[str, dict[str, tuple[str, Any, Any]]] = {
     "ab": {"stage1_epochs": ("int", 1, "epochs/4"), "margin": ("log", 0.25, 4)},
     "fsp": {"stage1_epochs": ("int", 1, "epochs/4"), "beta": ("choice", 0.0, [0.0, 0.01, 0.1, 1.0])},
     "ft": {"stage1_epochs": ("int", 1, "epochs/4"), "beta": ("log", 50, 5000)},
+    "mhgd": {"beta": ("log", 0.1, 100)},
     "hkd": {"init_weight": ("log", 10, 1000), "final_weight": ("log", 0.1, 10)},
     "ard": {"temperature": ("log", 1, 30), "alpha": ("range", 0.1, 1.0)},
     "adversarial_kd": {"adv_weight": ("log", 0.1, 10), "similarity_weight": ("log", 0.1, 10)},
