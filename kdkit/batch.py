@@ -63,6 +63,17 @@ def call(model: nn.Module | Callable[..., Any], inputs: Any) -> Any:
     raise ConfigError(f"inputs of type {type(inputs).__name__}: {PROTOCOL}")
 
 
+def select(inputs: Any, key: str | int | None) -> Any:
+    """The one input that ``key`` names among several (a dict's key, a tuple's index: a network's
+    ``model.input``); ``inputs`` as they are when ``key`` is None or they are one tensor."""
+    if key is None or isinstance(inputs, Tensor):
+        return inputs
+    try:
+        return inputs[key]
+    except (KeyError, IndexError, TypeError):
+        raise ConfigError(f"model.input: {key!r} is not one of the inputs {shapes(inputs)}") from None
+
+
 def apply(fn: Callable[[Tensor], Tensor], inputs: Any) -> Any:
     """``fn`` on every tensor of ``inputs``, keeping its structure (other values as they are)."""
     if isinstance(inputs, Tensor):

@@ -10,13 +10,14 @@ from typing import Any
 
 import torch
 
+from . import batch as batch_protocol
 from . import distributed
 from .config import RunConfig, network_names, trainable_specs
 from .data import Dataset, build_loaders
 from .engine.checkpoint import inference_record, load_checkpoint
 from .engine.rebuild import build_model, load_network, stored_config
 from .engine.trainer import Built, Callback, Trainer
-from .errors import CheckpointError, ConfigError, KdkitError
+from .errors import CheckpointError, ConfigError, KdkitError, first_line
 from .methods import Distiller, create_method
 from .models.external import carries_weights
 from .tasks import create_task
@@ -58,6 +59,11 @@ def build(cfg: RunConfig, device: torch.device | None = None, rank: int = 0, wor
     loaders = build_loaders(cfg.data, cfg.train.seed, device, dataset=dataset, rank=rank, world_size=world_size,
                             channels_last=channels_last)
     ds = loaders.dataset
+    for spec in [cfg.model, *cfg.peers, *cfg.teacher]:  # model.input picks one of several inputs per sample
+        if spec.input is not None and not batch_protocol.structured(loaders.input_shape):
+            raise ConfigError(f"'{spec.name}' has input: {spec.input!r}, but {ds.name} gives one input per sample "
+                              "(a cross-modal run needs a paired dataset: two inputs per sample, e.g. "
+                              "fashion_mnist_edges)")
     torch.manual_seed(cfg.train.seed)  # model initialisation depends on the seed only
     student = build_model(cfg.model, ds.num_classes, ds.in_channels)
     ghost = GhostBatchNorm(cfg.train.ghost_batch_size) if cfg.train.ghost_batch_size else None
@@ -92,6 +98,12 @@ def build(cfg: RunConfig, device: torch.device | None = None, rank: int = 0, wor
         raise
     except RuntimeError as e:  # a model that cannot run on this input size
         raise ConfigError(f"cannot run the models on {ds.name} inputs {loaders.input_shape}: {e}") from None
+    except TypeError as e:  # a forward that does not take the inputs (several, given as keywords)
+        several = batch_protocol.structured(loaders.input_shape)
+        hint = ("; with several inputs per sample, model.input names the one a network takes (teacher.input, "
+                "peers' too)") if several else ""
+        raise ConfigError(f"cannot run the models on {ds.name} inputs {batch_protocol.shapes(loaders.input_shape)}: "
+                          f"{first_line(e)}{hint}") from None
     specs = dict(zip(distiller.networks(), [cfg.model, *cfg.peers, *cfg.teacher]))
     for name, info in distiller.infos.items():  # logits of the right size, before any file is written
         distiller.task.check_output(info.output_shape, ds, f"network '{name}' ('{specs[name].name}')")

@@ -42,6 +42,9 @@ class ModelSpec:
     # which part of a forward that returns a tuple/list (an index) or a dict (a key) is the logits;
     # default: the tensor itself, a sequence's first tensor, a dict's "logits" (or its only tensor)
     output: str | int | None = None
+    # which input of a batch with several (a dict's key, a tuple's index) this network takes; default: all of
+    # them as its forward expects (cross-modal distillation: the teacher sees one modality, the student another)
+    input: str | int | None = None
     # plain state-dict / safetensors checkpoints: every weight must fit (false: load those that fit)
     strict: bool = True
     # teachers: use a checkpoint trained on another dataset, input size or normalisation (refused otherwise)

@@ -36,6 +36,15 @@ from .tasks import create_task
 from .tasks.segmentation import IGNORE
 
 
+def own_input_shape(model: nn.Module, input_shape: Any) -> Any:
+    """What ``model`` itself takes: ``input_shape``, or the shape of the one input its ``model.input`` picks
+    of several (a cross-modal network is exported and timed on its own modality)."""
+    key = getattr(model, "kdkit_input", None)
+    if key is None or not batch_protocol.structured(input_shape):
+        return input_shape
+    return list(batch_protocol.select(batch_protocol.example(input_shape, 1), key).shape[1:])
+
+
 def checkpoint_network(checkpoint: str | Path, net: str | None = None, device: str = "cpu",
                        data_root: str | None = None):
     """One trainable network of a kdkit checkpoint, rebuilt and loaded, in eval mode, with the run's config
@@ -140,7 +149,7 @@ def onnx_parity(model: nn.Module, path: str | Path, loader, task=None) -> dict[s
                 "images": onnx.images}
     diff, agree, hit_t, hit_o, n, m, images = 0.0, 0, 0, 0, 0, 0, 0
     for x, y, _ in loader:
-        x, y = batch_protocol.to_device(x, "cpu"), y.cpu()
+        x, y = batch_protocol.select(batch_protocol.to_device(x, "cpu"), getattr(model, "kdkit_input", None)), y.cpu()
         z = batch_protocol.call(model, x).float()
         o = torch.from_numpy(session.run(None, batch_protocol.onnx_feed(x))[0]).float()
         diff = max(diff, float((z - o).abs().max()))
@@ -212,7 +221,7 @@ def profile(checkpoint: str | Path, net: str | None = None, batches: tuple[int, 
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
     model, cfg, loaders = checkpoint_network(checkpoint, net, "cpu", data_root)
-    shape = loaders.input_shape
+    shape = own_input_shape(model, loaders.input_shape)
     result: dict[str, Any] = {
         "checkpoint": str(checkpoint), "net": net or "student", "model": cfg.model.name,
         "input_shape": batch_protocol.shapes(batch_protocol.example(shape, 1)),
@@ -250,10 +259,10 @@ def export_network(source: str | Path, net: str | None, fmt: str, out: str | Pat
     if fmt == "safetensors":
         export_safetensors(model, out, {"model": cfg.model.name, "kwargs": dict(cfg.model.kwargs),
                                         "num_classes": loaders.dataset.num_classes,
-                                        "input_shape": batch_protocol.shapes(
-                                            batch_protocol.example(loaders.input_shape, 1))})
+                                        "input_shape": batch_protocol.shapes(batch_protocol.example(
+                                            own_input_shape(model, loaders.input_shape), 1))})
         return {"out": str(out)}
-    export_onnx(model, loaders.input_shape, out)
+    export_onnx(model, own_input_shape(model, loaders.input_shape), out)
     return {"out": str(out), **onnx_parity(model, out, loaders.test, create_task(cfg.task))}
 
 

@@ -354,6 +354,29 @@ def logits_output(model: nn.Module, output: str | int | None = None) -> nn.Modul
     return model
 
 
+def input_of(model: nn.Module, key: str | int | None) -> nn.Module:
+    """Make ``model`` take one input of a batch with several: ``key`` a dict's key or a tuple's index (each
+    network of a cross-modal run told which modality it sees). A forward pre-hook, so module paths, weights
+    and checkpoints stay as they are; one input given alone (an exported network's) passes as it is."""
+    if key is None or getattr(model, "kdkit_input", None) == key:
+        return model
+
+    def select(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if kwargs and not args:  # a dict batch, passed as keywords
+            if key not in kwargs:
+                raise ConfigError(f"model.input: '{key}' is not one of the batch's inputs ({', '.join(kwargs)})")
+            return (kwargs[key],), {}
+        if len(args) == 1 and not kwargs:
+            return None
+        if isinstance(key, int) and -len(args) <= key < len(args):
+            return (args[key],), {}
+        raise ConfigError(f"model.input: {key!r} picks none of the batch's {len(args)} positional inputs")
+
+    model.register_forward_pre_hook(select, with_kwargs=True)
+    model.kdkit_input = key
+    return model
+
+
 def default_embedding(info: ModelInfo) -> str:
     """The penultimate representation: the input of the last ``nn.Linear`` to run (``"fc:input"``)."""
     linears = [i for i in info.layers.values() if i.type == "Linear"]

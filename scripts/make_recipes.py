@@ -45,6 +45,8 @@ WEIGHT_SOURCE = {"dkd": "mdistiller's configs/cifar100/dkd/", "reviewkd": "the R
 
 # evaluation options a method's recipe needs: ARD's robust accuracy under its own attack (the authors' 8/255,
 # 2/255, 10 steps), reported beside clean accuracy
+# methods for a paired dataset (two inputs per sample): their own recipes (fashion_mnist_edges())
+PAIRED = {"cross_modal"}
 TASK = {"ard": {"name": "classification", "robust": {"epsilon": 8 / 255, "step_size": 2 / 255, "steps": 10}}}
 
 
@@ -91,7 +93,7 @@ def cifar100() -> dict[Path, str]:
         lr = 0.01 if student in SMALL_LR else 0.05
         pair = f"{teacher}-{student}"
         for m in list_methods(task="classification"):
-            if METHODS.get(m).family == "online":
+            if METHODS.get(m).family == "online" or m in PAIRED:
                 continue  # online(): cohorts of the same architecture, the online papers' protocol
             if m == "netaug" and student == "shufflenetv2":
                 continue  # a channel shuffle does not widen as a prefix: netaug refuses it
@@ -115,7 +117,7 @@ def cifar100() -> dict[Path, str]:
 def fashion_mnist() -> dict[Path, str]:
     files = {}
     for m in list_methods(task="classification"):
-        if m == "vanilla" or METHODS.get(m).family == "online":
+        if m == "vanilla" or METHODS.get(m).family == "online" or m in PAIRED:
             continue  # configs/fashion_mnist/scratch.yaml; online(): no teacher
         block = recipe_method(m, stage1_epochs=1, warmup_epochs=1)
         rec = {"model": "cnn_tiny", **({"task": TASK[m]} if m in TASK else {}),
@@ -253,11 +255,42 @@ def online() -> dict[Path, str]:
     return files
 
 
+def fashion_mnist_edges() -> dict[Path, str]:
+    """Cross-modal distillation on paired inputs: the teacher sees the garment, the student its edge map."""
+    data = {"name": "fashion_mnist_edges", "batch_size": 128}
+    optim = {"name": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 5.0e-4}
+    schedule = {"name": "cosine", "warmup_epochs": 0.5}
+    run = "fashion_mnist_edges-"
+    recs = {
+        "teacher": ({"model": {"name": "cnn_medium", "input": "image"}, "data": data, "optim": optim,
+                     "schedule": schedule, "train": {"epochs": 10, "seed": 0, "run_name": f"{run}teacher"}},
+                    "the teacher, on the garments (the image input)", "train"),
+        "scratch": ({"model": {"name": "cnn_tiny", "input": "edges"}, "data": data, "optim": optim,
+                     "schedule": schedule, "train": {"epochs": 5, "seed": 0, "run_name": f"{run}scratch"}},
+                    "the student from scratch, on the edge maps alone", "train"),
+        "cross_modal": ({"model": {"name": "cnn_tiny", "input": "edges"},
+                         "teacher": {"name": "cnn_medium", "input": "image",
+                                     "checkpoint": "runs/fashion_mnist_edges-teacher/checkpoint.pt"},
+                         "method": method_block("cross_modal"), "data": data, "optim": optim, "schedule": schedule,
+                         "train": {"epochs": 5, "seed": 0, "run_name": "fashion_mnist_edges-cross_modal"}},
+                        "the student on the edge maps, taught by the teacher on the garments of the same samples",
+                        "distill"),
+    }
+    files = {}
+    for name, (rec, what, cmd) in recs.items():
+        first = "" if name == "teacher" else "First: kdkit train configs/fashion_mnist_edges/teacher.yaml\n"
+        files[ROOT / "fashion_mnist_edges" / f"{name}.yaml"] = dump(
+            rec, f"Cross-modal distillation on Fashion-MNIST and its Canny edge maps (a derived modality): {what}.\n"
+                 f"{first}kdkit {cmd} configs/fashion_mnist_edges/{name}.yaml")
+    return files
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--check", action="store_true")
     args = ap.parse_args()
-    files = {**cifar100(), **fashion_mnist(), **online(), **fashion_canvas(), **fashion_canvas_boxes(), **austen()}
+    files = {**cifar100(), **fashion_mnist(), **online(), **fashion_canvas(), **fashion_canvas_boxes(), **austen(),
+             **fashion_mnist_edges()}
     stale = [p for p, text in files.items() if not p.exists() or p.read_text() != text]
     if args.check:
         for p in stale:

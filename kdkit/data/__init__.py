@@ -87,6 +87,14 @@ def _fashion_edges(cfg: DataConfig) -> Dataset:
     return load_edges_dataset(cfg)
 
 
+@register_dataset("fashion_mnist_edges")
+def _fashion_mnist_edges(cfg: DataConfig) -> Dataset:
+    """Paired inputs: each Fashion-MNIST garment and its Canny edge map (a derived modality), 10 classes, 60k/10k."""
+    from .edges import load_paired_edges
+
+    return load_paired_edges(cfg)
+
+
 @register_dataset("coco_folder")
 def _coco_folder(cfg: DataConfig) -> Dataset:
     """Detection, your own data in the COCO format: data.root with train.json, test.json and the images."""

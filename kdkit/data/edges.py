@@ -96,3 +96,18 @@ def load_edges_dataset(cfg: DataConfig) -> Dataset:
             for split, s in (("train", source.train), ("test", source.test))]
     return Dataset("fashion_edges", *sets, num_classes=1, in_channels=1, image_size=(28, 28), mean=(0.5,),
                    std=(0.5,), crop_padding=0, flip=True, classes=["grey"], kind="image")
+
+
+def load_paired_edges(cfg: DataConfig) -> Dataset:
+    """Fashion-MNIST classification with two inputs per sample, ``{"image": ..., "edges": ...}``: the garment
+    (floats in [0, 1]) and its Canny edge map (0 or 1; :func:`canny`), a modality derived from the image,
+    not a second sensor. For cross-modal distillation: each network takes one of them (``model.input``)."""
+    from .idx import load_idx_dataset
+
+    source = load_idx_dataset("fashion_mnist", cfg)
+    sets = []
+    for split, s in (("train", source.train), ("test", source.test)):
+        images = {"image": s.images.float() / 255.0, "edges": (cached_canny(s.images, split) > 0).float()}
+        sets.append(ImageSet(s.labels, images=images))
+    return Dataset("fashion_mnist_edges", *sets, num_classes=10, in_channels=1, image_size=(28, 28), mean=(),
+                   std=(), classes=list(source.classes), kind="tensor")

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..config import ModelSpec, RunConfig, parse_config, trainable_spec
 from ..errors import CheckpointError, ConfigError, first_line
-from ..features import logits_output
+from ..features import input_of, logits_output
 from ..models import MODELS, build_network
 from ..models.external import LIBRARIES, is_external, resolve
 from ..transforms import rebuild_transforms
@@ -103,7 +103,7 @@ def _create(spec: ModelSpec, num_classes: int, in_channels: int, source: str | N
         error = ConfigError(f"model '{spec.name}' cannot be built with kwargs {str(spec.kwargs)[:120]}: "
                             f"{first_line(e)[:200]}")
     else:
-        return logits_output(model, spec.output)
+        return input_of(logits_output(model, spec.output), spec.input)
     if source is not None:
         raise CheckpointError(f"{source}: {error}") from None
     raise error from None

@@ -10,6 +10,7 @@ from . import (  # noqa: F401  (importing a method's module registers it)
     chen_od,
     cl,
     crd,
+    cross_modal,
     cwd,
     dcm,
     det_kd,
