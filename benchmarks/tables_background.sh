@@ -2,7 +2,7 @@
 # Run the unfinished results tables in the background, resumable, from a frozen copy of the code (so that
 # editing the work tree never changes a running job), one core each:
 #   core 1: the offline sweep table (docs/results/fashion_mnist_sweep.md), then the GAN compression table
-#           (fashion_gan_compression.md);
+#           (fashion_gan_compression.md), then the knowledge table (fashion_mnist_knowledge.md);
 #   core 2: the segmentation, detection and text tables (fashion_canvas_segmentation.md,
 #           fashion_canvas_detection.md, austen_text.md).
 # (The online sweep table, fashion_mnist_schemes_sweep.md, is finished.) Finished runs and trials are
@@ -31,7 +31,8 @@ cd "$COPY"
 export PYTHONPATH="$COPY"
 nohup bash -c "'$PY' benchmarks/sweep_tables.py --table offline --out '$RUNS/sweep_tables' \
   >> '$RUNS/sweep_tables/offline.log' 2>&1; '$PY' benchmarks/gan_table.py --threads 1 --out '$RUNS/gan' \
-  >> '$RUNS/gan/table.log' 2>&1" > /dev/null 2>&1 &
+  >> '$RUNS/gan/table.log' 2>&1; '$PY' benchmarks/sweep_tables.py --table knowledge \
+  --out '$RUNS/sweep_tables' >> '$RUNS/sweep_tables/knowledge.log' 2>&1" > /dev/null 2>&1 &
 nohup bash -c "'$PY' benchmarks/dense_table.py --task segmentation --threads 1 \
   --out '$RUNS/segmentation' >> '$RUNS/segmentation/table.log' 2>&1; '$PY' benchmarks/dense_table.py \
   --task detection --threads 1 --out '$RUNS/detection' >> '$RUNS/detection/table.log' 2>&1; '$PY' \

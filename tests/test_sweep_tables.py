@@ -65,3 +65,23 @@ def test_the_sweep_table_command_end_to_end(tmp_path):
     assert again.returncode == 0 and "measured again" in again.stderr
     assert list((tmp_path / "runs3" / "offline" / "kd").rglob("checkpoint.pt"))
     assert "Carried over" not in (tmp_path / "docs" / "digits_sweep.md").read_text()
+
+
+def test_the_knowledge_table_adds_robust_accuracy_and_shares_the_offline_searches(tmp_path):
+    args = [sys.executable, str(ROOT / "benchmarks" / "sweep_tables.py"), "--dataset", "digits",
+            "--teacher", "cnn_small", "--student", "cnn_tiny", "--epochs", "1", "--limit-train", "400",
+            "--teacher-epochs", "1", "--trials", "1", "--seeds", "0,1", "--threads", "1",
+            "--out", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"), "--methods-doc", str(tmp_path / "m.md")]
+    subprocess.run([*args, "--table", "offline", "--methods", "kd"], check=True, capture_output=True, cwd=tmp_path)
+    done = subprocess.run([*args, "--table", "knowledge", "--methods", "kd,ard"], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "== offline-vanilla: finished already" in done.stderr and "== offline-kd: finished already" in done.stderr
+    md = (tmp_path / "docs" / "digits_knowledge.md").read_text()
+    assert "## Clean and robust test accuracy" in md and "Below KD on test" in md
+    robust = json.loads((tmp_path / "runs" / "offline" / "ard" / "robust.json").read_text())
+    assert [r["seed"] for r in robust] == [0, 1] and all(r["robust_top1"] <= r["top1"] for r in robust)
+    assert (tmp_path / "docs" / "digits_knowledge" / "ard" / "robust.json").is_file()  # kept with the table
+    assert not (tmp_path / "docs" / "digits_knowledge" / "dkd").exists()
+    best = (tmp_path / "runs" / "offline" / "ard" / "best.yaml").read_text()
+    assert "steps: 3" in best  # ARD's training attack, shortened for the table
