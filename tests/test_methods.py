@@ -51,7 +51,11 @@ def _batch():
     return torch.randn(16, *SHAPE, generator=g), torch.randint(0, 5, (16,), generator=g)
 
 
-@pytest.mark.parametrize("name", list_methods(task="classification"))
+# cross_modal needs a paired dataset, each network on its own input: tests/test_cross_modal.py
+ONE_INPUT = [m for m in list_methods(task="classification") if m != "cross_modal"]
+
+
+@pytest.mark.parametrize("name", ONE_INPUT)
 def test_method_trains_on_heterogeneous_pair(name):
     """In each stage the method has (preliminary, then main), a few steps lower the loss on a fixed
     batch; the teacher is untouched; every helper parameter is trained in at least one stage."""
@@ -79,11 +83,13 @@ def test_method_trains_on_heterogeneous_pair(name):
         assert torch.equal(v, t_before[k]), f"teacher changed: {k}"
     assert not teacher.training or not METHODS.get(name).needs_teacher
     assert all(p.grad is None for p in teacher.parameters())
-    helpers = {n for n, _ in d.named_parameters() if n.startswith("methods.")}
+    # a method-owned adversary (kdkit.methods.adversary) takes its own step after the student's, outside the
+    # optimizer (adversarial_kd's: tests/test_robust.py)
+    helpers = {n for n, p in d.named_parameters() if n.startswith("methods.") and p.requires_grad}
     assert helpers <= trained, f"helpers never trained: {sorted(helpers - trained)}"
 
 
-@pytest.mark.parametrize("name", list_methods(task="classification"))
+@pytest.mark.parametrize("name", ONE_INPUT)
 def test_method_state_round_trip(name):
     d, _ = _distiller(name)
     buf = io.BytesIO()
@@ -94,8 +100,12 @@ def test_method_state_round_trip(name):
     x, y = _batch()
     x = views(d, x)
     d.eval(), d2.eval()
-    for k, v in d(x, y).items():
-        torch.testing.assert_close(v, d2(x, y)[k])
+    torch.manual_seed(0)  # the same random draws in both (ARD's random start)
+    first = d(x, y)
+    torch.manual_seed(0)
+    second = d2(x, y)
+    for k, v in first.items():
+        torch.testing.assert_close(v, second[k])
     assert not any(k.startswith("teachers") for k in d.state_dict())
 
 
@@ -216,7 +226,7 @@ def test_teacher_moves_with_distiller_and_stays_eval():
 
 
 @pytest.mark.parametrize("pair", [("resnet32x4", "shufflenetv2"), ("vgg13", "mobilenetv2")])
-@pytest.mark.parametrize("name", list_methods(task="classification"))
+@pytest.mark.parametrize("name", ONE_INPUT)
 def test_method_on_cross_family_pairs(name, pair):
     """The issue's heterogeneous pairs (depth, width and family differ) at CIFAR size: set-up from probed
     shapes, every stage's loss is finite, and the student and all helpers get gradients."""
@@ -238,5 +248,6 @@ def test_method_on_cross_family_pairs(name, pair):
         assert torch.isfinite(loss), terms
         loss.backward()
         used |= {n for n, p in d.named_parameters() if p.grad is not None and torch.isfinite(p.grad).all()}
-    assert {n for n, _ in d.named_parameters() if n.startswith("methods.")} <= used
+    # (a method-owned adversary trains by its own step, outside the optimizer)
+    assert {n for n, p in d.named_parameters() if n.startswith("methods.") and p.requires_grad} <= used
     assert any(n.startswith("student.") for n in used)
