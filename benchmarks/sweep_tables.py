@@ -102,7 +102,8 @@ def train_once(recipe: dict[str, Any], run_dir: Path, read_only: bool = False) -
     return run_rows(run_dir)
 
 
-LEDGER_FILES = ("final.json", "sweep.json", "best.yaml")
+# a finished method's files; robust.json: the knowledge table's robust accuracy of each final run
+LEDGER_FILES = ("final.json", "sweep.json", "best.yaml", "robust.json")
 
 
 def ledger_restore(ledger: Path, out: Path) -> int:
@@ -110,14 +111,11 @@ def ledger_restore(ledger: Path, out: Path) -> int:
     n = 0
     for path in sorted(ledger.rglob("*")) if ledger.is_dir() else []:
         target = out / path.relative_to(ledger)
-        if path.name in (*LEDGER_FILES, *LEDGER_FILES_EXTRA) and not target.exists():
+        if path.name in LEDGER_FILES and not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(path.read_bytes())
             n += 1
     return n
-
-
-LEDGER_FILES_EXTRA = ("robust.json",)  # the knowledge table's robust accuracy of each final run
 
 
 def ledger_save(out: Path, ledger: Path, methods: set[str] | None = None) -> None:
@@ -126,7 +124,7 @@ def ledger_save(out: Path, ledger: Path, methods: set[str] | None = None) -> Non
     for final in sorted(out.rglob("final.json")):
         if methods is not None and final.parent.name not in methods:
             continue
-        for name in (*LEDGER_FILES, *LEDGER_FILES_EXTRA):
+        for name in LEDGER_FILES:
             src = final.parent / name
             if src.is_file():
                 target = ledger / src.relative_to(out)
@@ -301,14 +299,12 @@ def main() -> int:
     sweep = {"base": base_recipe(args, args.epochs, teacher), "methods": args.methods or ordered(args.table),
              "trials": args.trials, "sampler": "tpe", "pruner": "median", "seed": 0,
              "seeds": [int(s) for s in args.seeds.split(",")], "out": str(out / folder), "name": folder}
-    if args.table != "online":
-        sweep["method_settings"] = dict(KNOWLEDGE_SETTINGS) if args.table == "knowledge" else {}
     ledger_restore(Path(args.docs) / name, out / folder)
     carried = carried_rows(args, name, sweep, say)
     sweep["methods"] = [m for m in resolve_methods(sweep["methods"]) if m not in {r["method"] for r in carried}]
-    if args.table == "knowledge":  # only the methods this invocation compares
-        sweep["method_settings"] = {k: v for k, v in sweep["method_settings"].items()
-                                    if k in resolve_methods(sweep["methods"])}
+    if args.table != "online":  # fixed settings of the methods this invocation compares (knowledge: ARD's attack)
+        sweep["method_settings"] = {k: v for k, v in KNOWLEDGE_SETTINGS.items()
+                                    if args.table == "knowledge" and k in sweep["methods"]}
     cfg = parse_sweep(sweep, f"sweep_tables --table {args.table}")
     command = "python benchmarks/sweep_tables.py " + " ".join(a for a in sys.argv[1:] if a != "--write-only")
 

@@ -9,12 +9,17 @@ from kdkit.errors import ConfigError
 from kdkit.methods import Distiller
 
 
-def _hkd(**kw):
+def _distiller(name, **kw):
+    """cnn_medium -> cnn_tiny on 1x28x28 inputs with method ``name``: the Distiller and the method."""
     torch.manual_seed(0)
     student, teacher = create_model("cnn_tiny", num_classes=10, in_channels=1), create_model(
         "cnn_medium", num_classes=10, in_channels=1)
-    method = create_method("hkd", **kw)
+    method = create_method(name, **kw)
     return Distiller(student, [method], [teacher], input_shape=(1, 28, 28)), method
+
+
+def _hkd(**kw):
+    return _distiller("hkd", **kw)
 
 
 def test_hkd_pairs_every_stage_then_the_penultimate_features():
@@ -52,11 +57,7 @@ def test_hkd_bad_settings_are_refused():
 
 
 def _mhgd(**kw):
-    torch.manual_seed(0)
-    student, teacher = create_model("cnn_tiny", num_classes=10, in_channels=1), create_model(
-        "cnn_medium", num_classes=10, in_channels=1)
-    method = create_method("mhgd", **kw)
-    return Distiller(student, [method], [teacher], input_shape=(1, 28, 28)), method
+    return _distiller("mhgd", **kw)
 
 
 def test_mhgd_trains_its_attention_on_the_teacher_first_then_distils_the_graphs_with_it_frozen():

@@ -160,3 +160,23 @@ def test_a_finished_method_carried_as_its_result_files_is_not_searched_again(tmp
     said.clear()
     run_methods(cfg(moved, tmp_path / "teacher.pt", seeds=(0, 1)), log=said.append)  # another seed list
     assert not any("finished already" in m for m in said)
+
+
+
+def test_the_fingerprint_of_a_teacher_given_as_plain_weights_is_its_files(tmp_path):
+    """A teacher checkpoint that is a plain state dict (not a kdkit checkpoint) is fingerprinted by its bytes."""
+    import torch
+
+    from kdkit import create_model
+    from kdkit.sweep.compare import fingerprint
+
+    torch.manual_seed(0)
+    weights = create_model("cnn_small", num_classes=10, in_channels=1).state_dict()
+    path = tmp_path / "t.pt"
+    torch.save(weights, path)
+    sweep = parse_sweep({"base": _base(str(path)), "space": {"optim.lr": {"log": [0.01, 0.1]}}, "trials": 1,
+                         "out": str(tmp_path / "s")}, "test")
+    first = fingerprint(sweep)
+    assert first == fingerprint(sweep) and len(first) == 64
+    torch.save({k: v + 1 for k, v in weights.items()}, path)
+    assert fingerprint(sweep) != first

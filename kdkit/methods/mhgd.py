@@ -56,7 +56,6 @@ class Estimator(nn.Module):
         self.embed = nn.Sequential(nn.Linear(d_prev, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU())
         self.out = nn.Linear(hidden * heads, d_now)
         nn.init.zeros_(self.out.bias)
-        self.heads = heads
 
     def forward(self, v_prev: Tensor, logits: Tensor) -> Tensor:
         heads, b, _ = logits.shape

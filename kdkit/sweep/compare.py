@@ -56,13 +56,18 @@ def fingerprint(cfg: SweepConfig) -> str:
     teacher = base.get("teacher")
     ckpt = teacher.get("checkpoint") if isinstance(teacher, dict) else None
     if ckpt and "://" not in str(ckpt) and Path(ckpt).is_file():
-        from ..engine.checkpoint import load_checkpoint
+        from ..engine.checkpoint import load_checkpoint, network_entry
+        from ..errors import CheckpointError
 
-        loaded = load_checkpoint(ckpt)
-        h = hashlib.sha256(json.dumps(loaded["model"], sort_keys=True, default=str).encode())
-        for name in sorted(loaded["student"]):
-            h.update(name.encode())
-            h.update(loaded["student"][name].detach().cpu().contiguous().numpy().tobytes())
+        try:
+            record, weights = network_entry(load_checkpoint(ckpt), teacher.get("net"), str(ckpt))  # the one used
+        except CheckpointError:  # plain weights (a state dict, safetensors): the file's bytes
+            h = hashlib.sha256(Path(ckpt).read_bytes())
+        else:
+            h = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode())
+            for name in sorted(weights):
+                h.update(name.encode())
+                h.update(weights[name].detach().cpu().contiguous().numpy().tobytes())
         teacher["checkpoint"] = f"weights:{h.hexdigest()}"
     spec = {"base": base, "space": [dataclasses.asdict(p) for p in cfg.space], "trials": cfg.trials,
             "sampler": cfg.sampler, "pruner": cfg.pruner, "pruner_warmup": cfg.pruner_warmup, "metric": cfg.metric,

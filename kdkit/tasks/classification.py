@@ -9,7 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..batch import call
 from ..errors import ConfigError
+from ..features import pick_logits
 from ..losses.robust import PGD
 from .base import Task, register_task
 
@@ -57,9 +59,6 @@ class Classification(Task):
     def attack_counts(self, model, inputs: Any, target: Tensor, mean: Tensor | None, std: Tensor | None):
         if self.attack is None:
             return None
-        from ..batch import call
-        from ..features import pick_logits
-
         adv = self.attack.perturb(lambda v: pick_logits(call(model, v)), inputs, target, mean, std, self._generator)
         with torch.no_grad():
             correct = (pick_logits(call(model, adv)).argmax(1) == target).sum()
