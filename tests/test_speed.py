@@ -2,6 +2,7 @@
 compile, and `kdkit bench`."""
 
 import json
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -57,10 +58,53 @@ def test_teacher_cache_is_exact(tmp_path, digits_cfg, teacher_ckpt, data):
     n_train = len(cached.loaders.train.data)
     views = data.get("replay_views", 1)
     assert cached.cache.num_keys == views * n_train
-    # the teacher ran only to fill the cache (one pass per view) and to evaluate, never in a training step
+    # the teacher ran only to fill the cache (one pass per view) and to evaluate, never in a training step;
+    # its outputs on the validation split were kept after the first epoch (TeacherOutputs)
     fill = views * -(-n_train // cached.loaders.train.batch_size)
-    evals = 3 * len(cached.loaders.val) + len(cached.loaders.test)
+    evals = len(cached.loaders.val) + len(cached.loaders.test)
     assert len(calls) == fill + evals
+
+
+def test_kept_teacher_outputs_give_the_same_evaluation(tmp_path, digits_cfg, teacher_ckpt):
+    """The teachers' outputs on the evaluation splits are computed once per run and looked up at every later
+    epoch: the agreement (and every other metric) equals a run that computes them each time, at batch 128 and
+    at a batch that leaves a short last batch; a batch under other sample indices is computed, not looked up."""
+    from kdkit.engine.evaluate import TeacherOutputs, evaluate
+
+    for batch in (128, 50):
+        runs = {}
+        for keep in (True, False):
+            cfg = _kd_cfg(digits_cfg, tmp_path, teacher_ckpt, {"batch_size": batch}, name=f"b{batch}-{keep}")
+            trainer = from_config(cfg, **QUIET)
+            trainer.teacher_eval.keep = keep
+            calls = []
+            trainer.distiller.teachers[0].register_forward_hook(lambda *a, calls=calls: calls.append(1))
+            trainer.fit()
+            runs[keep] = (trainer, [{k: v for k, v in r.items() if not k.startswith("time/")}
+                                    for r in trainer.history], len(calls))
+        (kept, hist_kept, n_kept), (_, hist_live, n_live) = runs[True], runs[False]
+        assert hist_kept == hist_live and all("val/agreement" in r for r in hist_kept)
+        n_val = len(kept.loaders.val)
+        assert n_live - n_kept == 2 * n_val  # epochs 2 and 3 looked the validation batches up
+        assert kept.teacher_eval.nbytes == (len(kept.loaders.val.data) + len(kept.loaders.test.data)) * 10 * 4
+    # looked up only under the same loader and the same index list; past the limit, nothing is kept
+    teacher = kept.distiller.teachers[0]
+    direct = []
+    teacher.register_forward_hook(lambda *a: direct.append(1))
+    x = torch.randn(4, 1, 8, 8)
+    outputs = TeacherOutputs([teacher])
+    first = outputs("val", x, torch.arange(4), nullcontext)
+    assert outputs("val", x, torch.arange(4), nullcontext) is first and len(direct) == 1
+    outputs("val", x, torch.arange(1, 5), nullcontext)
+    outputs("test", x, torch.arange(4), nullcontext)
+    outputs("val", x, None, nullcontext)
+    assert len(direct) == 4 and outputs.nbytes == 3 * first.nbytes  # the index-less call kept nothing
+    small = TeacherOutputs([teacher], limit_bytes=first.nbytes - 1)
+    small("val", x, torch.arange(4), nullcontext)
+    small("val", x, torch.arange(4), nullcontext)
+    assert len(direct) == 6 and small.nbytes == 0
+    assert evaluate(kept.distiller.student, kept.loaders.val, outputs) == \
+        evaluate(kept.distiller.student, kept.loaders.val, [teacher])
 
 
 def test_teacher_cache_refuses_fresh_augmentation(tmp_path, digits_cfg, teacher_ckpt):

@@ -80,6 +80,9 @@ def test_families_and_their_recipes():
     one = method_recipe(base, "one")
     assert "teacher" not in one and one["model"]["transforms"][0] == {"name": "branch", "n": 3, "gate": True}
     assert method_recipe(base, "kdcl")["data"] == {"views": 2}
+    cached = {**base, "train": {"epochs": 24, "teacher_cache": {"store": "memory"}}}  # a teacher's option
+    assert method_recipe(cached, "kd")["train"]["teacher_cache"] == {"store": "memory"}
+    assert "teacher_cache" not in method_recipe(cached, "vanilla")["train"] and cached["train"]["teacher_cache"]
     assert method_space(base, "ab")["method.ab.stage1_epochs"] == {"int": [1, 6]}
     assert method_space({"optim": {"lr": 0.2}}, "vanilla")["optim.lr"] == {"log": [0.05, 0.8]}
     assert resolve_methods("kd, dkd,kd") == ["vanilla", "kd", "dkd"]

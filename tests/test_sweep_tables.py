@@ -26,6 +26,15 @@ def test_the_sweep_table_command_end_to_end(tmp_path):
     assert [r["method"] for r in rows] != [] and {r["method"] for r in rows} == {"vanilla", "kd"}
     assert all(r["seeds"] == [0, 1] for r in rows)
     kd = next(r for r in rows if r["method"] == "kd")
+    # the students' views are replayed and KD's teacher outputs cached (digits has no augmentation: one view);
+    # vanilla, with no teacher, has no cache
+    import yaml
+
+    trial = lambda m: yaml.safe_load(next((tmp_path / "runs" / "offline" / m).rglob("config.yaml")).read_text())  # noqa
+    assert trial("kd")["train"]["teacher_cache"]["store"] == "memory" and trial("kd")["data"]["replay_views"] == 4
+    assert trial("vanilla")["train"]["teacher_cache"] is None and "4 fixed views of each image replayed" in md
+    teacher = yaml.safe_load((tmp_path / "runs" / "teacher" / "config.yaml").read_text())
+    assert teacher["data"]["replay_views"] == 0 and teacher["train"]["teacher_cache"] is None
     assert "| kd |" in md and "+0.83 |" in md  # the paper's CIFAR-100 gain beside it
     section = doc.read_text()
     assert "old" not in section and "| `kd` | temperature | 4.0 |" in section and section.endswith("\n\ntail\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from typing import Any
 
 import torch
 
@@ -13,20 +14,54 @@ from ..features import pick_logits
 from ..tasks import Task, create_task
 
 
+class TeacherOutputs:
+    """The teachers' mean output on each evaluation batch, kept after its first computation and looked up
+    at every later evaluation of the same loader (a run evaluates its validation split every epoch).
+
+    Exact: the teachers are frozen and in eval mode, and an evaluation loader gives the same, unaugmented
+    inputs for the same sample indices; a batch is looked up only under the identical index list it was
+    stored under (a loader that yields no indices, such as a plain DataLoader, is always computed). At most
+    ``limit_bytes`` are kept (dense outputs past it are computed each time). With ``keep=False`` nothing is
+    kept: the plain teachers of :func:`evaluate`'s callers."""
+
+    def __init__(self, teachers: Sequence[torch.nn.Module], keep: bool = True, limit_bytes: int = 256 * 2**20):
+        self.teachers, self.keep, self.limit = teachers, keep, limit_bytes  # the live list (compiled in place)
+        self._stored: dict[int, tuple[Any, dict[bytes, torch.Tensor]]] = {}  # id(loader) -> (loader, by indices)
+        self.nbytes = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.teachers)
+
+    def __call__(self, loader, x, idx: torch.Tensor | None, autocast: Callable) -> torch.Tensor:
+        stored = self._stored.setdefault(id(loader), (loader, {}))[1] if self.keep and idx is not None else None
+        key = idx.cpu().numpy().tobytes() if stored is not None else b""
+        if stored is not None and key in stored:
+            return stored[key]
+        with autocast():
+            out = torch.stack([call(t, x).float() for t in self.teachers]).mean(0)
+        if stored is not None and self.nbytes + out.nbytes <= self.limit:
+            stored[key] = out
+            self.nbytes += out.nbytes
+        return out
+
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, loader, teachers: Sequence[torch.nn.Module] = (),
+def evaluate(model: torch.nn.Module, loader, teachers: Sequence[torch.nn.Module] | TeacherOutputs = (),
              autocast: Callable = nullcontext, dist_info: distributed.DistInfo | None = None,
              task: Task | None = None) -> dict[str, float]:
     """The task's metrics of ``model`` on ``loader``: kdkit's loaders, or any iterable of ``(inputs,
     targets)`` batches such as a torch DataLoader (moved to the model's device; inputs as :mod:`kdkit.batch`
     says: a tensor, a tuple of tensors or a dict of tensors). Classification: top-1 /
     top-5 accuracy in %, mean cross-entropy, and with teachers the % agreement of the prediction with the
-    teachers' mean-logit prediction. Distributed: each rank evaluates its shard and the counts are summed
+    teachers' mean-logit prediction (``teachers``: the frozen modules, or a :class:`TeacherOutputs` that
+    keeps their outputs between calls). Distributed: each rank evaluates its shard and the counts are summed
     over ranks. Counts stay on the device until the end."""
     from .rebuild import load_network
 
     task = task or create_task()
     task.prepare(load_network)
+    if not isinstance(teachers, TeacherOutputs):
+        teachers = TeacherOutputs(teachers, keep=False)
     was_training = model.training
     model.eval()
     counts, records, seen = None, [], 0
@@ -40,7 +75,7 @@ def evaluate(model: torch.nn.Module, loader, teachers: Sequence[torch.nn.Module]
             task.bind(model, x)
         with autocast():
             output = pick_logits(call(model, x)).float()  # a plain model may return a tuple or dict
-            t_output = torch.stack([call(t, x).float() for t in teachers]).mean(0) if teachers else None
+        t_output = teachers(loader, x, idx, autocast) if teachers else None
         if task.gathered:  # images keyed by sample index; a plain loader's by its rank's strided share
             keys = idx if idx is not None else (seen + torch.arange(len(output))) * world + rank
             records.append(task.eval_records(output, y, keys))
@@ -65,7 +100,7 @@ def evaluate(model: torch.nn.Module, loader, teachers: Sequence[torch.nn.Module]
 
 
 def evaluate_networks(networks: dict[str, torch.nn.Module], loader, prefix: str,
-                      teachers: Sequence[torch.nn.Module] = (), autocast: Callable = nullcontext,
+                      teachers: Sequence[torch.nn.Module] | TeacherOutputs = (), autocast: Callable = nullcontext,
                       dist_info: distributed.DistInfo | None = None, task: Task | None = None) -> dict[str, float]:
     """Metrics of several named networks: ``<prefix>/<metric>`` for ``student``, ``<prefix>/<net>/<metric>``
     for the others; a branched network (:class:`~kdkit.models.branch.Branched`) also gets each branch's

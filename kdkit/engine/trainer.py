@@ -32,7 +32,7 @@ from ..transforms import Transform, records
 from . import run_files
 from .balance import BalanceProbe
 from .checkpoint import FORMAT, VERSION, check_resume, inference_record, model_record, save_atomic
-from .evaluate import evaluate, evaluate_networks
+from .evaluate import TeacherOutputs, evaluate, evaluate_networks
 from .optim import group_lrs, lr_at, make_optimizer  # noqa: F401  (lr_at: part of this module's API)
 from .throughput import Throughput
 from .wrap import wrap
@@ -88,7 +88,7 @@ class Trainer:
             self.run_dir = Path(distributed.broadcast_object(str(self.run_dir), self.dist))
         self.write_files = write_files and main
         self.model = wrap(self.distiller, cfg.train, self.plan, self.dist, self.device)
-        self.cache = None
+        self.cache, self.teacher_eval = None, TeacherOutputs(self.distiller.teachers)  # both: teacher outputs kept
         self.epoch, self.step = 0, 0  # epochs completed, optimiser steps taken
         self.best: float | None = None  # the best validation value of the task's primary metric
         self.history: list[dict[str, Any]] = []
@@ -391,10 +391,10 @@ class Trainer:
     def evaluate(self, loader, net: str = STUDENT) -> dict[str, float]:
         """The task's metrics of one trainable network (default: the student) on ``loader``."""
         model = self.distiller.networks(trainable_only=True)[net]
-        return evaluate(model, loader, self.distiller.teachers, self.autocast, self.dist, self.task)
+        return evaluate(model, loader, self.teacher_eval, self.autocast, self.dist, self.task)
 
     def evaluate_networks(self, loader, prefix: str) -> dict[str, float]:
         """Every trainable network's metrics (``<prefix>/<metric>`` for the student,
         ``<prefix>/<peer>/<metric>`` for a peer), and each branch of a branched one (``.../branch<k>/...``)."""
-        return evaluate_networks(self.distiller.networks(trainable_only=True), loader, prefix, self.distiller.teachers,
+        return evaluate_networks(self.distiller.networks(trainable_only=True), loader, prefix, self.teacher_eval,
                                  self.autocast, self.dist, self.task)

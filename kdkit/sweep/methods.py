@@ -151,7 +151,7 @@ def stage_scale(name: str, epochs: int) -> dict[str, int]:
 def method_recipe(base: dict[str, Any], name: str, settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """The base (one teacher/student pair, or one network for the online schemes) trained with ``name``:
     its defaults, its stages scaled to the recipe, then ``settings``. A method that needs no teacher
-    trains without one."""
+    trains without one (and without ``train.teacher_cache``)."""
     from ..methods import METHODS
 
     recipe = json.loads(json.dumps(base))
@@ -160,6 +160,7 @@ def method_recipe(base: dict[str, Any], name: str, settings: dict[str, Any] | No
     recipe["method"] = [entry]
     if not METHODS.get(name).needs_teacher:
         recipe.pop("teacher", None)
+        (recipe.get("train") or {}).pop("teacher_cache", None)
     elif "teacher" not in recipe:
         raise ConfigError(f"method {name} learns from a teacher: the base recipe has none")
     setup = fill_model(ONLINE_SETUPS.get(name, {}), _model_name(base))
