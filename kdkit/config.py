@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import yaml
 
-from . import binarize, lowrank, prune, qat  # noqa: F401  (register the binarize, lowrank, prune, sparsify, qat transforms)
+from . import binarize, lowrank, prune, qat, weight_share  # noqa: F401  (register the model transforms)
 from .errors import ConfigError
 from .methods import Stage, method_config, method_name
 from .methods.distiller import teacher_names

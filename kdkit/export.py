@@ -34,6 +34,7 @@ from .engine.checkpoint import write_atomic
 from .errors import ConfigError, KdkitError
 from .tasks import create_task
 from .tasks.segmentation import IGNORE
+from .weight_share import plain
 
 
 def own_input_shape(model: nn.Module, input_shape: Any) -> Any:
@@ -71,7 +72,7 @@ def export_onnx(model: nn.Module, input_shape: Any, out: str | Path) -> Path:
     ONNX inputs ``input0``, ``input1``, ...; a dict: named by its keys; :mod:`kdkit.batch`)."""
     import warnings
 
-    model = model.cpu().eval()
+    model = plain(model).cpu().eval()  # ONNX has no palette weights: the values they give
     example = batch_protocol.example(input_shape, 2)
     batch = torch.export.Dim("batch", min=1, max=1 << 16)
     if isinstance(example, dict):
@@ -256,7 +257,8 @@ def export_network(source: str | Path, net: str | None, fmt: str, out: str | Pat
     :func:`onnx_parity`) or ``safetensors`` (with the model's name, arguments, classes and input shape as
     metadata); returns what was written and the check."""
     model, cfg, loaders = checkpoint_network(source, net)
-    if fmt == "safetensors":
+    if fmt == "safetensors":  # plain weights for other tools (weight_share's palette dequantized)
+        model = plain(model)
         export_safetensors(model, out, {"model": cfg.model.name, "kwargs": dict(cfg.model.kwargs),
                                         "num_classes": loaders.dataset.num_classes,
                                         "input_shape": batch_protocol.shapes(batch_protocol.example(

@@ -79,7 +79,7 @@ LAYERS = [
                      "kdkit.batch"]),
     ("tensors and models", ["kdkit.tasks", "kdkit.features", "kdkit.adapters", "kdkit.losses", "kdkit.models",
                             "kdkit.transforms", "kdkit.prune", "kdkit.lowrank", "kdkit.qat", "kdkit.binarize",
-                            "kdkit.distributed", "kdkit.specialist_combination"]),
+                            "kdkit.weight_share", "kdkit.distributed", "kdkit.specialist_combination"]),
     ("methods", ["kdkit.methods"]),
     ("run schema", ["kdkit.config"]),
     ("data", ["kdkit.data"]),

@@ -129,6 +129,6 @@ def test_a_fresh_process_lists_every_transform():
     p = subprocess.run([sys.executable, "-m", "kdkit", "list", "transforms"], capture_output=True, text=True,
                        timeout=HANG_S)
     names = [line.split()[0] for line in p.stdout.splitlines()]
-    expected = ["binarize", "branch", "ghost_bn", "lowrank", "prune", "qat", "sparsify"]
+    expected = ["binarize", "branch", "ghost_bn", "lowrank", "prune", "qat", "sparsify", "weight_share"]
     assert p.returncode == 0 and names == expected, p.stdout
     assert "(ONE, Lan et al. 2018)" in p.stdout
