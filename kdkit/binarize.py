@@ -31,14 +31,13 @@ ordinary convolutions of the scaled signs (the values a 1-bit kernel would compu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import ConfigError
-from .transforms import Transform, register_transform
+from .transforms import LayerTransform, register_transform, replace_module
 
 BIT_OPS_PER_FLOP = 64  # ReActNet / Bi-Real Net: OPs = BOPs / 64 + FLOPs
 
@@ -89,11 +88,6 @@ class BinaryLayer(nn.Module):
         return m._conv_forward(x, w, m.bias)
 
 
-def _replace(model: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, name, module)
-
-
 def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """Every convolution/linear layer (a :class:`BinaryLayer` counts as its layer), in module order."""
     inner = {id(m.layer) for m in model.modules() if isinstance(m, BinaryLayer)}
@@ -103,11 +97,12 @@ def _layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 @register_transform
 @dataclass
-class Binarize(Transform):
+class Binarize(LayerTransform):
     """1-bit activations (RSign) and weights (scaled sign) in every convolution and linear layer but the first,
     the last and ``keep``, with straight-through gradients; see :mod:`kdkit.binarize`."""
 
     name = "binarize"
+    fits = (nn.Conv2d, nn.Linear, BinaryLayer)
     activations: bool = True
     weights: bool = True  # false: ReActNet's step 1 (binary activations, real weights)
     keep: list[str] = field(default_factory=list)  # more module paths kept in full precision
@@ -131,29 +126,14 @@ class Binarize(Transform):
                               "full precision, or named in keep")
         return picked
 
-    def apply(self, model: nn.Module) -> nn.Module:
-        return self._set(model, self.targets(model))
-
-    def _set(self, model: nn.Module, paths: list[str]) -> nn.Module:
+    def rewrite(self, model: nn.Module, paths: list[str], fresh: bool) -> nn.Module:
         for path in paths:
             m = model.get_submodule(path)
             if isinstance(m, BinaryLayer):  # binarized already (step 2 from step 1): new settings
                 m.activations, m.weights = self.activations, self.weights
             else:
-                _replace(model, path, BinaryLayer(m, self.activations, self.weights))
-        self.paths = list(paths)
+                replace_module(model, path, BinaryLayer(m, self.activations, self.weights))
         return model
-
-    def structure(self, model: nn.Module) -> dict[str, Any]:
-        return {"layers": list(getattr(self, "paths", []))}
-
-    def rebuild(self, model: nn.Module, structure: dict[str, Any]) -> nn.Module:
-        paths = structure.get("layers")
-        names = dict(model.named_modules())
-        if not isinstance(paths, list) or not all(
-                isinstance(names.get(p), nn.Conv2d | nn.Linear | BinaryLayer) for p in paths if isinstance(p, str)):
-            raise ConfigError("the recorded binary layers do not fit the model")
-        return self._set(model, [str(p) for p in paths])
 
 
 @torch.no_grad()

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from .errors import ConfigError
-from .transforms import Transform, register_transform
+from .transforms import Transform, register_transform, replace_module
 
 
 def choose_rank(singular: Tensor, ratio: float | None, energy: float | None) -> int:
@@ -135,11 +135,6 @@ def factorize(layer: nn.Module, ratio: float | None = None, energy: float | None
     return new, ranks
 
 
-def _replace(model: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, name, module)
-
-
 @register_transform
 @dataclass
 class LowRank(Transform):
@@ -176,7 +171,7 @@ class LowRank(Transform):
         for path, layer in self._layers(model):
             done = factorize(layer, self.ratio, self.energy)
             if done is not None:
-                _replace(model, path, done[0])
+                replace_module(model, path, done[0])
                 self.ranks[path] = done[1]
         return model
 
@@ -193,5 +188,5 @@ class LowRank(Transform):
             if not isinstance(layer, nn.Linear | nn.Conv2d) or not isinstance(r, list) or not r or any(
                     type(x) is not int or not 1 <= x <= 1 << 20 for x in r):
                 raise ConfigError(f"the recorded factorization of {str(path)[:60]!r} does not fit the model")
-            _replace(model, path, factorized(layer, r))
+            replace_module(model, path, factorized(layer, r))
         return model

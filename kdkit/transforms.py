@@ -106,6 +106,42 @@ def rebuild_transforms(model: nn.Module, recorded: list[dict[str, Any]], source:
     return model
 
 
+def replace_module(model: nn.Module, path: str, module: nn.Module) -> None:
+    """Put ``module`` at ``path`` (dotted) in ``model``."""
+    parent, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, name, module)
+
+
+@dataclass
+class LayerTransform(Transform):
+    """A transform that rewrites some of a network's layers, chosen by ``targets`` and rewritten by
+    ``rewrite`` (``fresh``: from the trained layer; else a shell, to be filled by a checkpoint's weights); the
+    chosen paths are its recorded structure, and rebuilding rewrites the same ones."""
+
+    fits: ClassVar[tuple[type, ...]] = (nn.Conv2d, nn.Linear)  # what a recorded path may name
+
+    def targets(self, model: nn.Module) -> list[str]:
+        raise NotImplementedError
+
+    def rewrite(self, model: nn.Module, paths: list[str], fresh: bool) -> nn.Module:
+        raise NotImplementedError
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        self.paths = self.targets(model)
+        return self.rewrite(model, self.paths, fresh=True)
+
+    def structure(self, model: nn.Module) -> dict[str, Any]:
+        return {"layers": list(getattr(self, "paths", []))}
+
+    def rebuild(self, model: nn.Module, structure: dict[str, Any]) -> nn.Module:
+        paths, names = structure.get("layers"), dict(model.named_modules())
+        if not isinstance(paths, list) or not all(isinstance(p, str) and isinstance(names.get(p), self.fits)
+                                                  for p in paths):
+            raise ConfigError("the recorded layers do not fit the model")
+        self.paths = list(paths)
+        return self.rewrite(model, self.paths, fresh=False)
+
+
 @register_transform
 @dataclass
 class GhostBatchNorm(Transform):

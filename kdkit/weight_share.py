@@ -19,14 +19,13 @@ values the network computes with. Train with ``method: kd`` from the unshared ne
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import ConfigError
-from .transforms import Transform, register_transform
+from .transforms import LayerTransform, register_transform, replace_module
 
 
 def kmeans_1d(values: Tensor, k: int, iters: int = 100) -> tuple[Tensor, Tensor]:
@@ -97,11 +96,6 @@ class SharedWeights(nn.Module):
         return m._conv_forward(x, w, m.bias)
 
 
-def _replace(model: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, name, module)
-
-
 @torch.no_grad()
 def dequantize(model: nn.Module) -> nn.Module:
     """Every :class:`SharedWeights` replaced by its plain layer holding the weights the palette gives (for
@@ -109,7 +103,7 @@ def dequantize(model: nn.Module) -> nn.Module:
     for path, m in [(n, m) for n, m in model.named_modules() if isinstance(m, SharedWeights)]:
         layer = m.layer
         layer.weight = nn.Parameter(m.weight.detach().clone())
-        _replace(model, path, layer)
+        replace_module(model, path, layer)
     return model
 
 
@@ -138,7 +132,7 @@ def shared_size(model: nn.Module) -> dict[str, int]:
 
 @register_transform
 @dataclass
-class WeightShare(Transform):
+class WeightShare(LayerTransform):
     """Each convolution and linear layer's weights clustered into ``2**bits`` shared values (k-means), the
     palette fine-tuned (Deep Compression, Han et al. 2016); see :mod:`kdkit.weight_share`."""
 
@@ -150,7 +144,7 @@ class WeightShare(Transform):
         if type(self.bits) is not int or not 1 <= self.bits <= 8:
             raise ValueError(f"bits must be an integer from 1 to 8 (indices are stored as uint8), got {self.bits!r}")
 
-    def _paths(self, model: nn.Module) -> list[str]:
+    def targets(self, model: nn.Module) -> list[str]:
         names = {n for n, _ in model.named_modules()}
         missing = [p for p in self.ignore if p not in names]
         if missing:
@@ -161,22 +155,7 @@ class WeightShare(Transform):
             raise ConfigError(f"weight_share: {type(model).__name__} has no convolution or linear layer to share")
         return paths
 
-    def apply(self, model: nn.Module) -> nn.Module:
-        return self._share(model, self._paths(model), cluster=True)
-
-    def _share(self, model: nn.Module, paths: list[str], cluster: bool) -> nn.Module:
+    def rewrite(self, model: nn.Module, paths: list[str], fresh: bool) -> nn.Module:
         for path in paths:
-            _replace(model, path, SharedWeights(model.get_submodule(path), self.bits, cluster))
-        self.paths = list(paths)
+            replace_module(model, path, SharedWeights(model.get_submodule(path), self.bits, cluster=fresh))
         return model
-
-    def structure(self, model: nn.Module) -> dict[str, Any]:
-        return {"layers": list(getattr(self, "paths", []))}
-
-    def rebuild(self, model: nn.Module, structure: dict[str, Any]) -> nn.Module:
-        paths = structure.get("layers")
-        names = dict(model.named_modules())
-        if not isinstance(paths, list) or not all(isinstance(p, str) and isinstance(names.get(p), nn.Conv2d | nn.Linear)
-                                                  for p in paths):
-            raise ConfigError("the recorded shared layers do not fit the model")
-        return self._share(model, paths, cluster=False)
