@@ -69,6 +69,9 @@ class DataConfig:
     verify: bool = True  # check official checksums (turn off for your own re-packed files)
     image_size: int = 32  # folder datasets only: images are resized to this square size
     limit_train: int | None = None  # use only the first N training samples (quick experiments)
+    # a safetensors file of images and labels that replaces the training split (a condensed or synthesised
+    # set: kdkit condense); the test split and the normalisation stay the dataset's (kdkit/data/synthetic.py)
+    train_file: str | None = None
     num_workers: int = 0  # worker processes: folder datasets and the dataloader pipeline
     pipeline: Literal["memory", "dataloader"] = "memory"  # dataloader: per-image transforms (reference)
     cutout: int = 0  # side of the Cutout square (0: off), training augmentation

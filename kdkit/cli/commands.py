@@ -224,6 +224,19 @@ def cmd_specialists(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_condense(args: argparse.Namespace) -> int:
+    from ..condense import condense
+
+    start_work()
+    r = condense(args.data, args.ipc, args.iterations, args.model, args.lr, args.batch_real, args.seed, args.out,
+                 args.data_root, log=lambda m: print(m, file=sys.stderr))
+    print(f"written: {r['out']} ({len(r['labels'])} images, {args.ipc} per class; train on it with "
+          f"data.train_file: {r['out']})", file=sys.stderr)
+    print(json.dumps({"out": r["out"], "images": len(r["labels"]), "seconds": round(r["seconds"], 1),
+                      "held_out_before": r["held_out_before"], "held_out_after": r["held_out_after"]}))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """``kdkit report`` and ``kdkit compare``: a file that cannot be read is one line, the rest is reported."""
     from ..report import collect, terminal, write_report
@@ -296,4 +309,4 @@ COMMANDS = {"train": lambda a: cmd_run(a, distill=False), "distill": lambda a: c
             "eval": cmd_eval, "inspect": cmd_inspect, "export": cmd_export, "quantize": cmd_quantize,
             "profile": cmd_profile, "list": cmd_list, "bench": cmd_bench, "specialists": cmd_specialists,
             "report": cmd_report, "compare": cmd_report, "pipeline": cmd_pipeline, "demo": cmd_demo,
-            "sweep": cmd_sweep}
+            "sweep": cmd_sweep, "condense": cmd_condense}

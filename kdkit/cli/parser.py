@@ -148,6 +148,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field of the file, e.g. --set clusters=4 (repeatable)")
 
+    p = sub.add_parser("condense", help="condense a training set into a few synthetic images per class "
+                       "(distribution matching, Zhao & Bilen 2023) for data.train_file")
+    p.add_argument("--data", default="fashion_mnist", help="the dataset (an in-memory image classification set)")
+    p.add_argument("--ipc", type=int, default=10, help="synthetic images per class")
+    p.add_argument("--iterations", type=int, default=1000, help="0: a random real subset of the same size")
+    p.add_argument("--model", default="cnn_small", help="the randomly initialised networks that embed the images")
+    p.add_argument("--lr", type=float, default=0.003, help="SGD learning rate on the pixels (momentum 0.5)")
+    p.add_argument("--batch-real", type=int, default=256, help="real images per class per iteration")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--out", required=True, help="the safetensors file to write")
+
     p = sub.add_parser("demo", help="distill on the embedded digits dataset and print a results table")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=None, help="epochs per model (default: the demo's recipe)")

@@ -211,6 +211,10 @@ def build_loaders(cfg: DataConfig, seed: int, device: torch.device | str = "cpu"
     """Train / validation / test loaders. ``data.batch_size`` is the global batch: with ``world_size``
     processes each trains on its share; validation and test sets are sharded across them."""
     ds = dataset or load_dataset(cfg)
+    if cfg.train_file:
+        from .synthetic import with_train_file
+
+        ds = with_train_file(ds, cfg.train_file)
     if ds.kind != "image":
         image_only = (("mean", cfg.mean, None), ("cutout", cfg.cutout, 0), ("pipeline", cfg.pipeline, "memory"))
         for key, value, off in image_only:
