@@ -86,7 +86,8 @@ LAYERS = [
     ("engine", ["kdkit.engine"]),
     ("build", ["kdkit.build"]),
     ("pipelines", ["kdkit.pipeline", "kdkit.specialists", "kdkit.export", "kdkit.quantize", "kdkit.measure",
-                   "kdkit.summary", "kdkit.sweep", "kdkit.condense"]),
+                   "kdkit.summary", "kdkit.sweep", "kdkit.condense",
+                   "kdkit.synthesize"]),
     ("front ends", ["kdkit.bench", "kdkit.demo", "kdkit.report", "kdkit.cli", "kdkit.__main__", "kdkit"]),
 ]
 

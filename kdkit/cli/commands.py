@@ -237,6 +237,19 @@ def cmd_condense(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synthesize(args: argparse.Namespace) -> int:
+    from ..synthesize import synthesize
+
+    start_work()
+    r = synthesize(args.checkpoint, args.images, args.batch, args.iterations, args.lr, args.feature, args.tv,
+                   args.l2, args.jitter, args.seed, args.out, log=lambda m: print(m, file=sys.stderr))
+    print(f"written: {r['out']} ({len(r['labels'])} images; the teacher gives their target class to "
+          f"{r['teacher_top1']:.1f}%); distil from it with data.train_file: {r['out']}", file=sys.stderr)
+    print(json.dumps({"out": r["out"], "images": len(r["labels"]), "teacher_top1": r["teacher_top1"],
+                      "seconds": round(r["seconds"], 1)}))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """``kdkit report`` and ``kdkit compare``: a file that cannot be read is one line, the rest is reported."""
     from ..report import collect, terminal, write_report
@@ -309,4 +322,4 @@ COMMANDS = {"train": lambda a: cmd_run(a, distill=False), "distill": lambda a: c
             "eval": cmd_eval, "inspect": cmd_inspect, "export": cmd_export, "quantize": cmd_quantize,
             "profile": cmd_profile, "list": cmd_list, "bench": cmd_bench, "specialists": cmd_specialists,
             "report": cmd_report, "compare": cmd_report, "pipeline": cmd_pipeline, "demo": cmd_demo,
-            "sweep": cmd_sweep, "condense": cmd_condense}
+            "sweep": cmd_sweep, "condense": cmd_condense, "synthesize": cmd_synthesize}

@@ -160,6 +160,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None)
     p.add_argument("--out", required=True, help="the safetensors file to write")
 
+    p = sub.add_parser("synthesize", help="training images from a teacher alone (DeepInversion, Yin et al. 2020), "
+                       "for a student to learn from by KD with data.train_file")
+    p.add_argument("checkpoint", help="the teacher (a kdkit checkpoint of an image classifier with batch norms)")
+    p.add_argument("--images", type=int, default=256)
+    p.add_argument("--batch", type=int, default=256, help="images optimised together (the feature prior's batch)")
+    p.add_argument("--iterations", type=int, default=2000)
+    p.add_argument("--lr", type=float, default=0.1, help="Adam's learning rate on the pixels")
+    p.add_argument("--feature", type=float, default=100.0, help="weight of the batch-norm statistics prior")
+    p.add_argument("--tv", type=float, default=2.5e-5, help="weight of the total-variation prior")
+    p.add_argument("--l2", type=float, default=0.0, help="weight of the L2 prior on the pixels")
+    p.add_argument("--jitter", type=int, default=None, help="random roll in pixels (default: the image side / 16)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="the safetensors file to write")
+
     p = sub.add_parser("demo", help="distill on the embedded digits dataset and print a results table")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=None, help="epochs per model (default: the demo's recipe)")
