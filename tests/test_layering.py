@@ -87,7 +87,7 @@ LAYERS = [
     ("build", ["kdkit.build"]),
     ("pipelines", ["kdkit.pipeline", "kdkit.specialists", "kdkit.export", "kdkit.quantize", "kdkit.measure",
                    "kdkit.summary", "kdkit.sweep", "kdkit.condense",
-                   "kdkit.synthesize"]),
+                   "kdkit.synthesize", "kdkit.lifelong"]),
     ("front ends", ["kdkit.bench", "kdkit.demo", "kdkit.report", "kdkit.cli", "kdkit.__main__", "kdkit"]),
 ]
 

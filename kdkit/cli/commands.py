@@ -250,6 +250,25 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lifelong(args: argparse.Namespace) -> int:
+    from ..engine.checkpoint import write_atomic
+    from ..lifelong import lifelong
+
+    start_work()
+    r = lifelong(args.data, args.model, args.method, args.tasks, args.epochs, args.warmup_epochs, args.lam,
+                 args.temperature, args.lr, args.batch_size, args.seed, args.limit_train,
+                 log=lambda m: print(m, file=sys.stderr))
+    for name in ("task_incremental", "class_incremental"):
+        f = r[name]["forgetting"]
+        print(f"{name.replace('_', '-')}: average accuracy {r[name]['average']:.2f}"
+              + (f", forgetting {f:.2f}" if f is not None else ""), file=sys.stderr)
+    text = json.dumps(r)
+    if args.out:
+        write_atomic(args.out, lambda f: f.write((text + "\n").encode()))
+    print(text)
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """``kdkit report`` and ``kdkit compare``: a file that cannot be read is one line, the rest is reported."""
     from ..report import collect, terminal, write_report
@@ -322,4 +341,5 @@ COMMANDS = {"train": lambda a: cmd_run(a, distill=False), "distill": lambda a: c
             "eval": cmd_eval, "inspect": cmd_inspect, "export": cmd_export, "quantize": cmd_quantize,
             "profile": cmd_profile, "list": cmd_list, "bench": cmd_bench, "specialists": cmd_specialists,
             "report": cmd_report, "compare": cmd_report, "pipeline": cmd_pipeline, "demo": cmd_demo,
-            "sweep": cmd_sweep, "condense": cmd_condense, "synthesize": cmd_synthesize}
+            "sweep": cmd_sweep, "condense": cmd_condense, "synthesize": cmd_synthesize,
+            "lifelong": cmd_lifelong}

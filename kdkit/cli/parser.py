@@ -174,6 +174,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="the safetensors file to write")
 
+    p = sub.add_parser("lifelong", help="learn a dataset's classes as a task sequence with Learning without "
+                       "Forgetting (Li & Hoiem 2016), fine-tuning or joint training; accuracy and forgetting")
+    p.add_argument("--data", default="fashion_mnist")
+    p.add_argument("--model", default="cnn_tiny")
+    p.add_argument("--method", default="lwf", choices=["lwf", "finetune", "joint"])
+    p.add_argument("--tasks", default=None, help="classes per task, e.g. 0,1/2,3/4,5 (names or indices; default: "
+                   "consecutive pairs)")
+    p.add_argument("--epochs", type=int, default=2, help="epochs per task")
+    p.add_argument("--warmup-epochs", type=int, default=0, help="the new head trained alone first (the paper's)")
+    p.add_argument("--lam", type=float, default=1.0, help="weight of the distillation term (the paper's lambda_o)")
+    p.add_argument("--temperature", type=float, default=2.0)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--limit-train", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write the result JSON here too")
+
     p = sub.add_parser("demo", help="distill on the embedded digits dataset and print a results table")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=None, help="epochs per model (default: the demo's recipe)")
