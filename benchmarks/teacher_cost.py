@@ -70,8 +70,9 @@ def main() -> int:
         wall = time.perf_counter() - t0
         train_s = sum(h.get("time/train_s", 0.0) for h in trainer.history)
         fill = next((float(m.rsplit("filled in ", 1)[1].rstrip("s")) for m in logs if "filled in" in m), 0.0)
+        mib = next((float(m.split(", ")[1].split(" MiB")[0]) for m in logs if "teacher cache:" in m), 0.0)
         rows.append({"run": label, "wall_s": round(wall, 1), "train_s": round(train_s, 1), "cache_fill_s": fill,
-                     "rest_s": round(wall - train_s - fill, 1)})
+                     "cache_mib": mib, "rest_s": round(wall - train_s - fill, 1)})
         print(json.dumps(rows[-1]), flush=True)
     base = rows[0]["wall_s"]
     for r in rows:
