@@ -83,23 +83,17 @@ def condense(data: str = "fashion_mnist", ipc: int = 10, iterations: int = 1000,
     """Condense dataset ``data``'s training split into ``ipc`` images per class (see the module docstring);
     writes ``out`` (a safetensors file for ``data.train_file``) when given; returns the images, labels, the
     loss curve, and the matching loss on held-out networks and real batches before and after."""
-    from .config import DataConfig
-    from .data import load_dataset
     from .data.synthetic import write_train_file
+    from .data.tensors import image_classification, unit_images
     from .models import create_model
-    from .schema import from_dict
 
     if type(ipc) is not int or ipc < 1:
         raise ConfigError(f"condense: ipc (images per class) must be an integer >= 1, got {ipc!r}")
     if iterations < 0 or batch_real < 1 or lr <= 0:
         raise ConfigError("condense: iterations must be >= 0, batch_real >= 1 and lr > 0")
-    ds = load_dataset(from_dict(DataConfig, {"name": data, **({"root": root} if root else {})}, "data"))
-    if ds.kind != "image" or ds.train.images is None or ds.train.labels.dim() != 1:
-        raise ConfigError(f"condense: {data} is not an in-memory image classification dataset")
+    ds, mean, std = image_classification(data, "condense", root)
     gen = torch.Generator().manual_seed(seed)
-    real = ds.train.images.float() / 255.0 if not ds.train.images.is_floating_point() else ds.train.images.float()
-    mean = torch.tensor(ds.mean).view(1, -1, 1, 1)
-    std = torch.tensor(ds.std).view(1, -1, 1, 1)
+    real = unit_images(ds.train.images)
     by_class = [torch.nonzero(ds.train.labels == c).flatten() for c in range(ds.num_classes)]
     short = [ds.classes[c] if c < len(ds.classes) else str(c) for c, idx in enumerate(by_class) if len(idx) < ipc]
     if short:

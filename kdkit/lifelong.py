@@ -135,25 +135,20 @@ def lifelong(data: str = "fashion_mnist", model: str = "cnn_tiny", method: str =
              log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Learn ``data``'s classes as a task sequence with ``method`` (see the module docstring); the accuracy
     matrices, average accuracy and forgetting of both evaluations."""
-    from .config import DataConfig
-    from .data import load_dataset
+    from .data.tensors import image_classification, unit_images
     from .models import create_model
-    from .schema import from_dict
 
     if method not in METHODS:
         raise ConfigError(f"lifelong: method must be one of {', '.join(METHODS)}, got {method!r}")
     if epochs < 1 or warmup_epochs < 0 or lam < 0 or temperature <= 0 or lr <= 0 or batch_size < 1:
         raise ConfigError("lifelong: epochs >= 1, warmup_epochs >= 0, lambda >= 0, temperature > 0, lr > 0 and "
                           "batch_size >= 1")
-    ds = load_dataset(from_dict(DataConfig, {"name": data}, "data"))
-    if ds.kind != "image" or ds.train.images is None or ds.train.labels.dim() != 1:
-        raise ConfigError(f"lifelong: {data} is not an in-memory image classification dataset")
+    ds, mean, std = image_classification(data, "lifelong")
     classes = [str(c) for c in ds.classes] or [str(i) for i in range(ds.num_classes)]
     order = parse_tasks(tasks, classes)
-    mean, std = torch.tensor(ds.mean).view(1, -1, 1, 1), torch.tensor(ds.std).view(1, -1, 1, 1)
 
     def norm(x: Tensor) -> Tensor:
-        return ((x.float() / 255.0 if not x.is_floating_point() else x.float()) - mean) / std
+        return (unit_images(x) - mean) / std
 
     train_x, train_y = ds.train.images, ds.train.labels
     if limit_train is not None:

@@ -76,7 +76,7 @@ def test_find_cycle_finds_one():
 # must be placed here (the test fails on a module it cannot place).
 LAYERS = [
     ("foundations", ["kdkit.errors", "kdkit.registry", "kdkit.schema", "kdkit.validate", "kdkit.yamlio",
-                     "kdkit.batch"]),
+                     "kdkit.batch", "kdkit.atomic"]),
     ("tensors and models", ["kdkit.tasks", "kdkit.features", "kdkit.adapters", "kdkit.losses", "kdkit.models",
                             "kdkit.transforms", "kdkit.prune", "kdkit.lowrank", "kdkit.qat", "kdkit.binarize",
                             "kdkit.weight_share", "kdkit.distributed", "kdkit.specialist_combination"]),

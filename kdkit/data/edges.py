@@ -23,12 +23,12 @@ to [-1, 1], the range of the generator's ``tanh``.
 from __future__ import annotations
 
 import hashlib
-import os
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..atomic import write_atomic
 from ..config import DataConfig
 from ..errors import ConfigError
 from .base import Dataset, ImageSet
@@ -80,11 +80,7 @@ def cached_canny(images: torch.Tensor, name: str) -> torch.Tensor:
         except (OSError, ValueError):
             pass  # unreadable: computed again and rewritten
     edges = canny(images)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, np.packbits(edges.numpy().reshape(-1) > 0))
-    os.replace(tmp, path)
+    write_atomic(path, lambda f: np.save(f, np.packbits(edges.numpy().reshape(-1) > 0)))
     return edges
 
 

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..atomic import write_atomic
 from ..errors import ConfigError
 from .base import Dataset, ImageSet
 
@@ -24,23 +25,11 @@ from .base import Dataset, ImageSet
 def write_train_file(path: str | Path, images: Tensor, labels: Tensor, meta: dict[str, Any]) -> Path:
     """``images`` (floats in [0, 1] or uint8, ``[N, C, H, W]``) and ``labels`` as a safetensors file with
     ``meta`` (strings) in its metadata, written atomically."""
-    import os
-    import tempfile
+    from safetensors.torch import save
 
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({"images": images.detach().cpu().contiguous(), "labels": labels.detach().cpu().long().contiguous()},
-                  tmp, metadata={k: str(v) for k, v in meta.items()})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    data = save({"images": images.detach().cpu().contiguous(), "labels": labels.detach().cpu().long().contiguous()},
+                metadata={k: str(v) for k, v in meta.items()})
+    return write_atomic(path, lambda f: f.write(data))
 
 
 def read_train_file(path: str | Path) -> tuple[Tensor, Tensor, dict[str, str]]:

@@ -43,6 +43,25 @@ def load_tensors(name: str = "digits", **data: Any) -> tuple[tuple[Tensor, Tenso
     return out[0], out[1]
 
 
+def image_classification(name: str, where: str, root: str | None = None) -> tuple[Dataset, Tensor, Tensor]:
+    """``(dataset, mean, std)`` of ``name`` for the commands that work on its images themselves (``kdkit
+    condense``, ``kdkit lifelong``): an in-memory image classification set, else a one-line error naming
+    ``where``; its per-channel normalisation shaped ``[1, C, 1, 1]``."""
+    from ..config import DataConfig
+    from ..schema import from_dict
+    from . import load_dataset
+
+    ds = load_dataset(from_dict(DataConfig, {"name": name, **({"root": root} if root else {})}, "data"))
+    if ds.kind != "image" or ds.train.images is None or ds.train.labels.dim() != 1:
+        raise ConfigError(f"{where}: {name} is not an in-memory image classification dataset")
+    return ds, torch.tensor(ds.mean).view(1, -1, 1, 1), torch.tensor(ds.std).view(1, -1, 1, 1)
+
+
+def unit_images(images: Tensor) -> Tensor:
+    """Images as floats in [0, 1]: uint8 divided by 255, floats (stored in [0, 1]) as they are."""
+    return images.float() if images.is_floating_point() else images.float() / 255.0
+
+
 def _as_inputs(x: Any, where: str, kind: str) -> Any:
     """One batch's inputs as stored: images ``[B, C, H, W]`` (``[B, H, W]`` gets a channel) as uint8, or
     floats in [0, 1] in their own dtype; other inputs (``kind="tensor"``), one tensor or a tuple or dict of

@@ -8,17 +8,15 @@ epoch, step and RNG states. kdkit never unpickles arbitrary objects.
 
 from __future__ import annotations
 
-import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 from torch import nn
 
 from .. import batch as batch_protocol
-from ..errors import CheckpointError, ConfigError, OutputError, first_line
+from ..atomic import write_atomic  # noqa: F401  (part of this module's API: every writer imports it from here)
+from ..errors import CheckpointError, ConfigError, first_line
 from ..validate import check_record, check_tensors, check_training_state, is_state_dict
 
 FORMAT = "kdkit-checkpoint"
@@ -41,63 +39,6 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> Path:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename over ``path``: a
     reader (or a crash) sees the old file or the new one, never a partial one."""
     return write_atomic(path, lambda f: torch.save(obj, f))
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_atomic(path: str | Path, write: Callable[[BinaryIO], Any]) -> Path:
-    """``write(f)`` into a temporary file ``.<name>.*.tmp`` in the same folder, fsync, then rename it over
-    ``path`` (and fsync the folder): a reader, or a crash, sees the old file or the new one."""
-    path = Path(path)
-    kept = f"the previous {path.name} is kept" if path.exists() else "nothing was written"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise OutputError(f"cannot write {path}: {e.strerror or e}; {kept}") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 -> what a plain open() would have given
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:  # a full disk: OSError from Python, RuntimeError from torch.save
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        cause = _os_error(e)  # torch.save raises "unexpected pos ..." while handling the OSError
-        if cause is None and "writ" not in str(e).lower():
-            raise  # not a failed write (an object that cannot be saved): the error as it is
-        reason = getattr(cause, "strerror", None) or first_line(e)
-        raise OutputError(f"cannot write {path} ({reason[:200]}; is the disk full?); {kept}") from None
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
-    return path
-
-
-def _os_error(e: BaseException) -> OSError | None:
-    """``e`` or the first OSError in the chain of errors it was raised from or while handling."""
-    seen = set()
-    while e is not None and id(e) not in seen:
-        if isinstance(e, OSError):
-            return e
-        seen.add(id(e))
-        e = e.__cause__ or e.__context__
-    return None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
