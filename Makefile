@@ -25,8 +25,11 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check kdkit tests benchmarks scripts examples
 
+# In parallel (pytest-xdist): one worker per core, at most 4 (each worker keeps to its share of the cores,
+# tests/conftest.py); TEST_WORKERS=0 runs the suite in one process.
+TEST_WORKERS ?= auto
 test: $(STAMP) lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --maxprocesses 4
 
 # torch.compile with the inductor backend: needs a C++ compiler, about 40 s here; not in `make test`.
 test-slow: $(STAMP)

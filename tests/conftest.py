@@ -1,7 +1,14 @@
+import os
+
 import pytest
 import torch
 
 from kdkit.config import load_config
+
+# `make test` runs the suite in parallel (pytest-xdist, one worker per core up to 4): each worker keeps to
+# its share of the cores, so that the workers' torch threads do not contend
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 # A guard against a hung subprocess, never a speed limit: the slowest command a test runs takes a few
 # minutes on a 2-core machine loaded by a second test suite; a hang is caught after half an hour.
