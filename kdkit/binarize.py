@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import ConfigError
-from .transforms import LayerTransform, register_transform, replace_module
+from .transforms import LayerTransform, WrappedLayer, register_transform, replace_module
 
 BIT_OPS_PER_FLOP = 64  # ReActNet / Bi-Real Net: OPs = BOPs / 64 + FLOPs
 
@@ -63,9 +63,11 @@ def binary_weight(w: Tensor) -> Tensor:
     return binary - clipped.detach() + clipped
 
 
-class BinaryLayer(nn.Module):
+class BinaryLayer(WrappedLayer):
     """``layer`` (``nn.Conv2d`` or ``nn.Linear``) computing on binary inputs (a learnable shift per input
     channel, then :func:`binary_sign`) and, with ``weights``, with binary weights (:func:`binary_weight`)."""
+
+    owner = "binarize"
 
     def __init__(self, layer: nn.Conv2d | nn.Linear, activations: bool = True, weights: bool = True):
         super().__init__()

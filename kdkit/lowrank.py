@@ -142,6 +142,7 @@ class LowRank(Transform):
     mode's rank or by retained ``energy`` (one of the two); see :mod:`kdkit.lowrank`."""
 
     name = "lowrank"
+    rewrites_layers = True
     ratio: float | None = None
     energy: float | None = None
     ignore: list[str] = field(default_factory=list)  # module paths left whole

@@ -168,6 +168,7 @@ class Prune(Transform):
     :mod:`kdkit.prune`."""
 
     name = "prune"
+    rewrites_layers = True
     ratio: float = 0.5
     by: Literal["macs", "params"] = "macs"
     importance: Literal["l1", "l2", "bn", "random"] = "l2"
@@ -223,6 +224,7 @@ class Sparsify(Transform):
     training; see :mod:`kdkit.prune`. The classifier is pruned too unless listed in ``ignore``."""
 
     name = "sparsify"
+    rewrites_layers = True
     ratio: float = 0.5
     scope: Literal["global", "layer"] = "global"
     ignore: list[str] = field(default_factory=list)

@@ -23,11 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .transforms import Transform, register_transform
+from .transforms import Transform, WrappedLayer, register_transform
 
 
-class FakeQuantized(nn.Module):
+class FakeQuantized(WrappedLayer):
     """``layer`` (``nn.Conv2d`` or ``nn.Linear``) with int8 fake-quantized weights and input."""
+
+    owner = "qat"
 
     def __init__(self, layer: nn.Module, momentum: float = 0.1):
         super().__init__()
@@ -87,6 +89,7 @@ class QAT(Transform):
     """int8 fake quantization of every convolution and linear layer while training; see :mod:`kdkit.qat`."""
 
     name = "qat"
+    rewrites_layers = True
     momentum: float = 0.1  # of the tracked input ranges
 
     def __post_init__(self) -> None:

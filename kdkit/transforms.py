@@ -34,6 +34,7 @@ from .schema import from_dict
 class Transform:
     name: ClassVar[str] = ""
     structural: ClassVar[bool] = True  # False: weights fit the untransformed model, nothing to rebuild
+    rewrites_layers: ClassVar[bool] = False  # True: finds convolution / linear layers and rewrites them
     input_shape: ClassVar[tuple[int, ...] | None] = None  # set by apply_transforms, for transforms that probe
 
     def apply(self, model: nn.Module) -> nn.Module:
@@ -47,6 +48,17 @@ class Transform:
 
 
 TRANSFORMS: Registry[type[Transform]] = Registry("transform")
+
+
+WRAPPING = ("binarize", "weight_share", "qat")  # the transforms whose layers are WrappedLayers
+
+
+class WrappedLayer(nn.Module):
+    """A convolution or linear layer that transform ``owner`` rewrote around the original (kept as
+    ``layer``): binarize's, weight_share's and qat's. A layer-rewriting transform listed after one of these
+    would rewrite, or miss, the layer inside and break the wrapper, so :func:`apply_transforms` refuses it."""
+
+    owner: ClassVar[str] = ""
 
 
 def register_transform(cls: type[Transform]) -> type[Transform]:
@@ -78,6 +90,15 @@ def apply_transforms(model: nn.Module, transforms: list[Transform],
     when it is saved). ``input_shape`` (C, H, W) is given to transforms that probe the model."""
     for t in transforms:
         t.input_shape = input_shape
+        wrapped = next(((n, m) for n, m in model.named_modules()  # its own wrappers: the transform's to handle
+                        if isinstance(m, WrappedLayer) and m.owner != t.name), None)
+        if t.rewrites_layers and wrapped is not None:
+            owner, where = wrapped[1].owner, f"{wrapped[0]} is a {type(wrapped[1]).__name__}"
+            raise ConfigError(
+                f"model.transforms: {t.name} cannot follow {owner}, which has rewritten the network's layers "
+                f"({where}): "
+                + ("binarize, weight_share and qat each rewrite every layer their own way; use one of them, last"
+                   if t.name in WRAPPING else f"list {t.name} before {owner}"))
         model = t.apply(model)
     return model
 
@@ -119,6 +140,7 @@ class LayerTransform(Transform):
     chosen paths are its recorded structure, and rebuilding rewrites the same ones."""
 
     fits: ClassVar[tuple[type, ...]] = (nn.Conv2d, nn.Linear)  # what a recorded path may name
+    rewrites_layers: ClassVar[bool] = True
 
     def targets(self, model: nn.Module) -> list[str]:
         raise NotImplementedError

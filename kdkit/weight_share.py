@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .errors import ConfigError
-from .transforms import LayerTransform, register_transform, replace_module
+from .transforms import LayerTransform, WrappedLayer, register_transform, replace_module
 
 
 def kmeans_1d(values: Tensor, k: int, iters: int = 100) -> tuple[Tensor, Tensor]:
@@ -69,8 +69,10 @@ class _Gather(torch.autograd.Function):
         return summed.to(grad.dtype), None
 
 
-class SharedWeights(nn.Module):
+class SharedWeights(WrappedLayer):
     """``layer`` (``nn.Conv2d`` or ``nn.Linear``) whose weight is ``palette[indices]``; its bias unchanged."""
+
+    owner = "weight_share"
 
     def __init__(self, layer: nn.Conv2d | nn.Linear, bits: int, cluster: bool = True):
         super().__init__()

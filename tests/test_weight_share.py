@@ -112,3 +112,27 @@ def test_bad_bits_in_a_config_is_one_line(tmp_path, capsys):
     assert cli(["train", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert "bits must be an integer from 1 to 8" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("order", [["weight_share", "qat"], ["qat", "weight_share"], ["binarize", "weight_share"],
+                                   ["weight_share", "binarize"], ["binarize", "qat"],
+                                   ["weight_share", {"name": "prune", "ratio": 0.3}],
+                                   ["qat", {"name": "lowrank", "ratio": 0.5}],
+                                   ["binarize", {"name": "sparsify", "ratio": 0.5}]])
+def test_a_layer_transform_after_one_that_wrapped_the_layers_is_refused_in_one_line(order):
+    from kdkit.transforms import apply_transforms, transform_config
+
+    model = create_model("cnn_tiny", num_classes=10, in_channels=1)
+    with pytest.raises(ConfigError, match=r"cannot follow (weight_share|qat|binarize), which has rewritten"):
+        apply_transforms(model, [transform_config(t) for t in order], (1, 8, 8))
+
+
+def test_pruning_then_sharing_composes():
+    from kdkit.transforms import apply_transforms, transform_config
+
+    model = create_model("cnn_small", num_classes=10, in_channels=1)
+    shared = apply_transforms(model, [transform_config({"name": "prune", "ratio": 0.3}),
+                                      transform_config({"name": "weight_share", "bits": 3})], (1, 8, 8))
+    layers = [m for m in shared.modules() if isinstance(m, SharedWeights)]
+    assert layers and all(m.palette.numel() == 8 for m in layers)
+    assert shared(torch.rand(4, 1, 8, 8)).shape == (4, 10)
