@@ -32,19 +32,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from gan_table import mean_std
 from sweep_tables import base_recipe, train_once
 
 from kdkit.atomic import write_atomic
 from kdkit.sweep.compare import markdown_table
 
 SECTIONS = ("lifelong", "datafree", "condense", "binarize", "share")
-
-
-def mean_std(values: list[float], digits: int = 2) -> str:
-    if not values:
-        return "-"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
 
 
 def verdict(name: str, base: str, a: list[float], b: list[float], higher_better: bool = True) -> str:
@@ -364,13 +358,13 @@ def teacher_recipe(args) -> dict[str, Any]:
     return r
 
 
-def write(args, jobs: Jobs, teacher_rows: list[dict[str, Any]], teacher_dir: Path, started: float) -> None:
+def write(args, jobs: Jobs, teacher_rows: list[dict[str, Any]], teacher_size: dict[str, int]) -> None:
     top1 = teacher_rows[-1]["test/top1"]
     builders = {"lifelong": lambda: lifelong_section(args, jobs),
                 "datafree": lambda: datafree_section(args, jobs, top1),
                 "condense": lambda: condense_section(args, jobs),
                 "binarize": lambda: binarize_section(args, jobs),
-                "share": lambda: share_section(args, jobs, top1, sizes(teacher_dir)["shared"])}
+                "share": lambda: share_section(args, jobs, top1, teacher_size)}
     done = sorted(p.stem for p in jobs.dir.glob("*.json"))
     teacher_h = sum(r.get("time/train_s", 0) for r in teacher_rows) / 3600
     text = ["# Beyond one student and one dataset: lifelong, data-free, dataset distillation, binarization, "
@@ -492,7 +486,8 @@ def main() -> int:
     check_settings(args, out)
     if not args.write_only and (n := restore(args, jobs, teacher_rows)):
         say(f"{n} finished jobs restored from {args.docs}/{args.dataset}_beyond.json")
-    jobs.on_done = lambda: write(args, jobs, teacher_rows, teacher_dir, t0)
+    teacher_size = sizes(teacher_dir)["shared"]  # the unshared teacher's, for the sharing section
+    jobs.on_done = lambda: write(args, jobs, teacher_rows, teacher_size)
     runners = {"lifelong": lambda: lifelong_jobs(args, jobs),
                "datafree": lambda: datafree_jobs(args, jobs, out, teacher),
                "condense": lambda: condense_jobs(args, jobs, out),
@@ -500,7 +495,7 @@ def main() -> int:
                "share": lambda: share_jobs(args, jobs, out, teacher)}
     for section in [] if args.write_only else args.sections:
         runners[section]()
-    write(args, jobs, teacher_rows, teacher_dir, t0)
+    write(args, jobs, teacher_rows, teacher_size)
     say(f"done in {(time.time() - t0) / 3600:.2f} h")
     return 0
 

@@ -69,7 +69,7 @@ def final(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return rows[-1] if rows and rows[-1].get("final") else {}
 
 
-def mean_std(values: list[float], digits: int) -> str:
+def mean_std(values: list[float], digits: int = 2) -> str:
     if not values:
         return "-"
     sd = statistics.stdev(values) if len(values) > 1 else 0.0

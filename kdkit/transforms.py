@@ -50,9 +50,6 @@ class Transform:
 TRANSFORMS: Registry[type[Transform]] = Registry("transform")
 
 
-WRAPPING = ("binarize", "weight_share", "qat")  # the transforms whose layers are WrappedLayers
-
-
 class WrappedLayer(nn.Module):
     """A convolution or linear layer that transform ``owner`` rewrote around the original (kept as
     ``layer``): binarize's, weight_share's and qat's. A layer-rewriting transform listed after one of these
@@ -84,21 +81,30 @@ def transform_config(entry: Any, where: str = "transform") -> Transform:
     return from_dict(TRANSFORMS.get(str(entry.pop("name"))), entry, where)
 
 
+def _check_unwrapped(model: nn.Module, name: str) -> None:
+    """Refuse layer-rewriting transform ``name`` on a network whose layers another transform has wrapped (its
+    own wrappers are its to handle: binarize's second step re-applies over the first's)."""
+    wrapped = next(((n, m) for n, m in model.named_modules() if isinstance(m, WrappedLayer) and m.owner != name),
+                   None)
+    if wrapped is None:
+        return
+    path, layer = wrapped
+    wrapping = {c.owner for c in WrappedLayer.__subclasses__()}  # binarize, weight_share, qat
+    raise ConfigError(
+        f"model.transforms: {name} cannot follow {layer.owner}, which has rewritten the network's layers ({path} is "
+        f"a {type(layer).__name__}): "
+        + ("binarize, weight_share and qat each rewrite every layer their own way; use one of them, last"
+           if name in wrapping else f"list {name} before {layer.owner}"))
+
+
 def apply_transforms(model: nn.Module, transforms: list[Transform],
                      input_shape: tuple[int, ...] | None = None) -> nn.Module:
     """Apply ``transforms`` in order; returns the model to use (:func:`records` describes the result
     when it is saved). ``input_shape`` (C, H, W) is given to transforms that probe the model."""
     for t in transforms:
         t.input_shape = input_shape
-        wrapped = next(((n, m) for n, m in model.named_modules()  # its own wrappers: the transform's to handle
-                        if isinstance(m, WrappedLayer) and m.owner != t.name), None)
-        if t.rewrites_layers and wrapped is not None:
-            owner, where = wrapped[1].owner, f"{wrapped[0]} is a {type(wrapped[1]).__name__}"
-            raise ConfigError(
-                f"model.transforms: {t.name} cannot follow {owner}, which has rewritten the network's layers "
-                f"({where}): "
-                + ("binarize, weight_share and qat each rewrite every layer their own way; use one of them, last"
-                   if t.name in WRAPPING else f"list {t.name} before {owner}"))
+        if t.rewrites_layers:
+            _check_unwrapped(model, t.name)
         model = t.apply(model)
     return model
 
