@@ -85,8 +85,10 @@ def base_recipe(args: argparse.Namespace, epochs: int, teacher: Path | None) -> 
     }
     if teacher is not None:
         recipe["teacher"] = {"name": args.teacher, "checkpoint": str(teacher)}
-        if args.replay_views:  # exact (kdkit/engine/cache.py); methods without a teacher drop it
-            recipe["train"]["teacher_cache"] = {"store": "memory"}
+        if args.replay_views:  # exact (kdkit/engine/cache.py); methods without a teacher drop it. On disk, in
+            # one folder for every run: the trials and seeds of every logits method share one teacher pass per
+            # set of views, and its outputs on the evaluation splits (the sweep's digest ignores the store)
+            recipe["train"]["teacher_cache"] = {"store": "disk", "path": str(Path(args.out) / "teacher_cache")}
     return recipe
 
 
@@ -336,9 +338,10 @@ def main() -> int:
                 f"{args.threads} CPU threads; augmentation: the dataset's random crop (and flip), "
                 + (f"{args.replay_views} fixed views of each image replayed (epoch e shows view e mod "
                    f"{args.replay_views}; drawn from the run's seed), so that the teacher's outputs are computed once "
-                   "per run and looked up (train.teacher_cache, exact)." if args.replay_views
-                   else "fresh every epoch.") + " The teacher's outputs on the validation split are computed once "
-                "per run too (for the agreement metric).", "",
+                   "and looked up (train.teacher_cache, exact; on disk, shared by the runs with the same views and "
+                   "layers)." if args.replay_views else "fresh every epoch.")
+                + " The teacher's outputs on the validation and test splits are computed once too (for the "
+                "agreement metric).", "",
                 f"Budget: {args.trials} trials per method (TPE; median pruning after 2 finished trials, never before "
                 f"epoch {cfg.pruner_warmup}), the same for "
                 "vanilla over the learning rate and weight decay; each method's search covers its main weights and "
@@ -373,6 +376,11 @@ def main() -> int:
             text += robust_lines(rows, out / folder, args.write_only, say)
         write_table(args, name, args.table, text, rows, pending, sweep_out=out / folder)
         say(f"wrote {Path(args.docs) / name}.md ({len(rows)} methods, {len(pending)} to go)")
+        if not args.write_only:  # a finished method's feature caches (gigabytes each) are not needed again
+            from kdkit.engine.cache import remove_feature_caches
+
+            for gone in remove_feature_caches(out / "teacher_cache"):
+                say(f"removed the teacher cache {gone} (tapped features of a finished method)")
 
     from kdkit.sweep.compare import read_methods, run_methods
 

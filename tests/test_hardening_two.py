@@ -114,7 +114,7 @@ def test_a_shared_teacher_cache_is_never_rewritten_under_another_run(tmp_path, t
                                                                          "checkpoint": teacher_ckpt})
     a = kdkit.from_config(load_config(base={**kd, "train": {**kd["train"], **opts, "run_name": "a"}}), **QUIET)
     a.fit()
-    (folder_a,) = [d for d in cache.iterdir() if d.is_dir()]
+    (folder_a,) = [d for d in cache.iterdir() if d.is_dir() and d.name != "eval"]
     before = _sha(folder_a)
     # a second teacher (other weights): its outputs go to a folder of their own
     other = tmp_path / "other.pt"
@@ -124,7 +124,7 @@ def test_a_shared_teacher_cache_is_never_rewritten_under_another_run(tmp_path, t
     b = kdkit.from_config(load_config(base={**kd, "teacher": {"name": "cnn_small", "checkpoint": str(other)},
                                              "train": {**kd["train"], **opts, "run_name": "b"}}), **QUIET)
     b.fit()
-    assert len([d for d in cache.iterdir() if d.is_dir()]) == 2
+    assert len([d for d in cache.iterdir() if d.is_dir() and d.name != "eval"]) == 2
     assert _sha(folder_a) == before and (cache / "meta.json").read_text() == '{"mine": true}'
 
 
@@ -135,7 +135,7 @@ def test_a_cache_in_use_is_not_rebuilt_under_its_reader(tmp_path, teacher_ckpt, 
     kd = _cfg(tmp_path, method="kd", data={"augment": False}, teacher={"name": "cnn_small", "checkpoint": teacher_ckpt},
               train={"teacher_cache": {"store": "disk", "path": str(cache)}})
     kdkit.from_config(load_config(base=kd), **QUIET).fit()
-    (folder,) = [d for d in cache.iterdir() if d.is_dir()]
+    (folder,) = [d for d in cache.iterdir() if d.is_dir() and d.name != "eval"]
     reader = kdkit.from_config(load_config(base={**kd, "train": {**kd["train"], "run_name": "reader"}}), **QUIET)
     reader._build_cache()  # a run reading the cache (it holds the shared lock until it ends)
     before = _sha(folder)

@@ -137,6 +137,40 @@ def test_disk_cache_is_reused_and_checked(tmp_path, digits_cfg, teacher_ckpt):
     assert len(folders) == 2 and json.loads((folder / "meta.json").read_text()) == meta  # a's cache untouched
 
 
+def test_disk_store_shares_the_teachers_evaluation_outputs(tmp_path, digits_cfg, teacher_ckpt):
+    """With ``store: disk`` a run also writes the teachers' outputs on the validation and test splits beside
+    the cache; a later run with the same teacher and splits runs the teacher not once (training lookups and
+    evaluation both read the files), and every metric and weight equals a run that computes everything."""
+    opts = {"teacher_cache": {"store": "disk", "path": str(tmp_path / "shared")}}
+    runs = {}
+    for name, train in (("memory", {"teacher_cache": {}}), ("first", opts), ("second", opts)):
+        trainer = from_config(_kd_cfg(digits_cfg, tmp_path, teacher_ckpt, {"augment": False}, train, name), **QUIET)
+        calls = []
+        trainer.distiller.teachers[0].register_forward_hook(lambda *a, calls=calls: calls.append(1))
+        result = trainer.fit()
+        runs[name] = (trainer, [{k: v for k, v in r.items() if not k.startswith("time/")}
+                                for r in trainer.history], {k: v for k, v in result.items()
+                                                            if not k.startswith("time/")}, len(calls))
+    (mem, h_mem, r_mem, n_mem), (first, h_first, r_first, n_first), (second, h_second, r_second, n_second) = \
+        runs["memory"], runs["first"], runs["second"]
+    assert n_mem == n_first > 0 and n_second == 0  # the second run never ran the teacher
+    assert h_mem == h_first == h_second and r_mem == r_first == r_second and "test/agreement" in r_second
+    assert _same(_weights(mem), _weights(first)) and _same(_weights(first), _weights(second))
+    stored = sorted((tmp_path / "shared" / "eval").iterdir())
+    assert len(stored) == 2  # one folder per evaluation split
+    # an altered file is not read: the next run computes those outputs again (and rewrites them)
+    rows = stored[0] / "outputs.npy"
+    data = bytearray(rows.read_bytes())
+    data[-1] ^= 1
+    rows.write_bytes(bytes(data))
+    third = from_config(_kd_cfg(digits_cfg, tmp_path, teacher_ckpt, {"augment": False}, opts, "third"), **QUIET)
+    calls = []
+    third.distiller.teachers[0].register_forward_hook(lambda *a: calls.append(1))
+    result = third.fit()
+    assert 0 < len(calls) and {k: v for k, v in result.items() if not k.startswith("time/")} == r_mem
+    assert rows.read_bytes() != bytes(data)
+
+
 def test_topk_cache_keeps_top_logits_and_tail_mass(tmp_path):
     from kdkit.config import TeacherCacheConfig
     from kdkit.engine.cache import TeacherCache
@@ -245,3 +279,29 @@ def test_both_training_pipelines_implement_the_loader_protocol(digits_cfg, tmp_p
         assert train.num_views == 1  # digits has no augmentation of its own: every input repeats
         x, keys = next(iter(train.iter_views()))
         assert len(x) == len(keys) == train.batch_size and train.fingerprint()["views"] == "1"
+
+
+def test_remove_feature_caches_keeps_logits_and_caches_in_use(tmp_path):
+    """Only complete caches with tapped features that no run holds are deleted; logits-only caches, the
+    evaluation outputs and a cache a run is reading stay."""
+    from kdkit.engine.cache import remove_feature_caches
+    from kdkit.engine.run_files import FileLock
+
+    def folder(name, features):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "meta.json").write_text(json.dumps({"complete": True, "features": features}))
+        (d / "feat0.npy").write_bytes(b"x")
+        return d
+
+    feats, logits, busy = folder("a", [["teacher", "stage1"]]), folder("b", []), folder("c", [["teacher", "stage2"]])
+    (tmp_path / "eval" / "0123").mkdir(parents=True)
+    (tmp_path / "eval" / "0123" / "meta.json").write_text("{}")
+    reader = FileLock(busy / ".lock")
+    assert reader.acquire(False)  # a run reading cache c
+    try:
+        assert remove_feature_caches(tmp_path) == [feats]
+    finally:
+        reader.release()
+    assert not feats.exists() and logits.is_dir() and busy.is_dir() and (tmp_path / "eval" / "0123").is_dir()
+    assert remove_feature_caches(tmp_path) == [busy] and remove_feature_caches(tmp_path / "missing") == []

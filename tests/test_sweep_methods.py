@@ -183,3 +183,19 @@ def test_the_fingerprint_of_a_teacher_given_as_plain_weights_is_its_files(tmp_pa
     assert first == fingerprint(sweep) and len(first) == 64
     torch.save({k: v + 1 for k, v in weights.items()}, path)
     assert fingerprint(sweep) != first
+
+
+def test_the_fingerprint_ignores_where_the_teacher_cache_is_kept(tmp_path):
+    """A teacher cache in memory or on disk (any folder) gives the same digest: the same numbers either way
+    (tests/test_speed.py); its other options (dtype, top-k) change the numbers and the digest."""
+    from kdkit.sweep.compare import fingerprint
+
+    def digest(cache):
+        base = _base(str(tmp_path / "t.pt"))
+        base["train"] = {**base.get("train", {}), "teacher_cache": cache}
+        return fingerprint(parse_sweep({"base": base, "space": {"optim.lr": {"log": [0.01, 0.1]}}, "trials": 1,
+                                        "out": str(tmp_path / "s")}, "test"))
+
+    memory = digest({"store": "memory"})
+    assert memory == digest({"store": "disk", "path": str(tmp_path / "a")}) == digest({"store": "disk", "path": "b"})
+    assert memory != digest({"store": "memory", "dtype": "bfloat16"})

@@ -31,7 +31,13 @@ def test_the_sweep_table_command_end_to_end(tmp_path):
     import yaml
 
     trial = lambda m: yaml.safe_load(next((tmp_path / "runs" / "offline" / m).rglob("config.yaml")).read_text())  # noqa
-    assert trial("kd")["train"]["teacher_cache"]["store"] == "memory" and trial("kd")["data"]["replay_views"] == 4
+    shared = tmp_path / "runs" / "teacher_cache"  # one disk cache for every run: a folder per seed's views
+    assert trial("kd")["train"]["teacher_cache"] == {"store": "disk", "path": str(shared), "dtype": "float32",
+                                                     "topk": None} and trial("kd")["data"]["replay_views"] == 4
+    assert len([d for d in shared.iterdir() if (d / "meta.json").is_file()]) == 2  # seeds 0 and 1
+    # the teacher's outputs on the evaluation splits, computed once: each seed carves its own validation split,
+    # the test set is the same for every run
+    assert len(list((shared / "eval").iterdir())) == 3
     assert trial("vanilla")["train"]["teacher_cache"] is None and "4 fixed views of each image replayed" in md
     teacher = yaml.safe_load((tmp_path / "runs" / "teacher" / "config.yaml").read_text())
     assert teacher["data"]["replay_views"] == 0 and teacher["train"]["teacher_cache"] is None

@@ -288,6 +288,31 @@ class TeacherCache:
                    for e in self.entries.values())
 
 
+def remove_feature_caches(root: str | Path) -> list[Path]:
+    """Delete the disk caches under ``root`` that hold tapped features (gigabytes each, made for one
+    method's layers) and that no run is using now (their lock is free); logits-only caches (small, shared
+    by every logits method of a teacher) and the evaluation outputs stay. The folders removed."""
+    removed = []
+    for folder in sorted(Path(root).iterdir()) if Path(root).is_dir() else []:
+        meta = folder / "meta.json"
+        if folder.is_symlink() or not folder.is_dir() or meta.is_symlink() or not meta.is_file():
+            continue
+        try:
+            features = json.loads(meta.read_text()).get("features")
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            continue
+        if not features:
+            continue
+        lock = FileLock(folder / ".lock")
+        try:
+            if lock.acquire(True):  # no reader and no filler
+                shutil.rmtree(folder)
+                removed.append(folder)
+        finally:
+            lock.release()
+    return removed
+
+
 _ENTRY = re.compile(r"^(logits\d{1,4}(\.(values|indices|rest))?|feat\d{1,5})$")  # the only array names
 
 
@@ -300,13 +325,19 @@ def _checksum(array: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def cache_fingerprint(distiller, loader, cfg: TeacherCacheConfig) -> str:
-    """A hash of everything the stored outputs depend on."""
+def weights_digest(teachers) -> Any:
+    """A running sha256 over the teachers' weights (names and values), to extend with the inputs."""
     h = hashlib.sha256()
-    for t in distiller.teachers:
+    for t in teachers:
         for k, v in t.state_dict().items():
             h.update(k.encode())
             h.update(_np_view(v.float() if v.dtype == torch.bfloat16 else v).tobytes())
+    return h
+
+
+def cache_fingerprint(distiller, loader, cfg: TeacherCacheConfig) -> str:
+    """A hash of everything the stored outputs depend on."""
+    h = weights_digest(distiller.teachers)
     specs = {net: tap.specs for net, tap in distiller.teacher_taps.items()}
     h.update(json.dumps({"specs": specs, "loader": loader.fingerprint(), "dtype": cfg.dtype,
                          "topk": cfg.topk}, sort_keys=True).encode())

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .. import distributed
+from ..atomic import write_atomic
 from ..batch import call, to_device
+from ..errors import OutputError
 from ..features import pick_logits
 from ..tasks import Task, create_task
 
@@ -22,17 +28,28 @@ class TeacherOutputs:
     inputs for the same sample indices; a batch is looked up only under the identical index list it was
     stored under (a loader that yields no indices, such as a plain DataLoader, is always computed). At most
     ``limit_bytes`` are kept (dense outputs past it are computed each time). With ``keep=False`` nothing is
-    kept: the plain teachers of :func:`evaluate`'s callers."""
+    kept: the plain teachers of :func:`evaluate`'s callers.
 
-    def __init__(self, teachers: Sequence[torch.nn.Module], keep: bool = True, limit_bytes: int = 256 * 2**20):
+    ``store``: a folder in which a loader's outputs, once every sample's has been computed, are written
+    (float32, exact) under a digest of the teachers' weights, the loader's inputs and batch size, and the
+    device; a later run with the same digest (another trial of a sweep, another student of the same
+    teacher) reads them instead of running the teachers (``train.teacher_cache.store: disk`` sets it)."""
+
+    def __init__(self, teachers: Sequence[torch.nn.Module], keep: bool = True, limit_bytes: int = 256 * 2**20,
+                 store: str | Path | None = None):
         self.teachers, self.keep, self.limit = teachers, keep, limit_bytes  # the live list (compiled in place)
         self._stored: dict[int, tuple[Any, dict[bytes, torch.Tensor]]] = {}  # id(loader) -> (loader, by indices)
         self.nbytes = 0
+        self.store = Path(store) if store is not None else None
+        self._disk: dict[int, _Stored] = {}  # id(loader) -> its outputs on disk, read or being gathered
 
     def __bool__(self) -> bool:
         return bool(self.teachers)
 
     def __call__(self, loader, x, idx: torch.Tensor | None, autocast: Callable) -> torch.Tensor:
+        disk = self._on_disk(loader, x, autocast) if self.keep and idx is not None else None
+        if disk is not None and disk.rows is not None and disk.complete:
+            return torch.from_numpy(disk.rows[idx.cpu().numpy()]).to(x.device)
         stored = self._stored.setdefault(id(loader), (loader, {}))[1] if self.keep and idx is not None else None
         key = idx.cpu().numpy().tobytes() if stored is not None else b""
         if stored is not None and key in stored:
@@ -42,7 +59,80 @@ class TeacherOutputs:
         if stored is not None and self.nbytes + out.nbytes <= self.limit:
             stored[key] = out
             self.nbytes += out.nbytes
+            if disk is not None:
+                disk.add(idx, out, self.limit)
         return out
+
+    def _on_disk(self, loader, x, autocast: Callable) -> _Stored | None:
+        """The on-disk record of ``loader``'s outputs (None without a store, or for a loader that cannot
+        say what its inputs are)."""
+        if self.store is None or not hasattr(loader, "fingerprint") or not hasattr(loader, "data"):
+            return None
+        if id(loader) not in self._disk:
+            from .cache import weights_digest
+
+            h = weights_digest(self.teachers)
+            h.update(json.dumps({"loader": loader.fingerprint(), "batch": getattr(loader, "batch_size", None),
+                                 "n": len(loader.data), "device": x.device.type,
+                                 "autocast": autocast is not nullcontext}, sort_keys=True).encode())
+            self._disk[id(loader)] = _Stored(self.store / h.hexdigest()[:16], h.hexdigest(), len(loader.data))
+        return self._disk[id(loader)]
+
+
+class _Stored:
+    """One loader's teacher outputs in ``folder`` (``outputs.npy`` + ``meta.json``): read when a complete,
+    matching, unaltered copy is there (nothing is unpickled, links are not followed); else gathered batch
+    by batch and written, atomically, once every sample's output has been computed."""
+
+    def __init__(self, folder: Path, digest: str, n: int):
+        self.folder, self.digest, self.n = folder, digest, n
+        self.rows: np.ndarray | None = None
+        self.seen: np.ndarray | None = None
+        self.complete = self._read()
+
+    def _read(self) -> bool:
+        meta_file, array_file = self.folder / "meta.json", self.folder / "outputs.npy"
+        if any(p.is_symlink() or not p.is_file() for p in (meta_file, array_file)) or meta_file.stat().st_size > 4096:
+            return False
+        try:
+            meta = json.loads(meta_file.read_text())
+            rows = np.load(array_file, allow_pickle=False)
+        except (ValueError, OSError, EOFError, UnicodeDecodeError):
+            return False
+        if (not isinstance(meta, dict) or meta.get("fingerprint") != self.digest or rows.dtype != np.float32
+                or rows.ndim < 1 or len(rows) != self.n or meta.get("checksum") != _digest(rows)):
+            return False
+        self.rows = rows
+        return True
+
+    def add(self, idx: torch.Tensor, out: torch.Tensor, limit: int) -> None:
+        """Keep the outputs of samples ``idx``; write the whole set once every sample has one."""
+        if self.complete:
+            return
+        if self.rows is None:
+            if self.n * out[0].numel() * 4 > limit:
+                self.complete = True  # too large to keep: computed each time, as in memory
+                return
+            self.rows = np.zeros((self.n, *out.shape[1:]), np.float32)
+            self.seen = np.zeros(self.n, bool)
+        where = idx.cpu().numpy()
+        self.rows[where] = out.detach().cpu().numpy()
+        self.seen[where] = True
+        if self.seen.all():
+            self.complete = True
+            rows, self.rows = self.rows, None  # this run looks them up in memory from here
+            meta = json.dumps({"fingerprint": self.digest, "shape": list(rows.shape), "checksum": _digest(rows)})
+            try:
+                if self.folder.is_symlink():
+                    return
+                write_atomic(self.folder / "outputs.npy", lambda f: np.save(f, rows, allow_pickle=False))
+                write_atomic(self.folder / "meta.json", lambda f: f.write(meta.encode()))
+            except OutputError:
+                pass  # a full or read-only disk: this run goes on computing; a later one tries again
+
+
+def _digest(rows: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(rows).tobytes()).hexdigest()
 
 
 @torch.no_grad()

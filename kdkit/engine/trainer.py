@@ -227,6 +227,8 @@ class Trainer:
                         progress=self.cfg.train.progress and self.dist.is_main)
         if shared_disk and self.dist.is_main:
             distributed.barrier(self.dist)
+        elif self.cache.path is not None and not self.dist.enabled:  # the evaluation passes' outputs beside it
+            self.teacher_eval.store = self.cache.path.parent / "eval"
         self.log(f"teacher cache: {self.cache.num_keys} inputs, {self.cache.nbytes() / 2**20:.1f} MiB, "
                  + ("reused" if reused else f"filled in {time.perf_counter() - t0:.1f}s"))
 
@@ -320,10 +322,8 @@ class Trainer:
         return means
 
     def _evaluate_epoch(self) -> dict[str, Any]:
-        loader = self.loaders.val
-        if loader is None or self.epoch % self.cfg.train.eval_every and self.epoch < self.total_epochs:
-            return {}
-        return self.evaluate_networks(loader, "val")
+        due = self.epoch % self.cfg.train.eval_every == 0 or self.epoch >= self.total_epochs
+        return self.evaluate_networks(self.loaders.val, "val") if self.loaders.val is not None and due else {}
 
     def _check_finite(self, metrics: dict[str, Any]) -> None:
         """Refuse to call an epoch good (checkpoint, best.pt, metrics line) when a metric or a weight is

@@ -51,8 +51,14 @@ def fingerprint(cfg: SweepConfig) -> str:
     seeds, and the teacher's weights (not the path of its checkpoint: a teacher trained again to the same
     weights, elsewhere, gives the same digest). ``final.json`` carries it; a method whose ``final.json``
     matches is finished (:func:`run_methods` does not search it again, even without its journal and runs:
-    a table carried to another machine as its small result files goes on from there)."""
+    a table carried to another machine as its small result files goes on from there). Where a teacher cache
+    is kept is not part of it (float32 outputs from memory or from disk are the same numbers; tested): every
+    ``train.teacher_cache`` with a ``store`` counts as ``store: memory`` without a path."""
     base = json.loads(json.dumps(cfg.base, default=str))
+    cache = base["train"].get("teacher_cache") if isinstance(base.get("train"), dict) else None
+    if isinstance(cache, dict) and "store" in cache:
+        cache.pop("path", None)
+        cache["store"] = "memory"
     teacher = base.get("teacher")
     ckpt = teacher.get("checkpoint") if isinstance(teacher, dict) else None
     if ckpt and "://" not in str(ckpt) and Path(ckpt).is_file():
