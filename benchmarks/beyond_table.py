@@ -82,9 +82,10 @@ class Jobs:
 
 
 def student(args: argparse.Namespace, model: Any, epochs: int, teacher: Path | None, seed: int) -> dict[str, Any]:
-    """The offline table's student recipe (its 10,000 images, replayed views, teacher cache) for ``model``."""
+    """The offline table's student recipe (its 10,000 images, replayed views, teacher cache: on disk in
+    ``<out>/teacher_cache``, shared by this table's runs) for ``model``."""
     ns = SimpleNamespace(dataset=args.dataset, student=model, limit_train=args.limit_train, replay_views=4,
-                         threads=args.threads, device=args.device, teacher="cnn_medium")
+                         threads=args.threads, device=args.device, teacher="cnn_medium", out=args.out)
     r = base_recipe(ns, epochs, teacher)
     r["train"]["seed"] = seed
     return r
