@@ -4,6 +4,7 @@ the cross_modal method (Gupta et al. 2016), and the paired Fashion-MNIST + edge-
 import contextlib
 import io
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -78,8 +79,27 @@ def _write(path, data):
     return str(path)
 
 
-def test_cross_modal_end_to_end_on_fashion_mnist_and_its_edge_maps(tmp_path):
-    data = {"name": "fashion_mnist_edges", "batch_size": 64, "limit_train": 2000, "val_fraction": 0.2}
+@pytest.fixture(scope="module")
+def fashion_root(tmp_path_factory):
+    """The first 2,500 training and 1,000 test images of the real Fashion-MNIST in their own IDX files (the
+    edge maps of the whole set take a minute to compute, and each test starts with an empty cache)."""
+    import numpy as np
+
+    from kdkit.data.idx import read_idx_file, write_idx
+
+    real = Path("/usr/share/datasets/fashion-mnist")
+    root = tmp_path_factory.mktemp("fmnist") / "fashion_mnist"
+    root.mkdir()
+    for prefix, n in (("train", 2500), ("t10k", 1000)):
+        for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+            write_idx(root / f"{prefix}-{kind}", np.ascontiguousarray(read_idx_file(real / f"{prefix}-{kind}.gz")[:n]),
+                      compress=True)
+    return root.parent
+
+
+def test_cross_modal_end_to_end_on_fashion_mnist_and_its_edge_maps(tmp_path, fashion_root):
+    data = {"name": "fashion_mnist_edges", "root": str(fashion_root), "download": False, "verify": False,
+            "batch_size": 64, "limit_train": 2000, "val_fraction": 0.2}
     train = {"epochs": 1, "out_dir": str(tmp_path), "progress": False}
     optim = {"name": "adamw", "lr": 0.003, "weight_decay": 0.0}
     teacher = _write(tmp_path / "t.yaml", {"model": {"name": "cnn_small", "input": "image"}, "data": data,
