@@ -33,7 +33,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from gan_table import mean_std
-from sweep_tables import base_recipe, train_once
+from sweep_tables import PAUSES, base_recipe, train_once
 
 from kdkit.atomic import write_atomic
 from kdkit.sweep.compare import markdown_table
@@ -379,7 +379,7 @@ def write(args, jobs: Jobs, teacher_rows: list[dict[str, Any]], teacher_size: di
             "the larger standard deviation over seeds.", "",
             f"Cost: {jobs.seconds() / 3600:.2f} h for the {len(done)} jobs finished (each timed when it ran, one CPU "
             f"thread, on the 2-core development machine beside the other tables' jobs), teacher's training "
-            f"({teacher_h:.2f} h) not counted.", ""]
+            f"({teacher_h:.2f} h) not counted; {PAUSES}.", ""]
     for section in args.sections:
         text += builders[section]()
     todo = [s for s in args.sections if not any(d.startswith(s) for d in done)]

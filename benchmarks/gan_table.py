@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dense_table import cost_rows
-from sweep_tables import run_rows, train_once
+from sweep_tables import PAUSES, run_rows, train_once
 
 from kdkit.sweep.compare import markdown_table
 
@@ -188,7 +188,8 @@ def write(args, out: Path, classifier, teacher_rows, runs, pending, seeds) -> No
             f"{next(iter(shas), 'n/a')[:16]}..., the same file for every row), not Inception's: they compare "
             "only with each other. PSNR and SSIM against the target garment.", "",
             f"Cost: {spent / 3600:.2f} h of training (teacher and students; feature network not counted), one CPU "
-            "thread each, on the 2-core development machine.", "", "## Results (test split, 10,000 images)", ""]
+            f"thread each, on the 2-core development machine; {PAUSES}.", "",
+            "## Results (test split, 10,000 images)", ""]
     text += markdown_table(head, cells, set(range(2, len(head)))).splitlines()
     text += ["", *verdicts]
     if pending:

@@ -59,6 +59,11 @@ KNOWLEDGE_SETTINGS = {"ard": {"steps": 3}}
 PGD = {"epsilon": 8 / 255, "step_size": 2 / 255, "steps": 10}
 
 
+# the cost lines' caveat: the table jobs are paused (SIGSTOP) while the test suite runs on the 2-core machine,
+# and a run's epoch timer cannot tell; an epoch that straddled a pause (minutes) counts it
+PAUSES = "wall time includes any pause of the table jobs during an epoch (SIGSTOP while the test suite ran)"
+
+
 def ordered(table: str) -> list[str]:
     """The family's methods, response-based first (a table still being built shows those first)."""
     if table == "knowledge":
@@ -353,7 +358,8 @@ def main() -> int:
                 "(offline: resnet32x4 -> resnet8x4; online: ResNet-32), the anchor, not a target.", "",
                 f"Cost: {spent / 3600:.2f} h of training (the epochs' wall time over all trials and final runs, "
                 "teacher and regime runs not counted; on the 2-core development machine, at times beside other "
-                "work)" + ("" if args.write_only else f"; this invocation {(time.time() - t0) / 3600:.2f} h wall")
+                f"work; {PAUSES})"
+                + ("" if args.write_only else f"; this invocation {(time.time() - t0) / 3600:.2f} h wall")
                 + ".", "", "## Regime", ""]
         text += lines_regime + ["## Ranking (by validation)", ""]
         head, cells = ranking_table(cfg.metric, rows)
