@@ -229,7 +229,7 @@ def cmd_condense(args: argparse.Namespace) -> int:
 
     start_work()
     r = condense(args.data, args.ipc, args.iterations, args.model, args.lr, args.batch_real, args.seed, args.out,
-                 args.data_root, log=lambda m: print(m, file=sys.stderr))
+                 args.data_root, log=lambda m: print(m, file=sys.stderr), method=args.method)
     print(f"written: {r['out']} ({len(r['labels'])} images, {args.ipc} per class; train on it with "
           f"data.train_file: {r['out']})", file=sys.stderr)
     print(json.dumps({"out": r["out"], "images": len(r["labels"]), "seconds": round(r["seconds"], 1),

@@ -149,12 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a field of the file, e.g. --set clusters=4 (repeatable)")
 
     p = sub.add_parser("condense", help="condense a training set into a few synthetic images per class "
-                       "(distribution matching, Zhao & Bilen 2023) for data.train_file")
+                       "(distribution matching, Zhao & Bilen 2023, or gradient matching, Zhao et al. 2021) for "
+                       "data.train_file")
+    p.add_argument("--method", default="dm", help="dm (distribution matching, the default) or gm (gradient "
+                   "matching: far dearer)")
     p.add_argument("--data", default="fashion_mnist", help="the dataset (an in-memory image classification set)")
     p.add_argument("--ipc", type=int, default=10, help="synthetic images per class")
     p.add_argument("--iterations", type=int, default=1000, help="0: a random real subset of the same size")
     p.add_argument("--model", default="cnn_small", help="the randomly initialised networks that embed the images")
-    p.add_argument("--lr", type=float, default=0.003, help="SGD learning rate on the pixels (momentum 0.5)")
+    p.add_argument("--lr", type=float, default=None, help="SGD learning rate on the pixels, momentum 0.5 (default: "
+                   "0.003 for dm, 0.1 for gm)")
     p.add_argument("--batch-real", type=int, default=256, help="real images per class per iteration")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-root", default=None)
