@@ -1,5 +1,7 @@
 import os
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,6 +15,22 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
 # A guard against a hung subprocess, never a speed limit: the slowest command a test runs takes a few
 # minutes on a 2-core machine loaded by a second test suite; a hang is caught after half an hour.
 HANG_S = 1800
+
+FASHION = Path("/usr/share/datasets/fashion-mnist")  # Debian's dataset-fashion-mnist
+
+
+def small_fashion_mnist(folder: Path, train: int, test: int) -> Path:
+    """The first ``train`` training and ``test`` test images of the real Fashion-MNIST written in their own IDX
+    files under ``folder/fashion_mnist``; returns ``folder`` (a ``data.root``)."""
+    from kdkit.data.idx import read_idx_file, write_idx
+
+    root = folder / "fashion_mnist"
+    root.mkdir(parents=True)
+    for prefix, n in (("train", train), ("t10k", test)):
+        for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+            array = read_idx_file(FASHION / f"{prefix}-{kind}.gz")[:n]
+            write_idx(root / f"{prefix}-{kind}", np.ascontiguousarray(array), compress=True)
+    return folder
 
 
 @pytest.fixture(autouse=True)

@@ -4,11 +4,11 @@ the cross_modal method (Gupta et al. 2016), and the paired Fashion-MNIST + edge-
 import contextlib
 import io
 import json
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from conftest import small_fashion_mnist
 
 from kdkit import create_method, create_model
 from kdkit.cli import main as cli
@@ -83,18 +83,7 @@ def _write(path, data):
 def fashion_root(tmp_path_factory):
     """The first 2,500 training and 1,000 test images of the real Fashion-MNIST in their own IDX files (the
     edge maps of the whole set take a minute to compute, and each test starts with an empty cache)."""
-    import numpy as np
-
-    from kdkit.data.idx import read_idx_file, write_idx
-
-    real = Path("/usr/share/datasets/fashion-mnist")
-    root = tmp_path_factory.mktemp("fmnist") / "fashion_mnist"
-    root.mkdir()
-    for prefix, n in (("train", 2500), ("t10k", 1000)):
-        for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
-            write_idx(root / f"{prefix}-{kind}", np.ascontiguousarray(read_idx_file(real / f"{prefix}-{kind}.gz")[:n]),
-                      compress=True)
-    return root.parent
+    return small_fashion_mnist(tmp_path_factory.mktemp("fmnist"), 2500, 1000)
 
 
 def test_cross_modal_end_to_end_on_fashion_mnist_and_its_edge_maps(tmp_path, fashion_root):

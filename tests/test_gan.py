@@ -8,26 +8,17 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import FASHION, small_fashion_mnist
 
 from kdkit import from_config
 from kdkit.config import DataConfig, load_config
 from kdkit.errors import ConfigError
 
-FASHION = Path("/usr/share/datasets/fashion-mnist")
-
 
 @pytest.fixture(scope="module")
 def fashion_root(tmp_path_factory):
     """A small Fashion-MNIST in its own IDX files: the first 192 training and 64 test images of the real set."""
-    from kdkit.data.idx import read_idx_file, write_idx
-
-    root = tmp_path_factory.mktemp("fmnist") / "fashion_mnist"
-    root.mkdir()
-    for prefix, n in (("train", 192), ("t10k", 64)):
-        for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
-            array = read_idx_file(FASHION / f"{prefix}-{kind}.gz")[:n]
-            write_idx(root / f"{prefix}-{kind}", np.ascontiguousarray(array), compress=True)
-    return root.parent
+    return small_fashion_mnist(tmp_path_factory.mktemp("fmnist"), 192, 64)
 
 
 def _cfg(tmp_path, root, **over):

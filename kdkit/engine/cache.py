@@ -184,7 +184,7 @@ class TeacherCache:
             return f"{path.name} holds {getattr(array, 'dtype', type(array).__name__)}, expected {self._np_dtype(name)}"
         if not isinstance(shape, list) or list(array.shape) != shape or not shape or shape[0] != self.num_keys:
             return f"{path.name} has shape {list(array.shape)}, expected {shape} with {self.num_keys} rows"
-        if _checksum(array) != checksum:
+        if array_checksum(array) != checksum:
             return f"{path.name} does not match its checksum (changed since it was written)"
         self.entries[name] = array
         return None
@@ -267,7 +267,7 @@ class TeacherCache:
                     "features": self.feature_names, "entries": sorted(self.entries),
                     "num_keys": self.num_keys,
                     "shapes": {k: list(v.shape) for k, v in self.entries.items()},
-                    "checksums": {k: _checksum(v) for k, v in self.entries.items()}}
+                    "checksums": {k: array_checksum(v) for k, v in self.entries.items()}}
             tmp = self._meta_file().with_suffix(".tmp")
             tmp.unlink(missing_ok=True)
             tmp.write_text(json.dumps(meta, indent=1))
@@ -316,7 +316,7 @@ def remove_feature_caches(root: str | Path) -> list[Path]:
 _ENTRY = re.compile(r"^(logits\d{1,4}(\.(values|indices|rest))?|feat\d{1,5})$")  # the only array names
 
 
-def _checksum(array: np.ndarray) -> str:
+def array_checksum(array: np.ndarray) -> str:
     """sha256 of an array's bytes, read in blocks (memory maps are not loaded whole)."""
     h = hashlib.sha256()
     flat = array.reshape(len(array), -1) if array.ndim > 1 else array.reshape(-1, 1)

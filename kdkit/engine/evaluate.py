@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -18,6 +17,7 @@ from ..batch import call, to_device
 from ..errors import OutputError
 from ..features import pick_logits
 from ..tasks import Task, create_task
+from .cache import array_checksum, weights_digest
 
 
 class TeacherOutputs:
@@ -69,8 +69,6 @@ class TeacherOutputs:
         if self.store is None or not hasattr(loader, "fingerprint") or not hasattr(loader, "data"):
             return None
         if id(loader) not in self._disk:
-            from .cache import weights_digest
-
             h = weights_digest(self.teachers)
             h.update(json.dumps({"loader": loader.fingerprint(), "batch": getattr(loader, "batch_size", None),
                                  "n": len(loader.data), "device": x.device.type,
@@ -100,7 +98,7 @@ class _Stored:
         except (ValueError, OSError, EOFError, UnicodeDecodeError):
             return False
         if (not isinstance(meta, dict) or meta.get("fingerprint") != self.digest or rows.dtype != np.float32
-                or rows.ndim < 1 or len(rows) != self.n or meta.get("checksum") != _digest(rows)):
+                or rows.ndim < 1 or len(rows) != self.n or meta.get("checksum") != array_checksum(rows)):
             return False
         self.rows = rows
         return True
@@ -121,7 +119,7 @@ class _Stored:
         if self.seen.all():
             self.complete = True
             rows, self.rows = self.rows, None  # this run looks them up in memory from here
-            meta = json.dumps({"fingerprint": self.digest, "shape": list(rows.shape), "checksum": _digest(rows)})
+            meta = json.dumps({"fingerprint": self.digest, "shape": list(rows.shape), "checksum": array_checksum(rows)})
             try:
                 if self.folder.is_symlink():
                     return
@@ -129,10 +127,6 @@ class _Stored:
                 write_atomic(self.folder / "meta.json", lambda f: f.write(meta.encode()))
             except OutputError:
                 pass  # a full or read-only disk: this run goes on computing; a later one tries again
-
-
-def _digest(rows: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(rows).tobytes()).hexdigest()
 
 
 @torch.no_grad()
