@@ -106,7 +106,7 @@ def test_gradient_matching_moves_the_images_by_its_loops(tmp_path):
     out = tmp_path / "gm.safetensors"
     start = condense("digits", ipc=2, iterations=0, seed=0)["images"]
     r = condense("digits", ipc=2, iterations=2, batch_real=16, seed=0, method="gm", out=out)
-    assert len(r["curve"]) == 2 * 2  # (outer 2) image updates per iteration, a fresh network each
+    assert len(r["curve"]) == 2 * 2  # outer = 2 image updates per iteration (a fresh network each), inner 50 steps
     assert all(v > 0 for v in r["curve"]) and r["held_out_before"] > 0
     assert not torch.equal(r["images"], start) and 0.0 <= float(r["images"].min()) <= float(r["images"].max()) <= 1.0
     images, labels, meta = read_train_file(out)
