@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sweep_tables import PAUSES, ledger_restore, train_once, write_table
+from sweep_tables import PAUSES, cpu_clause, ledger_restore, train_once, write_table
 
 from kdkit.sweep import parse_sweep
 from kdkit.sweep.compare import RANKING_NUMERIC, markdown_table, ranking_table
@@ -163,7 +163,8 @@ def main() -> int:
                 f"{args.seeds} on the test {task['samples']}, mean ± std; vs vanilla: mean ± std of the per-seed "
                 "differences.",
                 "", f"Cost: {spent / 3600:.2f} h of training (all trials and final runs; teacher not counted) on the "
-                f"2-core development machine; {PAUSES}.", "", f"## Ranking (by validation {label})", ""]
+                f"2-core development machine; {PAUSES}{cpu_clause(rows)}.", "",
+                f"## Ranking (by validation {label})", ""]
         shift = len(task["extra"])  # the added columns sit at 4.., right-aligned like the ranking's numbers
         numeric = {i + (i >= 4) * shift for i in RANKING_NUMERIC} | set(range(4, 4 + shift))
         text += markdown_table(head, cells, numeric).splitlines()

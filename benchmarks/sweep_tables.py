@@ -64,6 +64,17 @@ PGD = {"epsilon": 8 / 255, "step_size": 2 / 255, "steps": 10}
 PAUSES = "wall time includes any pause of the table jobs during an epoch (SIGSTOP while the test suite ran)"
 
 
+def cpu_clause(rows: list[dict[str, Any]]) -> str:
+    """The cost line's CPU time: the processes' own CPU time (``time/train_cpu_s``), which pauses and the other
+    jobs' load do not inflate, over the methods whose every epoch recorded it (kdkit records it since
+    2026-12-07); empty while none has."""
+    cpu = [r["train_cpu_s"] for r in rows if r.get("train_cpu_s") is not None]
+    if not cpu:
+        return ""
+    return (f"; CPU time {sum(cpu) / 3600:.2f} h over the {len(cpu)} of {len(rows)} methods whose every epoch "
+            "recorded it (the training processes' own CPU time: no pause or other load in it)")
+
+
 def ordered(table: str) -> list[str]:
     """The family's methods, response-based first (a table still being built shows those first)."""
     if table == "knowledge":
@@ -358,7 +369,7 @@ def main() -> int:
                 "(offline: resnet32x4 -> resnet8x4; online: ResNet-32), the anchor, not a target.", "",
                 f"Cost: {spent / 3600:.2f} h of training (the epochs' wall time over all trials and final runs, "
                 "teacher and regime runs not counted; on the 2-core development machine, at times beside other "
-                f"work; {PAUSES})"
+                f"work; {PAUSES}){cpu_clause(rows)}"
                 + ("" if args.write_only else f"; this invocation {(time.time() - t0) / 3600:.2f} h wall")
                 + ".", "", "## Regime", ""]
         text += lines_regime + ["## Ranking (by validation)", ""]

@@ -147,9 +147,9 @@ def test_a_finished_method_carried_as_its_result_files_is_not_searched_again(tmp
     assert not list(moved.rglob("checkpoint.pt")) and not list(moved.rglob("journal.log"))
     assert [r["method"] for r in again] == [r["method"] for r in first] == ["vanilla", "kd"]
     for a, b in zip(first, again):
-        assert (a["val"], a["params"], a["test_mean"], a["delta_mean"], a["train_s"]) == (
-            b["val"], b["params"], b["test_mean"], b["delta_mean"], b["train_s"])
-        assert a["train_s"] > 0
+        assert (a["val"], a["params"], a["test_mean"], a["delta_mean"], a["train_s"], a["train_cpu_s"]) == (
+            b["val"], b["params"], b["test_mean"], b["delta_mean"], b["train_s"], b["train_cpu_s"])
+        assert a["train_s"] > 0 and a["train_cpu_s"] > 0  # every epoch records its process's CPU time too
     assert sum("finished already" in m for m in said) == 2
     assert read_methods(cfg(moved, tmp_path / "teacher.pt"))[0] == again
     ckpt = torch.load(teacher, weights_only=True)  # other teacher weights: kd is searched again, vanilla is not
@@ -199,3 +199,20 @@ def test_the_fingerprint_ignores_where_the_teacher_cache_is_kept(tmp_path):
     memory = digest({"store": "memory"})
     assert memory == digest({"store": "disk", "path": str(tmp_path / "a")}) == digest({"store": "disk", "path": "b"})
     assert memory != digest({"store": "memory", "dtype": "bfloat16"})
+
+
+def test_cpu_time_is_summed_only_where_every_epoch_recorded_it(tmp_path):
+    """A method's CPU seconds come from its runs' ``time/train_cpu_s``; a run trained before kdkit recorded it
+    makes the total unknown (None), never a partial sum."""
+    from kdkit.sweep.compare import _trial_seconds
+
+    run = tmp_path / "m" / "trials" / "trial-0000"
+    run.mkdir(parents=True)
+    lines = [{"epoch": 1, "time/train_s": 10.0, "time/train_cpu_s": 4.0},
+             {"epoch": 2, "time/train_s": 12.0, "time/train_cpu_s": 5.5}, {"final": True, "test/top1": 50.0}]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert _trial_seconds(tmp_path / "m") == 22.0 and _trial_seconds(tmp_path / "m", "time/train_cpu_s") == 9.5
+    old = tmp_path / "m" / "final" / "trial-0000-seed1"
+    old.mkdir(parents=True)
+    (old / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "time/train_s": 3.0}) + "\n")
+    assert _trial_seconds(tmp_path / "m") == 25.0 and _trial_seconds(tmp_path / "m", "time/train_cpu_s") is None

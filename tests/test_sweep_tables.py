@@ -21,6 +21,7 @@ def test_the_sweep_table_command_end_to_end(tmp_path):
     subprocess.run(args, check=True, capture_output=True, cwd=tmp_path)
     md = (tmp_path / "docs" / "digits_sweep.md").read_text()
     assert "Budget: 1 trials per method" in md and "Cost: " in md and "## Regime" in md
+    assert "CPU time " in md and " over the 2 of 2 methods whose every epoch recorded it" in md
     assert "- 1 epochs: " in md and "- 2 epochs: " in md  # vanilla's curve at the regime and twice it
     rows = json.loads((tmp_path / "docs" / "digits_sweep.json").read_text())["rows"]
     assert [r["method"] for r in rows] != [] and {r["method"] for r in rows} == {"vanilla", "kd"}

@@ -41,7 +41,8 @@ def final_runs(cfg: SweepConfig, best: dict[str, Any], log: Any = print) -> list
         rows.append(row)
         log(f"{cfg.name}: final run, seed {seed}: {primary} {row.get(primary, float('nan')):.4g}")
     data = json.dumps({"name": cfg.name, "fingerprint": fingerprint(cfg), "train_s": _trial_seconds(out),
-                       "best": best, "runs": rows}, indent=1, default=str).encode()
+                       "train_cpu_s": _trial_seconds(out, "time/train_cpu_s"), "best": best, "runs": rows},
+                      indent=1, default=str).encode()
     write_atomic(out / "final.json", lambda f: f.write(data))
     return rows
 
@@ -92,7 +93,8 @@ def _finished(sub: SweepConfig, check: bool = True, log: Any = print) -> dict[st
         return None
     if check:
         log(f"== {sub.name}: finished already ({final} matches this sweep)")
-    return {"sub": sub, "best": data["best"], "final": data["runs"], "train_s": data.get("train_s")}
+    return {"sub": sub, "best": data["best"], "final": data["runs"], "train_s": data.get("train_s"),
+            "train_cpu_s": data.get("train_cpu_s")}
 
 
 def method_configs(cfg: SweepConfig) -> dict[str, SweepConfig]:
@@ -162,13 +164,17 @@ def read_methods(cfg: SweepConfig) -> tuple[list[dict[str, Any]], list[str]]:
     return rank(cfg, results), pending
 
 
-def _trial_seconds(out: Path) -> float:
-    """Training seconds of every run under ``out`` (trials and final runs), from their metrics files."""
+def _trial_seconds(out: Path, key: str = "time/train_s") -> float | None:
+    """Training seconds (``key``: wall, or ``time/train_cpu_s``) of every run under ``out`` (trials and final
+    runs), from their metrics files; None when an epoch that has a wall time lacks ``key`` (a run trained before
+    kdkit recorded CPU time)."""
     total = 0.0
     for path in out.rglob("metrics.jsonl"):
         for line in path.read_text().splitlines():
-            if line.strip():
-                total += float(json.loads(line).get("time/train_s", 0.0) or 0.0)
+            row = json.loads(line) if line.strip() else {}
+            if "time/train_s" in row and key not in row:
+                return None
+            total += float(row.get(key, 0.0) or 0.0)
     return total
 
 
@@ -196,7 +202,9 @@ def rank(cfg: SweepConfig, results: dict[str, dict[str, Any]]) -> list[dict[str,
         rows.append({"method": method, "val": best["value"] if best else None,
                      "params": best["params"] if best else {}, "trials": counts,
                      "test_mean": mean, "test_std": std, "delta_mean": dmean, "delta_std": dstd,
-                     "seeds": sorted(tests), "train_s": res.get("train_s") or _trial_seconds(Path(sub.out))})
+                     "seeds": sorted(tests), "train_s": res.get("train_s") or _trial_seconds(Path(sub.out)),
+                     "train_cpu_s": res.get("train_cpu_s") if "train_cpu_s" in res else _trial_seconds(
+                         Path(sub.out), "time/train_cpu_s")})
     rows.sort(key=lambda r: (r["val"] is None, -(r["val"] or 0.0) if not cfg.metric.endswith("loss") else r["val"]))
     return rows
 
