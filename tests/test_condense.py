@@ -105,13 +105,14 @@ def test_gradient_matching_distance_and_loops():
 def test_gradient_matching_moves_the_images_by_its_loops(tmp_path):
     out = tmp_path / "gm.safetensors"
     start = condense("digits", ipc=2, iterations=0, seed=0)["images"]
-    r = condense("digits", ipc=2, iterations=2, batch_real=16, seed=0, method="gm", out=out)
-    assert len(r["curve"]) == 2 * 2  # outer = 2 image updates per iteration (a fresh network each), inner 50 steps
+    r = condense("digits", ipc=2, iterations=1, batch_real=16, seed=0, method="gm", out=out)
+    assert len(r["curve"]) == 2  # outer = 2 image updates per iteration (a fresh network each), 50 inner steps
     assert all(v > 0 for v in r["curve"]) and r["held_out_before"] > 0
     assert not torch.equal(r["images"], start) and 0.0 <= float(r["images"].min()) <= float(r["images"].max()) <= 1.0
     images, labels, meta = read_train_file(out)
-    assert meta["method"] == "gm" and meta["lr"] == "0.1" and torch.equal(labels, r["labels"])
-    again = condense("digits", ipc=2, iterations=2, batch_real=16, seed=0, method="gm")["images"]
+    assert meta["method"] == "gm" and meta["lr"] == "0.1" and meta["model"] == "convnet"  # the papers' defaults
+    assert torch.equal(labels, r["labels"])
+    again = condense("digits", ipc=2, iterations=1, batch_real=16, seed=0, method="gm")["images"]
     assert torch.equal(again, r["images"])
 
 
@@ -148,3 +149,19 @@ def test_the_matched_images_gradient_is_exact():
         down[i] -= 1e-6
         fd = (distance(up.requires_grad_(True), False) - distance(down.requires_grad_(True), False)) / 2e-6
         assert float(grad[i]) != 0.0 and float(fd) == pytest.approx(float(grad[i]), rel=1e-4, abs=1e-7)
+
+
+def test_the_papers_convnet_and_its_embedding():
+    """convnet (Zhao et al.'s ConvNet) is built for the dataset's image side, and distribution matching embeds
+    with its flattened last map (the input of its linear layer), as the papers do; a global pooling network
+    embeds with the map before its pooling."""
+    from kdkit.condense import _embedder, _takes_input_size
+    from kdkit.models import create_model
+
+    net = create_model("convnet", num_classes=10, in_channels=1, input_size=28)
+    assert net(torch.randn(2, 1, 28, 28)).shape == (2, 10) and _takes_input_size("convnet")
+    assert _embedder(net)(torch.randn(3, 1, 28, 28)).shape == (3, 128 * 3 * 3)
+    small = create_model("cnn_small", num_classes=10, in_channels=1)
+    assert not _takes_input_size("cnn_small") and _embedder(small)(torch.randn(3, 1, 28, 28)).shape == (3, 64 * 7 * 7)
+    with pytest.raises(ValueError, match="input_size must be an integer in \\[8, "):
+        create_model("convnet", input_size=4)

@@ -156,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="fashion_mnist", help="the dataset (an in-memory image classification set)")
     p.add_argument("--ipc", type=int, default=10, help="synthetic images per class")
     p.add_argument("--iterations", type=int, default=1000, help="0: a random real subset of the same size")
-    p.add_argument("--model", default="cnn_small", help="the randomly initialised networks that embed the images")
+    p.add_argument("--model", default=None, help="the randomly initialised networks that embed the images "
+                   "(default: cnn_small for dm, convnet, the papers' ConvNet, for gm)")
     p.add_argument("--lr", type=float, default=None, help="SGD learning rate on the pixels, momentum 0.5 (default: "
                    "0.003 for dm, 0.1 for gm)")
     p.add_argument("--batch-real", type=int, default=256, help="real images per class per iteration")
