@@ -211,8 +211,8 @@ def test_cpu_time_is_summed_only_where_every_epoch_recorded_it(tmp_path):
     lines = [{"epoch": 1, "time/train_s": 10.0, "time/train_cpu_s": 4.0},
              {"epoch": 2, "time/train_s": 12.0, "time/train_cpu_s": 5.5}, {"final": True, "test/top1": 50.0}]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
-    assert _trial_seconds(tmp_path / "m") == 22.0 and _trial_seconds(tmp_path / "m", "time/train_cpu_s") == 9.5
+    assert _trial_seconds(tmp_path / "m") == {"train_s": 22.0, "train_cpu_s": 9.5}
     old = tmp_path / "m" / "final" / "trial-0000-seed1"
     old.mkdir(parents=True)
     (old / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "time/train_s": 3.0}) + "\n")
-    assert _trial_seconds(tmp_path / "m") == 25.0 and _trial_seconds(tmp_path / "m", "time/train_cpu_s") is None
+    assert _trial_seconds(tmp_path / "m") == {"train_s": 25.0, "train_cpu_s": None}

@@ -40,9 +40,8 @@ def final_runs(cfg: SweepConfig, best: dict[str, Any], log: Any = print) -> list
         row = {"seed": seed, "run": str(run_dir), **{k: v for k, v in final.items() if k.startswith("test/")}}
         rows.append(row)
         log(f"{cfg.name}: final run, seed {seed}: {primary} {row.get(primary, float('nan')):.4g}")
-    data = json.dumps({"name": cfg.name, "fingerprint": fingerprint(cfg), "train_s": _trial_seconds(out),
-                       "train_cpu_s": _trial_seconds(out, "time/train_cpu_s"), "best": best, "runs": rows},
-                      indent=1, default=str).encode()
+    data = json.dumps({"name": cfg.name, "fingerprint": fingerprint(cfg), **_trial_seconds(out), "best": best,
+                       "runs": rows}, indent=1, default=str).encode()
     write_atomic(out / "final.json", lambda f: f.write(data))
     return rows
 
@@ -164,18 +163,19 @@ def read_methods(cfg: SweepConfig) -> tuple[list[dict[str, Any]], list[str]]:
     return rank(cfg, results), pending
 
 
-def _trial_seconds(out: Path, key: str = "time/train_s") -> float | None:
-    """Training seconds (``key``: wall, or ``time/train_cpu_s``) of every run under ``out`` (trials and final
-    runs), from their metrics files; None when an epoch that has a wall time lacks ``key`` (a run trained before
-    kdkit recorded CPU time)."""
-    total = 0.0
+def _trial_seconds(out: Path) -> dict[str, float | None]:
+    """Training seconds of every run under ``out`` (trials and final runs), from their metrics files, in one
+    pass: ``train_s`` (wall) and ``train_cpu_s`` (the processes' CPU time; None when an epoch that has a wall
+    time lacks it: a run trained before kdkit recorded CPU time)."""
+    wall, cpu = 0.0, 0.0
     for path in out.rglob("metrics.jsonl"):
         for line in path.read_text().splitlines():
             row = json.loads(line) if line.strip() else {}
-            if "time/train_s" in row and key not in row:
-                return None
-            total += float(row.get(key, 0.0) or 0.0)
-    return total
+            wall += float(row.get("time/train_s", 0.0) or 0.0)
+            if cpu is not None:
+                cpu = None if "time/train_s" in row and "time/train_cpu_s" not in row else (
+                    cpu + float(row.get("time/train_cpu_s", 0.0) or 0.0))
+    return {"train_s": wall, "train_cpu_s": cpu}
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
@@ -199,12 +199,13 @@ def rank(cfg: SweepConfig, results: dict[str, dict[str, Any]]) -> list[dict[str,
         mean, std = _mean_std(list(tests.values()))
         dmean, dstd = _mean_std(diffs)
         counts = {s: states.count(s) for s in sorted(set(states))}  # sorted: the same file from every process
+        # a finished method's seconds from its final.json; otherwise (or when that predates them) its runs' logs
+        spent = ({k: res.get(k) for k in ("train_s", "train_cpu_s")} if res.get("train_s")
+                 else _trial_seconds(Path(sub.out)))
         rows.append({"method": method, "val": best["value"] if best else None,
                      "params": best["params"] if best else {}, "trials": counts,
                      "test_mean": mean, "test_std": std, "delta_mean": dmean, "delta_std": dstd,
-                     "seeds": sorted(tests), "train_s": res.get("train_s") or _trial_seconds(Path(sub.out)),
-                     "train_cpu_s": res.get("train_cpu_s") if "train_cpu_s" in res else _trial_seconds(
-                         Path(sub.out), "time/train_cpu_s")})
+                     "seeds": sorted(tests), **spent})
     rows.sort(key=lambda r: (r["val"] is None, -(r["val"] or 0.0) if not cfg.metric.endswith("loss") else r["val"]))
     return rows
 
