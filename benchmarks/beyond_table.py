@@ -55,7 +55,7 @@ def verdict(name: str, base: str, a: list[float], b: list[float], higher_better:
 
 
 class Jobs:
-    """Each job's result kept as ``<out>/results/<name>.json`` with the seconds the job took."""
+    """Each job's result kept as ``<out>/results/<name>.json`` with the seconds the job took (wall and CPU)."""
 
     def __init__(self, out: Path, read_only: bool, say: Callable[[str], None]):
         self.dir, self.read_only, self.say = out / "results", read_only, say
@@ -71,14 +71,24 @@ class Jobs:
         if done is not None or self.read_only:
             return done
         self.say(f"{name} ...")
-        t0 = time.time()
-        result = {**work(), "seconds": time.time() - t0}
+        t0, cpu0 = time.time(), time.process_time()
+        result = {**work(), "seconds": time.time() - t0, "cpu_seconds": time.process_time() - cpu0}
         write_atomic(self.dir / f"{name}.json", lambda f: f.write(json.dumps(result, indent=1).encode()))
         self.on_done()
         return result
 
     def seconds(self) -> float:
         return sum(json.loads(p.read_text()).get("seconds", 0.0) for p in self.dir.glob("*.json"))
+
+    def cpu_clause(self) -> str:
+        """The cost line's CPU time (this process's own over each job, all its threads: no pause or other load
+        in it), over the jobs that recorded it (those run since 2026-12-07); empty while none has."""
+        done = [json.loads(p.read_text()) for p in self.dir.glob("*.json")]
+        cpu = [j["cpu_seconds"] for j in done if j.get("cpu_seconds") is not None]
+        if not cpu:
+            return ""
+        return (f"; CPU time {sum(cpu) / 3600:.2f} h over the {len(cpu)} of {len(done)} jobs that recorded it "
+                "(the process's own CPU time: no pause or other load in it)")
 
 
 def student(args: argparse.Namespace, model: Any, epochs: int, teacher: Path | None, seed: int) -> dict[str, Any]:
@@ -379,7 +389,7 @@ def write(args, jobs: Jobs, teacher_rows: list[dict[str, Any]], teacher_size: di
             "the larger standard deviation over seeds.", "",
             f"Cost: {jobs.seconds() / 3600:.2f} h for the {len(done)} jobs finished (each timed when it ran, one CPU "
             f"thread, on the 2-core development machine beside the other tables' jobs), teacher's training "
-            f"({teacher_h:.2f} h) not counted; {PAUSES}.", ""]
+            f"({teacher_h:.2f} h) not counted; {PAUSES}{jobs.cpu_clause()}.", ""]
     for section in args.sections:
         text += builders[section]()
     todo = [s for s in args.sections if not any(d.startswith(s) for d in done)]

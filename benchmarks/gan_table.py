@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from dense_table import cost_rows
-from sweep_tables import PAUSES, run_rows, train_once
+from sweep_tables import PAUSES, cpu_clause, run_rows, train_once
 
-from kdkit.sweep.compare import markdown_table
+from kdkit.sweep.compare import epoch_seconds, markdown_table
 
 WIDTHS = {"1/2": 16, "1/4": 8}
 METHODS = ("gan", "gan_compression")
@@ -86,6 +86,30 @@ def feature_sha(run_dir: Path) -> str | None:
     return (record.get("feature_network") or {}).get("sha256")
 
 
+def students(seeds: list[int]) -> list[tuple[str, int, str, int]]:
+    """(width, ngf, method, seed) of every student run, in the order they are trained."""
+    return [(width, ngf, method, seed) for width, ngf in WIDTHS.items() for method in METHODS for seed in seeds]
+
+
+def run_name(ngf: int, method: str, seed: int) -> str:
+    return f"ngf{ngf}-{method}-s{seed}"
+
+
+def collect_runs(out: Path, seeds: list[int]) -> tuple[dict[tuple[str, str], list[dict[str, Any]]], list[str]]:
+    """The finished student runs by (width, method): each one's final metrics, folder and training seconds
+    (wall and CPU, :func:`~kdkit.sweep.compare.epoch_seconds`); and the names of those not finished."""
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    pending = []
+    for width, ngf, method, seed in students(seeds):
+        name = run_name(ngf, method, seed)
+        rows = run_rows(out / name)
+        if not final(rows):
+            pending.append(name)
+            continue
+        runs.setdefault((width, method), []).append({**final(rows), "dir": str(out / name), **epoch_seconds(rows)})
+    return runs, pending
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="/work/kdkit_runs/gan")
@@ -109,29 +133,14 @@ def main() -> int:
     teacher_rows = train_once(recipe(args, TEACHER_NGF, "gan", 0, args.teacher_epochs, features), out / "teacher",
                               args.write_only)
     teacher = out / "teacher" / "best.pt"
-    todo = [(width, ngf, method, seed) for width, ngf in WIDTHS.items() for method in METHODS for seed in seeds]
-    names = {item: f"ngf{item[1]}-{item[2]}-s{item[3]}" for item in todo}
-
-    def collect() -> tuple[dict[tuple[str, str], list[dict[str, Any]]], list[str]]:
-        runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
-        pending = []
-        for item in todo:
-            rows = run_rows(out / names[item])
-            if not final(rows):
-                pending.append(names[item])
-                continue
-            runs.setdefault(item[:3:2], []).append({**final(rows), "dir": str(out / names[item]),
-                                                    "train_s": sum(r.get("time/train_s", 0) for r in rows)})
-        return runs, pending
-
-    for width, ngf, method, seed in ([] if args.write_only else todo):
-        run_dir = out / names[(width, ngf, method, seed)]
+    for _width, ngf, method, seed in ([] if args.write_only else students(seeds)):
+        run_dir = out / run_name(ngf, method, seed)
         if not final(run_rows(run_dir)):
             say(f"{run_dir.name}: {args.epochs} epochs")
             train_once(recipe(args, ngf, method, seed, args.epochs, features,
                               teacher if method == "gan_compression" else None), run_dir)
-        write(args, out, classifier, teacher_rows, *collect(), seeds)
-    runs, pending = collect()
+        write(args, out, classifier, teacher_rows, *collect_runs(out, seeds), seeds)
+    runs, pending = collect_runs(out, seeds)
     write(args, out, classifier, teacher_rows, runs, pending, seeds)
     if not args.write_only and not pending:
         costs(args, out)
@@ -149,7 +158,8 @@ def write(args, out: Path, classifier, teacher_rows, runs, pending, seeds) -> No
         ["FID vs gan (paired by seed)"]
     cells = [[f"teacher ngf {TEACHER_NGF}", "gan", "1"] + [f"{t.get('test/' + k, float('nan')):.{d}f}"
                                                           for k, _, d in COLUMNS] + ["-"]]
-    spent = sum(r["train_s"] for rs in runs.values() for r in rs) + sum(r.get("time/train_s", 0) for r in teacher_rows)
+    timed = [r for rs in runs.values() for r in rs] + [epoch_seconds(teacher_rows)]
+    spent = sum(r["train_s"] for r in timed)
     verdicts = []
     for width, ngf in WIDTHS.items():
         plain = {Path(r["dir"]).name.rsplit("-s", 1)[1]: r for r in runs.get((width, "gan"), [])}
@@ -188,7 +198,7 @@ def write(args, out: Path, classifier, teacher_rows, runs, pending, seeds) -> No
             f"{next(iter(shas), 'n/a')[:16]}..., the same file for every row), not Inception's: they compare "
             "only with each other. PSNR and SSIM against the target garment.", "",
             f"Cost: {spent / 3600:.2f} h of training (teacher and students; feature network not counted), one CPU "
-            f"thread each, on the 2-core development machine; {PAUSES}.", "",
+            f"thread each, on the 2-core development machine; {PAUSES}{cpu_clause(timed, 'runs')}.", "",
             "## Results (test split, 10,000 images)", ""]
     text += markdown_table(head, cells, set(range(2, len(head)))).splitlines()
     text += ["", *verdicts]
@@ -203,7 +213,8 @@ def write(args, out: Path, classifier, teacher_rows, runs, pending, seeds) -> No
 
 def costs(args, out: Path) -> None:
     nets = {f"teacher ngf {TEACHER_NGF}": out / "teacher" / "best.pt"}
-    nets.update({f"student ngf {ngf} ({w} width)": out / f"ngf{ngf}-gan-s0" / "best.pt" for w, ngf in WIDTHS.items()})
+    nets.update({f"student ngf {ngf} ({w} width)": out / run_name(ngf, "gan", 0) / "best.pt"
+                 for w, ngf in WIDTHS.items()})
     rows = cost_rows(nets, args.threads, "fid_fmnist")  # dense_table's: kdkit profile of each checkpoint
     doc = Path(args.docs) / "fashion_gan_compression.md"
     doc.write_text(doc.read_text() + "\n## Size and speed (kdkit profile, CPU, one thread)\n\n" + markdown_table(

@@ -64,14 +64,14 @@ PGD = {"epsilon": 8 / 255, "step_size": 2 / 255, "steps": 10}
 PAUSES = "wall time includes any pause of the table jobs during an epoch (SIGSTOP while the test suite ran)"
 
 
-def cpu_clause(rows: list[dict[str, Any]]) -> str:
-    """The cost line's CPU time: the processes' own CPU time (``time/train_cpu_s``), which pauses and the other
-    jobs' load do not inflate, over the methods whose every epoch recorded it (kdkit records it since
-    2026-12-07); empty while none has."""
+def cpu_clause(rows: list[dict[str, Any]], unit: str = "methods") -> str:
+    """The cost line's CPU time: the processes' own CPU time (``train_cpu_s``, from the epochs'
+    ``time/train_cpu_s``), which pauses and the other jobs' load do not inflate, over the ``unit`` (methods,
+    runs) whose every epoch recorded it (kdkit records it since 2026-12-07); empty while none has."""
     cpu = [r["train_cpu_s"] for r in rows if r.get("train_cpu_s") is not None]
     if not cpu:
         return ""
-    return (f"; CPU time {sum(cpu) / 3600:.2f} h over the {len(cpu)} of {len(rows)} methods whose every epoch "
+    return (f"; CPU time {sum(cpu) / 3600:.2f} h over the {len(cpu)} of {len(rows)} {unit} whose every epoch "
             "recorded it (the training processes' own CPU time: no pause or other load in it)")
 
 

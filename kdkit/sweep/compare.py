@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import statistics
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -163,19 +164,25 @@ def read_methods(cfg: SweepConfig) -> tuple[list[dict[str, Any]], list[str]]:
     return rank(cfg, results), pending
 
 
-def _trial_seconds(out: Path) -> dict[str, float | None]:
-    """Training seconds of every run under ``out`` (trials and final runs), from their metrics files, in one
-    pass: ``train_s`` (wall) and ``train_cpu_s`` (the processes' CPU time; None when an epoch that has a wall
-    time lacks it: a run trained before kdkit recorded CPU time)."""
-    wall, cpu = 0.0, 0.0
-    for path in out.rglob("metrics.jsonl"):
-        for line in path.read_text().splitlines():
-            row = json.loads(line) if line.strip() else {}
-            wall += float(row.get("time/train_s", 0.0) or 0.0)
-            if cpu is not None:
-                cpu = None if "time/train_s" in row and "time/train_cpu_s" not in row else (
-                    cpu + float(row.get("time/train_cpu_s", 0.0) or 0.0))
+def epoch_seconds(rows: Iterable[dict[str, Any]]) -> dict[str, float | None]:
+    """The training seconds of a run's metrics lines: ``train_s`` (wall) and ``train_cpu_s`` (the process's
+    CPU time; None when an epoch that has a wall time lacks it: a run trained before kdkit recorded CPU time,
+    so that a sum is never partial)."""
+    wall: float = 0.0
+    cpu: float | None = 0.0
+    for row in rows:
+        wall += float(row.get("time/train_s", 0.0) or 0.0)
+        if cpu is not None:
+            cpu = None if "time/train_s" in row and "time/train_cpu_s" not in row else (
+                cpu + float(row.get("time/train_cpu_s", 0.0) or 0.0))
     return {"train_s": wall, "train_cpu_s": cpu}
+
+
+def _trial_seconds(out: Path) -> dict[str, float | None]:
+    """:func:`epoch_seconds` over every run under ``out`` (trials and final runs), from their metrics files."""
+    rows = (json.loads(line) for path in out.rglob("metrics.jsonl")
+            for line in path.read_text().splitlines() if line.strip())
+    return epoch_seconds(rows)
 
 
 def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
