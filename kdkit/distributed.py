@@ -59,6 +59,13 @@ def all_reduce(t: torch.Tensor, info: DistInfo, op: str = "sum") -> torch.Tensor
     return t / info.world_size if op == "mean" else t
 
 
+def mean_over_ranks(values: dict[str, torch.Tensor], info: DistInfo) -> dict[str, float]:
+    """Each scalar (on the device) averaged over the ranks and read in one transfer; ``{}`` for none."""
+    if not values:
+        return {}
+    return dict(zip(values, all_reduce(torch.stack([v.float() for v in values.values()]), info, "mean").tolist()))
+
+
 def gather_batches(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Each tensor concatenated over the ranks along dimension 0 (rank 0's rows first), without gradient:
     what a method that keeps a memory of past samples enqueues, so that every rank stores the whole

@@ -2,6 +2,7 @@
 image-quality metrics (FID and KID against direct computations), the gan and gan_compression methods
 (the distillation term against GAN Compression's formula), resuming, the report and export."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -193,14 +194,18 @@ def test_adversary_adam_is_torch_adam():
     b.load_state_dict(a.state_dict())
     adversary = Adversary(a, 2e-4, betas=(0.5, 0.999))
     opt = torch.optim.Adam(b.parameters(), 2e-4, betas=(0.5, 0.999))
+    losses = []
     for _ in range(4):
         x = torch.randn(64, 2, 32, 32)
-        adversary.update(lambda x=x: a(x).square().mean())
+        losses.append(adversary.update(lambda x=x: a(x).square().mean()))
         opt.zero_grad()
         b(x).square().mean().backward()
         opt.step()
     assert all(torch.allclose(p, q, rtol=0, atol=1e-7) for p, q in zip(a.parameters(), b.parameters()))
     assert int(adversary.steps) == 4 and not any(p.requires_grad for p in a.parameters())
+    # what the trainer logs once an epoch: the mean of the updates' losses since the last call, then a fresh count
+    assert adversary.mean_loss().item() == pytest.approx(torch.stack(losses).mean().item(), rel=1e-6)
+    assert adversary.mean_loss() is None
 
 
 @pytest.mark.parametrize("mode", ["hinge", "lsgan", "vanilla"])
@@ -282,6 +287,11 @@ def test_gan_compression_killed_and_resumed_is_bit_identical(tmp_path, fashion_r
                method={"name": "gan_compression", "discriminator_kwargs": {"ndf": 8, "n_layers": 2}})
     del cfg["train"]["out_dir"], cfg["train"]["run_name"]
     killed_and_resumed(cfg, tmp_path / "runs")
+    # each epoch logs the discriminator's mean loss beside the generator's terms, the same after the resume
+    logged = [[json.loads(line).get("train/gan_compression/discriminator_loss")
+               for line in (tmp_path / "runs" / run / "metrics.jsonl").read_text().splitlines()[:2]]
+              for run in ("full", "cut")]
+    assert logged[0] == logged[1] and all(v is not None and 0 <= v < 10 for v in logged[0]), logged
     state = load_checkpoint(tmp_path / "runs/full/checkpoint.pt")["distiller"]
     # 64 training images (data.limit_train), batches of 16: 4 steps an epoch
     assert int(state["methods.0.discriminator.steps"]) == 2 * 4

@@ -361,6 +361,7 @@ def test_two_gloo_ranks_count_the_same_confusion_matrix_as_one_process(tmp_path)
            "train": {"epochs": 1, "progress": False}}
     ranks, ddp = train_ranks(cfg, tmp_path)
     assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])
+    assert ddp["train/skd_holistic/critic_loss"] >= 0  # the critic's own loss, averaged over the ranks, logged
     single = from_config(load_config(base=cfg), run_dir=tmp_path / "single", log=lambda m: None)
     single.distiller.load_state_dict(ranks[0])
     metrics = evaluate(single.distiller.student, single.loaders.test, task=single.task)

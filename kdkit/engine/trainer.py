@@ -174,8 +174,7 @@ class Trainer:
                 self.epoch += 1
                 metrics.update(self._evaluate_epoch())
                 self._end_epoch(metrics)
-            final = self.evaluate_networks(self.loaders.test, "test")
-            final["epoch"] = self.epoch
+            final = {**self.evaluate_networks(self.loaders.test, "test"), "epoch": self.epoch}
             deployed = next((d for d in (m.deployed() for m in self.distiller.methods) if d), "")
             final["deployed"] = deployed.rstrip("/") or "student"  # the scheme's deployed network
             self._write_metrics({"final": True, **final})
@@ -271,11 +270,12 @@ class Trainer:
                     bar.set_postfix(loss=f"{sum(means.values()):.4f}", lr=f"{lrs[0]:.4g}",
                                     **{k: f"{v:.0f}" for k, v in speed.rates().items()})
         bar.close()
-        metrics: dict[str, Any] = {"epoch": epoch + 1, "stage": stage.name, "lr": lrs[0],
-                                   "time/train_s": time.perf_counter() - t0, **speed.metrics()}
         vals = means if sums is not None else {}
-        metrics["train/loss"] = sum(vals.values())
-        metrics.update({f"train/{k}": v for k, v in vals.items()})
+        metrics: dict[str, Any] = {"epoch": epoch + 1, "stage": stage.name, "lr": lrs[0],
+                                   "time/train_s": time.perf_counter() - t0, **speed.metrics(),
+                                   "train/loss": sum(vals.values()), **{f"train/{k}": v for k, v in vals.items()}}
+        adversaries = distributed.mean_over_ranks(d.adversary_losses(), self.dist)  # logged, not the student's loss
+        metrics.update({f"train/{k}": v for k, v in adversaries.items()})
         if self.balance.seen:  # the first epoch: the shares once, logged and in its metrics
             metrics.update(self.balance.finish(self.log))
         ce_w = d.ce_weight(stage)  # the label loss as a plain cross-entropy too, when a method scaled it

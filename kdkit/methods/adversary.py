@@ -40,6 +40,8 @@ class Adversary(nn.Module):
             if betas is not None:
                 self.register_buffer(f"square{i}", torch.zeros_like(p))
         self.register_buffer("steps", torch.zeros((), dtype=torch.int64))
+        self._loss_sum: Tensor | None = None  # the losses of the updates since :meth:`mean_loss` (not saved)
+        self._updates = 0
 
     def forward(self, *args, **kwargs):
         return self.net(*args, **kwargs)
@@ -72,7 +74,19 @@ class Adversary(nn.Module):
                     g = buf
                 p.add_(g, alpha=-self.lr)
             self.steps += 1
-        return loss.detach()
+        loss = loss.detach()
+        self._loss_sum = loss.float() if self._loss_sum is None else self._loss_sum + loss.float()
+        self._updates += 1
+        return loss
+
+    def mean_loss(self) -> Tensor | None:
+        """The mean loss of the updates since the last call (on the device, not read; None when there was
+        none), and a fresh count: what the trainer logs for each epoch (``train/<method>/<name>_loss``)."""
+        if not self._updates:
+            return None
+        mean = self._loss_sum / self._updates
+        self._loss_sum, self._updates = None, 0
+        return mean
 
     def _adam(self, p: Tensor, g: Tensor, m: Tensor, v: Tensor) -> None:
         (b1, b2), t = self.betas, int(self.steps) + 1

@@ -21,6 +21,7 @@ from ..batch import call, tensors
 from ..errors import ConfigError, LayerPathError
 from ..features import FeatureTap, logits_output, probe, unwrap
 from ..tasks import Task, create_task
+from .adversary import Adversary
 from .base import Method, Outputs
 from .stages import MAIN, PlannedStage, Stage, frozen_match, plan_stages
 
@@ -290,6 +291,17 @@ class Distiller(nn.Module):
         optimiser step)."""
         for m in self.methods:
             m.after_step()
+
+    def adversary_losses(self) -> dict[str, Tensor]:
+        """Each method-owned adversary's (discriminator's, critic's) mean loss over its updates since the last
+        call, as ``<method>/<attribute>_loss``: what the trainer logs beside the student's terms, once an epoch
+        (not part of the student's loss)."""
+        out: dict[str, Tensor] = {}
+        for m in self.methods:
+            for attr, sub in m.named_children():
+                if isinstance(sub, Adversary) and (mean := sub.mean_loss()) is not None:
+                    out[f"{m.name}/{attr}_loss"] = mean
+        return out
 
     @staticmethod
     def _merge(parts) -> dict[str, Tensor]:
