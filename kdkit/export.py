@@ -123,7 +123,9 @@ class _Session(nn.Module):
         self.session, self.diff, self.images = session, 0.0, 0
         object.__setattr__(self, "model", model)  # not a submodule: evaluate() finds no parameters here
 
-    def forward(self, x):
+    def forward(self, *args, **kwargs):
+        x = kwargs if kwargs else args[0] if len(args) == 1 else args  # the batch's inputs, as ``call`` passed them
+        x = batch_protocol.select(x, getattr(self.model, "kdkit_input", None))  # the one the network takes
         o = torch.from_numpy(self.session.run(None, batch_protocol.onnx_feed(x))[0]).float()
         self.diff = max(self.diff, float((batch_protocol.call(self.model, x).float() - o).abs().max()))
         self.images += len(o)

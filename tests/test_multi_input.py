@@ -135,3 +135,26 @@ def test_several_inputs_of_mixed_forms_are_refused():
     nested = [({"ids": (good[0][0]["ids"],), "mask": good[0][0]["mask"]}, good[0][1])]
     with pytest.raises(ConfigError, match="flat tuple or dict of tensors"):
         dataset_from_loaders(nested, good, name="tokens")
+
+
+def test_a_gathered_tasks_onnx_check_feeds_the_input_its_network_takes(tmp_path):
+    """onnx_parity on a task whose evaluation gathers records (image-to-image here) with batches of several
+    inputs and a network that takes one of them (``model.input``): ONNX Runtime gets that input alone, and
+    its metric equals PyTorch's."""
+    from kdkit.batch import Batch
+    from kdkit.export import own_input_shape
+    from kdkit.features import input_of
+    from kdkit.tasks import create_task
+
+    torch.manual_seed(0)
+    net = input_of(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1)).eval(),
+                   "image")
+    shapes = {"image": torch.zeros(1, 1, 16, 16), "edges": torch.zeros(1, 2, 16, 16)}
+    path = export_onnx(net, own_input_shape(net, shapes), tmp_path / "g.onnx")
+    g = torch.Generator().manual_seed(1)
+    loader = [Batch({"image": torch.rand(64, 1, 16, 16, generator=g), "edges": torch.rand(64, 2, 16, 16, generator=g)},
+                    torch.randint(0, 256, (64, 16, 16), generator=g, dtype=torch.uint8), torch.arange(64) + 64 * i)
+              for i in range(3)]
+    parity = onnx_parity(net, path, loader, create_task("image_to_image"))
+    assert parity["metric"] == "l1" and parity["images"] == 3 * 64 and parity["max_abs_diff"] < 1e-5
+    assert parity["onnx_l1"] == pytest.approx(parity["torch_l1"], rel=1e-6) and parity["torch_l1"] > 0
