@@ -357,8 +357,10 @@ def test_a_huge_image_size_is_refused_before_memory_runs_out(tmp_path, capsys):
 @pytest.mark.parametrize("delay", [0.05, 0.2, 0.4, 0.45, 0.6, 1.0])
 def test_ctrl_c_in_the_first_instant(tmp_path, delay):
     cfg = _yaml(tmp_path, _cfg(tmp_path, train={"epochs": 200}))
+    # started as from a terminal, SIGINT at its default (a test run in the background of a script inherits it
+    # ignored: then an interrupt before kdkit's handler was lost, and the run went on, as kdkit now means it to)
     p = subprocess.Popen([sys.executable, "-m", "kdkit", "train", str(cfg)], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True, preexec_fn=_sigint(signal.SIG_DFL))
     time.sleep(delay)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=HANG_S)
@@ -369,7 +371,7 @@ def test_ctrl_c_in_the_first_instant(tmp_path, delay):
     # package's __init__.py, which `python -m kdkit` runs before __main__.py (it imports nothing: microseconds)
     package = str(Path(kdkit.__file__).resolve().parent)
     main, init = Path(package) / "__main__.py", Path(package) / "__init__.py"
-    handler_line = next(i for i, line in enumerate(main.read_text().splitlines(), 1) if "signal(" in line)
+    handler_line = next(i for i, line in enumerate(main.read_text().splitlines(), 1) if "_leave_now)" in line)
     frames = [line for line in err.splitlines() if line.strip().startswith("File ")]
     kdkit_frames = [f for f in frames if package in f]
     before_handler = len(kdkit_frames) == 1 and (
@@ -381,6 +383,27 @@ def test_ctrl_c_in_the_first_instant(tmp_path, delay):
     if not before_kdkit:
         assert p.returncode == 130 and "Traceback" not in err, err[-2000:]
         assert err.strip().splitlines()[-1].startswith("kdkit: interrupted")
+
+
+def _sigint(disposition):
+    """A Popen ``preexec_fn``: the child starts with SIGINT at ``disposition``."""
+    return lambda: signal.signal(signal.SIGINT, disposition)
+
+
+def test_a_run_started_with_ctrl_c_ignored_keeps_ignoring_it(tmp_path):
+    """A background job of a script (``kdkit train ... &``) starts with SIGINT ignored: the terminal's Ctrl-C,
+    meant for the script, does not stop it (Python leaves an ignored SIGINT ignored; kdkit's handlers too)."""
+    cfg = _yaml(tmp_path, _cfg(tmp_path, train={"epochs": 200}))
+    p = subprocess.Popen([sys.executable, "-m", "kdkit", "train", str(cfg)], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, text=True, preexec_fn=_sigint(signal.SIG_IGN))
+    try:
+        epochs = (line for line in p.stderr if line.startswith("epoch "))
+        assert next(epochs).startswith("epoch 1/200")  # training, past start-up
+        p.send_signal(signal.SIGINT)
+        assert next(epochs).startswith("epoch 2/200") and p.poll() is None  # the next epoch finished: not stopped
+    finally:
+        p.kill()
+        p.communicate(timeout=HANG_S)
 
 
 def test_a_full_disk_at_checkpoint_time_keeps_the_previous_checkpoint(tmp_path, capsys, monkeypatch):

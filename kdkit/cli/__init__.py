@@ -40,11 +40,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def entry() -> None:
     """The ``kdkit`` command (and ``python -m kdkit``): Ctrl-C leaves at once until work that writes
-    files begins (:func:`interruptible`), then stops it cleanly; exit code 130 and one line either way."""
+    files begins (:func:`interruptible`), then stops it cleanly; exit code 130 and one line either way.
+    A process started with SIGINT ignored keeps ignoring it."""
     import os
     import signal
 
-    signal.signal(signal.SIGINT, leave_now)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # ignored from the start (a script's background job)
+        signal.signal(signal.SIGINT, leave_now)  # stays ignored, as Python leaves it
     code = main()
     # interrupted: leave without the interpreter's clean-up of half-used extensions. Under torchrun too:
     # gloo's threads can race the interpreter's teardown after the process group is destroyed ("terminate
