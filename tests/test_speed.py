@@ -305,3 +305,24 @@ def test_remove_feature_caches_keeps_logits_and_caches_in_use(tmp_path):
         reader.release()
     assert not feats.exists() and logits.is_dir() and busy.is_dir() and (tmp_path / "eval" / "0123").is_dir()
     assert remove_feature_caches(tmp_path) == [busy] and remove_feature_caches(tmp_path / "missing") == []
+
+
+
+def test_channels_last_on_the_cpu_trains_distils_and_resumes(tmp_path, teacher_ckpt):
+    """``train.channels_last: true`` on the CPU (off by default there; benchmarks/cpu_channels_last.py measures
+    what it gives): the networks and the batches are NHWC, KD + AT train, and a stopped run resumes bit for bit."""
+    from conftest import killed_and_resumed
+
+    from kdkit.config import load_config
+
+    cfg = {"model": "cnn_tiny", "data": {"name": "digits"}, "optim": {"lr": 0.05},
+           "teacher": {"name": "cnn_small", "checkpoint": teacher_ckpt},
+           "method": [{"name": "kd"}, {"name": "at", "student_layers": ["stage1"], "teacher_layers": ["stage1"]}],
+           "train": {"epochs": 2, "progress": False, "channels_last": True}}
+    trainer = from_config(load_config(base=cfg), run_dir=tmp_path / "probe", **QUIET)
+    convs = [m.weight for m in trainer.distiller.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    assert any(not w.is_contiguous() for w in convs)  # (one input channel: the two formats are the same memory)
+    x, _, _ = next(iter(trainer.loaders.train))
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    assert killed_and_resumed(cfg, tmp_path / "runs")["test/top1"] > 50
